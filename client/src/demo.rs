@@ -1,0 +1,252 @@
+//! `s2uc demo`: a whole tunnel on loopback, end to end, in one command.
+//!
+//! Generates a throwaway facility CA and two gateway certificates, starts
+//! two `s2cs` (HPC side and instrument side, each running its `s2ds`),
+//! starts a receiver, makes the inbound then the outbound request through
+//! the real gRPC API, streams data through the tunnel, checks byte count
+//! and checksum at the receiver, prints the throughput, releases, and stops
+//! everything it started.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use scistream_protocol::units::{format_rate, format_size};
+
+use crate::connect::{Auth, Trust, connect};
+use crate::local::{GatewayOptions, LocalGateway, sibling_binary};
+use crate::payload::{Digest, Generator};
+use crate::pki::Ca;
+use crate::tunnel::{RequestOptions, inbound_request, outbound_request, release};
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Bytes to stream in total (split over the connections).
+    pub bytes: u64,
+    /// Parallel connections.
+    pub num_conn: u32,
+    /// Keep the working directory (certificates, logs).
+    pub keep: bool,
+    /// `s2cs` to run; default: next to this executable.
+    pub s2cs_bin: Option<PathBuf>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+fn say(step: &str) {
+    println!("==> {step}");
+}
+
+/// Receives `n` connections; returns the multiset of (bytes, hash) it saw.
+fn receiver(
+    listener: TcpListener,
+    n: usize,
+) -> std::thread::JoinHandle<std::io::Result<Vec<(u64, u64)>>> {
+    std::thread::spawn(move || {
+        let mut handles = Vec::new();
+        for _ in 0..n {
+            let (mut s, _) = listener.accept()?;
+            handles.push(std::thread::spawn(
+                move || -> std::io::Result<(u64, u64)> {
+                    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    let mut d = Digest::default();
+                    let mut buf = vec![0u8; CHUNK];
+                    loop {
+                        let k = s.read(&mut buf)?;
+                        if k == 0 {
+                            break;
+                        }
+                        d.update(&buf[..k]);
+                    }
+                    Ok(d.value())
+                },
+            ));
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("receiver thread panicked")))
+            })
+            .collect()
+    })
+}
+
+/// Sends `bytes` of stream `seed` to `addr`; returns (bytes, hash).
+fn sender(
+    addr: String,
+    seed: u64,
+    bytes: u64,
+) -> std::thread::JoinHandle<std::io::Result<(u64, u64)>> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(&addr)?;
+        s.set_nodelay(true)?;
+        let mut g = Generator::new(seed);
+        let mut d = Digest::default();
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = CHUNK.min(left as usize);
+            g.fill(&mut buf[..n]);
+            s.write_all(&buf[..n])?;
+            d.update(&buf[..n]);
+            left -= n as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the receiver to finish (it closes after EOF).
+        let _ = s.read(&mut [0u8; 1]);
+        Ok(d.value())
+    })
+}
+
+/// Runs the demo; `Ok(())` only when every byte arrived intact.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let s2cs = match &opts.s2cs_bin {
+        Some(p) => p.clone(),
+        None => sibling_binary("s2cs").context(
+            "s2cs was not found next to s2uc; build the whole workspace first: cargo build --release",
+        )?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("scistream-demo-")
+        .tempdir()
+        .context("cannot create a working directory")?;
+    let work = dir.path().to_path_buf();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    say("generating a throwaway facility CA and gateway certificates");
+    let ca = Ca::new("scistream demo CA")?;
+    let ca_path = work.join("ca.crt");
+    crate::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
+    let hpc_cert = ca.issue(&["localhost", "127.0.0.1"])?.write(&work, "hpc")?;
+    let inst_cert = ca
+        .issue(&["localhost", "127.0.0.1"])?
+        .write(&work, "inst")?;
+
+    say("starting the HPC gateway (s2cs + s2ds) and the instrument gateway");
+    let gateway = |name: &str, range: (u16, u16), cert: &crate::pki::Written| GatewayOptions {
+        s2cs_bin: s2cs.clone(),
+        listener_ip: lo,
+        port_range: range,
+        tls: Some((cert.cert.clone(), cert.key.clone())),
+        state_dir: work.join(format!("{name}-state")),
+        log: Some(work.join(format!("{name}-s2cs.log"))),
+        extra_args: Vec::new(),
+    };
+    let hpc = LocalGateway::start(&gateway("hpc", (5100, 5199), &hpc_cert))
+        .map_err(anyhow::Error::msg)?;
+    let inst = LocalGateway::start(&gateway("inst", (6100, 6199), &inst_cert))
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "    HPC gateway s2cs at {}, instrument gateway s2cs at {}",
+        hpc.control(),
+        inst.control()
+    );
+
+    let service = TcpListener::bind((lo, 0)).context("cannot start the receiver")?;
+    let service_port = service.local_addr()?.port();
+    let n = opts.num_conn as usize;
+    let received = receiver(service, n);
+    println!("    analysis service (receiver) listening on 127.0.0.1:{service_port}");
+
+    let trust = Trust::Root(ca_path.clone());
+    let options = RequestOptions {
+        num_conn: opts.num_conn,
+        rate_kbps: 0,
+    };
+    say(&format!(
+        "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0",
+        hpc.control()
+    ));
+    let hpc_conn = connect(&hpc.control(), &trust, Auth::none()).await?;
+    let inbound = inbound_request(&hpc_conn, "127.0.0.1", &[service_port], &options).await?;
+    println!(
+        "    uid {}  inbound listeners {}",
+        inbound.uid,
+        inbound.listeners.join(",")
+    );
+
+    say(&format!(
+        "s2uc outbound_request --s2cs {} --server_cert ca.crt --num_conn {n} --rate 0 {} {}",
+        inst.control(),
+        inbound.uid,
+        inbound.listeners.join(",")
+    ));
+    let inst_conn = connect(&inst.control(), &trust, Auth::none()).await?;
+    let outbound = outbound_request(
+        &inst_conn,
+        &inbound.uid,
+        inbound.listeners.clone(),
+        vec!["127.0.0.1:1".into()],
+        &options,
+    )
+    .await?;
+    println!(
+        "    outbound listeners {} (the detector connects here)",
+        outbound.listeners.join(",")
+    );
+
+    say(&format!(
+        "streaming {} through the tunnel over {n} connection(s)",
+        format_size(opts.bytes)
+    ));
+    let per_conn = opts.bytes / n as u64;
+    let started = Instant::now();
+    let senders: Vec<_> = outbound
+        .listeners
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, l)| {
+            sender(
+                l.clone(),
+                i as u64 + 1,
+                per_conn + if i == 0 { opts.bytes % n as u64 } else { 0 },
+            )
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for s in senders {
+        sent.push(
+            s.join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+                .context("sending through the tunnel")?,
+        );
+    }
+    let mut got = tokio::task::spawn_blocking(move || received.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
+        .context("receiving from the tunnel")?;
+    let elapsed = started.elapsed();
+    sent.sort_unstable();
+    got.sort_unstable();
+    let total: u64 = got.iter().map(|(b, _)| b).sum();
+    println!(
+        "    received {} in {:.2} s: {} through the tunnel",
+        format_size(total),
+        elapsed.as_secs_f64(),
+        format_rate(total as f64 * 8.0 / elapsed.as_secs_f64())
+    );
+
+    say("releasing the session on both gateways");
+    release(&inst_conn, &inbound.uid).await?;
+    release(&hpc_conn, &inbound.uid).await?;
+    drop((hpc_conn, inst_conn));
+    hpc.stop();
+    inst.stop();
+
+    if sent != got {
+        bail!("data mismatch: sent (bytes, xxh3) {sent:x?}, received {got:x?}");
+    }
+    println!(
+        "OK: every byte arrived intact (byte counts and XXH3 checksums match on all {n} streams)"
+    );
+    if opts.keep {
+        let kept = dir.keep();
+        println!("working directory kept: {}", kept.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The `s2uc` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use scistream_client::error::ClientError;
+use scistream_client::tunnel::{parse_listeners, parse_ports, receiver_endpoints};
+use scistream_client::{Auth, RequestOptions, Trust, Tunnel, connect, demo};
+use serde_json::json;
+
+/// SciStream user client: sets up and tears down authenticated, encrypted
+/// streaming tunnels between facilities.
+#[derive(Debug, Parser)]
+#[command(name = "s2uc", version, about, long_about = None, after_help = AFTER_HELP)]
+struct Cli {
+    /// Print the result (or the error) as one JSON object on stdout, for workflow tools.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+const AFTER_HELP: &str = "\
+Use case 1, on the HPC side (the analysis service listens on 10.0.1.5:5001):
+  s2uc inbound_request --s2cs hpc-gw:5000 --server_cert hpc.crt --remote_ip 10.0.1.5 --receiver_ports 5001
+Use case 2, on the instrument side, with the UID and listeners printed by use case 1:
+  s2uc outbound_request --s2cs inst-gw:5000 --server_cert inst.crt UID 198.51.100.7:5100,198.51.100.7:5101
+Both spellings of commands and options work: inbound_request / inbound-request, --remote_ip / --remote-ip.";
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Use case 1 (HPC side): open listeners on the inbound gateway that forward to your receivers.
+    #[command(name = "inbound_request", visible_alias = "inbound-request")]
+    InboundRequest(InboundArgs),
+    /// Use case 2 (instrument side): open listeners on the outbound gateway that forward to the inbound gateway.
+    #[command(name = "outbound_request", visible_alias = "outbound-request")]
+    OutboundRequest(OutboundArgs),
+    /// Close a session's listeners and connections on one gateway and free its ports.
+    Release(ReleaseArgs),
+    /// Run a whole tunnel on this machine (two gateways, loopback) and stream data through it.
+    Demo(DemoArgs),
+    /// Write a throwaway CA and gateway certificates, for trying SciStream out.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// The S2CS to talk to, HOST:PORT.
+    #[arg(long, default_value = "localhost:5000")]
+    s2cs: String,
+    /// PEM file to verify the S2CS with: its certificate or its CA.
+    #[arg(
+        long = "server_cert",
+        alias = "server-cert",
+        default_value = "server.crt"
+    )]
+    server_cert: PathBuf,
+    /// Talk to an `s2cs --insecure` without TLS (development only).
+    #[arg(long)]
+    insecure: bool,
+    /// Globus Auth scope whose token to send (see `s2uc login`, coming with authentication).
+    #[arg(long)]
+    scope: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// Parallel connections: listeners opened on the gateway.
+    #[arg(long = "num_conn", alias = "num-conn", default_value_t = 5)]
+    num_conn: u32,
+    /// Rate cap for the session, kbit/s (0: no cap).
+    #[arg(long, default_value_t = 10000)]
+    rate: u32,
+}
+
+#[derive(Debug, Args)]
+struct InboundArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Address of the host running the receivers (the analysis service).
+    #[arg(long = "remote_ip", alias = "remote-ip")]
+    remote_ip: String,
+    /// Receiver ports, comma-separated (5001,5002).
+    #[arg(long = "receiver_ports", alias = "receiver-ports")]
+    receiver_ports: String,
+}
+
+#[derive(Debug, Args)]
+struct OutboundArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Address of the instrument (announced in the hello; informational).
+    #[arg(long = "remote_ip", alias = "remote-ip")]
+    remote_ip: Option<String>,
+    /// Instrument ports, comma-separated (announced in the hello; informational).
+    #[arg(long = "receiver_ports", alias = "receiver-ports")]
+    receiver_ports: Option<String>,
+    /// The UID printed by inbound_request.
+    uid: String,
+    /// The inbound gateway's listeners printed by inbound_request, comma-separated.
+    inbound_listeners: String,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The session to release.
+    uid: String,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// How much to stream through the tunnel (e.g. 1GiB, 256MiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    bytes: u64,
+    /// Parallel connections.
+    #[arg(long = "num_conn", alias = "num-conn", default_value_t = 2)]
+    num_conn: u32,
+    /// Keep the working directory (certificates, logs) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// The s2cs binary (default: next to s2uc).
+    #[arg(long = "s2cs-bin")]
+    s2cs_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Directory to write into (created if needed).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Gateway certificates to issue: NAME writes NAME.crt and NAME.key.
+    #[arg(long = "gateway", default_values = ["server"])]
+    gateways: Vec<String>,
+    /// DNS names and IP addresses the gateway certificates are valid for.
+    #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+    names: Vec<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    match scistream_protocol::units::parse_size(s) {
+        Ok(0) => Err("size must be above zero".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn trust(c: &ControlArgs) -> Trust {
+    if c.insecure {
+        Trust::Insecure
+    } else {
+        Trust::Root(c.server_cert.clone())
+    }
+}
+
+fn print_tunnel(t: &Tunnel, json: bool, s2cs: &str) {
+    if json {
+        println!(
+            "{}",
+            json!({"uid": t.uid, "role": t.role, "listeners": t.listeners, "targets": t.targets, "rate_kbps": t.rate_kbps, "s2cs": s2cs})
+        );
+        return;
+    }
+    let cap = if t.rate_kbps == 0 {
+        "none".to_string()
+    } else {
+        format!("{} kbit/s", t.rate_kbps)
+    };
+    match t.role {
+        scistream_protocol::Role::Prod => {
+            println!("Inbound tunnel ready on {s2cs}.");
+            println!("  uid:        {}", t.uid);
+            println!("  listeners:  {}", t.listeners.join(","));
+            println!("  forwarding to receivers: {}", t.targets.join(","));
+            println!("  rate cap:   {cap}");
+            println!("Next, on the instrument side:");
+            println!(
+                "  s2uc outbound_request --s2cs INSTRUMENT_S2CS:PORT --server_cert INSTRUMENT.crt {} {}",
+                t.uid,
+                t.listeners.join(",")
+            );
+        }
+        scistream_protocol::Role::Cons => {
+            println!("Outbound tunnel ready on {s2cs}.");
+            println!("  uid:        {}", t.uid);
+            println!(
+                "  listeners:  {}   <- point the instrument's software here",
+                t.listeners.join(",")
+            );
+            println!("  forwarding to inbound gateway: {}", t.targets.join(","));
+            println!("  rate cap:   {cap}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), anyhow::Error> {
+    match cli.command {
+        Cmd::InboundRequest(a) => {
+            let ports = parse_ports(&a.receiver_ports)?;
+            receiver_endpoints(&a.remote_ip, &ports)?;
+            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            let options = RequestOptions {
+                num_conn: a.request.num_conn,
+                rate_kbps: a.request.rate,
+            };
+            let t =
+                scistream_client::inbound_request(&conn, &a.remote_ip, &ports, &options).await?;
+            print_tunnel(&t, cli.json, &a.control.s2cs);
+        }
+        Cmd::OutboundRequest(a) => {
+            let listeners = parse_listeners(&a.inbound_listeners)?;
+            scistream_protocol::validate_uid(&a.uid)
+                .map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+            let announce = match (&a.remote_ip, &a.receiver_ports) {
+                (Some(ip), Some(ports)) => receiver_endpoints(ip, &parse_ports(ports)?)?,
+                _ => Vec::new(),
+            };
+            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            let options = RequestOptions {
+                num_conn: a.request.num_conn,
+                rate_kbps: a.request.rate,
+            };
+            let t =
+                scistream_client::outbound_request(&conn, &a.uid, listeners, announce, &options)
+                    .await?;
+            print_tunnel(&t, cli.json, &a.control.s2cs);
+        }
+        Cmd::Release(a) => {
+            scistream_protocol::validate_uid(&a.uid)
+                .map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            scistream_client::release(&conn, &a.uid).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"uid": a.uid, "released": true, "s2cs": a.control.s2cs})
+                );
+            } else {
+                println!("Released {} on {}.", a.uid, a.control.s2cs);
+            }
+        }
+        Cmd::Demo(a) => {
+            demo::run(demo::DemoOptions {
+                bytes: a.bytes,
+                num_conn: a.num_conn.max(1),
+                keep: a.keep,
+                s2cs_bin: a.s2cs_bin,
+            })
+            .await?;
+        }
+        Cmd::Certs(a) => {
+            std::fs::create_dir_all(&a.out)?;
+            let ca = scistream_client::pki::Ca::new("scistream throwaway CA")?;
+            let ca_path = a.out.join("ca.crt");
+            scistream_client::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
+            let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
+            let mut written = Vec::new();
+            for g in &a.gateways {
+                let w = ca.issue(&names)?.write(&a.out, g)?;
+                written.push(json!({"gateway": g, "cert": w.cert, "key": w.key}));
+                if !cli.json {
+                    println!(
+                        "wrote {} and {} (valid for {})",
+                        w.cert.display(),
+                        w.key.display(),
+                        a.names.join(", ")
+                    );
+                }
+            }
+            if cli.json {
+                println!("{}", json!({"ca": ca_path, "gateways": written}));
+            } else {
+                println!(
+                    "wrote {} (the trust root: give it to s2uc as --server_cert)",
+                    ca_path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("s2uc: cannot start the async runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let client = e.downcast_ref::<ClientError>();
+            if json {
+                let code = client
+                    .and_then(|c| c.grpc_code())
+                    .map(scistream_client::connect::code_name);
+                println!(
+                    "{}",
+                    json!({"error": {"message": e.to_string(), "code": code}})
+                );
+            }
+            eprintln!("s2uc: {e:#}");
+            ExitCode::from(if matches!(client, Some(ClientError::Input(_))) {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}

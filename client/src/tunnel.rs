@@ -1,0 +1,295 @@
+//! The two SciStream use cases and release, as calls a workflow tool can make.
+//!
+//! Each request sends `req` and `hello` concurrently on one HTTP/2
+//! connection — the server holds a `hello` that overtakes its `req`, so
+//! there is no sleep between them — then `update`.
+
+use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, pb, validate_uid};
+use serde::Serialize;
+
+use crate::connect::Connection;
+use crate::error::ClientError;
+
+/// A tunnel end as the S2CS set it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    /// The session uid (give it to the other side).
+    pub uid: String,
+    /// `PROD` (inbound gateway) or `CONS` (outbound gateway).
+    pub role: Role,
+    /// Listener addresses on this gateway.
+    pub listeners: Vec<String>,
+    /// Where each listener forwards to, in listener order.
+    pub targets: Vec<String>,
+    /// Rate cap asked for, kbit/s (0: none).
+    pub rate_kbps: u32,
+}
+
+/// Options common to both requests.
+#[derive(Debug, Clone)]
+pub struct RequestOptions {
+    /// Parallel connections (listeners).
+    pub num_conn: u32,
+    /// Rate cap in kbit/s (0: none).
+    pub rate_kbps: u32,
+}
+
+impl RequestOptions {
+    fn check(&self) -> Result<(i32, i32), ClientError> {
+        if self.num_conn == 0 || self.num_conn as usize > MAX_LISTENERS_PER_SESSION {
+            return Err(ClientError::Input(format!(
+                "--num_conn is {}; it must be between 1 and {MAX_LISTENERS_PER_SESSION}",
+                self.num_conn
+            )));
+        }
+        let rate = i32::try_from(self.rate_kbps).map_err(|_| {
+            ClientError::Input(format!(
+                "--rate {} is too large (kbit/s, at most {})",
+                self.rate_kbps,
+                i32::MAX
+            ))
+        })?;
+        Ok((self.num_conn as i32, rate))
+    }
+}
+
+/// Builds `IP:PORT` strings from `--remote_ip` and `--receiver_ports`.
+pub fn receiver_endpoints(remote_ip: &str, ports: &[u16]) -> Result<Vec<String>, ClientError> {
+    if ports.is_empty() {
+        return Err(ClientError::Input(
+            "--receiver_ports is empty: give at least one port".into(),
+        ));
+    }
+    ports
+        .iter()
+        .map(|p| {
+            let text = if remote_ip.contains(':') && !remote_ip.starts_with('[') {
+                format!("[{remote_ip}]:{p}")
+            } else {
+                format!("{remote_ip}:{p}")
+            };
+            text.parse::<Endpoint>()
+                .map(|e| e.to_string())
+                .map_err(|e| ClientError::Input(format!("--remote_ip/--receiver_ports: {e}")))
+        })
+        .collect()
+}
+
+/// Parses `--receiver_ports` (`5001,5002`).
+pub fn parse_ports(s: &str) -> Result<Vec<u16>, ClientError> {
+    s.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ClientError::Input(format!(
+                "--receiver_ports: '{p}' is not a port (1-65535); give a comma-separated list such as 5001,5002"
+            ))),
+        })
+        .collect()
+}
+
+/// Parses a listener list (`a:1,b:2`), as `outbound_request` takes it.
+pub fn parse_listeners(s: &str) -> Result<Vec<String>, ClientError> {
+    scistream_protocol::endpoint::parse_list(s)
+        .map(|v| v.into_iter().map(|e| e.to_string()).collect())
+        .map_err(|e| ClientError::Input(format!("inbound listener list: {e}")))
+}
+
+/// A fresh session uid: a random (v4) UUID, 122 bits of randomness.
+pub fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn req_and_hello(
+    conn: &Connection,
+    uid: &str,
+    role: Role,
+    hello_role: Role,
+    hello_listeners: Vec<String>,
+    num_conn: i32,
+    rate: i32,
+) -> Result<pb::Response, ClientError> {
+    let mut req_client = conn.client.clone();
+    let mut hello_client = conn.client.clone();
+    let req = pb::Request {
+        uid: uid.into(),
+        role: role.as_str().into(),
+        num_conn,
+        rate,
+    };
+    let hello = pb::Hello {
+        uid: uid.into(),
+        prod_listeners: hello_listeners,
+        role: hello_role.as_str().into(),
+    };
+    let (r, h) = tokio::join!(req_client.req(req), hello_client.hello(hello));
+    // The req's error says most (e.g. ALREADY_EXISTS); report it first.
+    let response = r.map_err(|s| conn.status_error("req", s))?;
+    h.map_err(|s| conn.status_error("hello", s))?;
+    Ok(response.into_inner())
+}
+
+async fn update(
+    conn: &Connection,
+    uid: &str,
+    role: Role,
+    targets: Vec<String>,
+) -> Result<pb::Response, ClientError> {
+    let mut client = conn.client.clone();
+    let u = pb::UpdateTargets {
+        uid: uid.into(),
+        remote_listeners: targets,
+        role: role.as_str().into(),
+    };
+    Ok(client
+        .update(u)
+        .await
+        .map_err(|s| conn.status_error("update", s))?
+        .into_inner())
+}
+
+/// Use case 1 (HPC side): listeners on the inbound gateway forwarding to
+/// the receivers `remote_ip:port`.
+pub async fn inbound_request(
+    conn: &Connection,
+    remote_ip: &str,
+    receiver_ports: &[u16],
+    options: &RequestOptions,
+) -> Result<Tunnel, ClientError> {
+    let (num_conn, rate) = options.check()?;
+    let receivers = receiver_endpoints(remote_ip, receiver_ports)?;
+    let uid = new_uid();
+    let resp = req_and_hello(
+        conn,
+        &uid,
+        Role::Prod,
+        Role::Prod,
+        receivers.clone(),
+        num_conn,
+        rate,
+    )
+    .await?;
+    let targets = if resp.prod_listeners.is_empty() {
+        receivers
+    } else {
+        resp.prod_listeners
+    };
+    let updated = update(conn, &uid, Role::Prod, targets).await?;
+    Ok(Tunnel {
+        uid,
+        role: Role::Prod,
+        listeners: resp.listeners,
+        targets: updated.prod_listeners,
+        rate_kbps: options.rate_kbps,
+    })
+}
+
+/// Use case 2 (instrument side): listeners on the outbound gateway
+/// forwarding to the inbound gateway's listeners of session `uid`.
+/// `announce` is what the hello carries (the instrument's address).
+pub async fn outbound_request(
+    conn: &Connection,
+    uid: &str,
+    inbound_listeners: Vec<String>,
+    announce: Vec<String>,
+    options: &RequestOptions,
+) -> Result<Tunnel, ClientError> {
+    let (num_conn, rate) = options.check()?;
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+    if inbound_listeners.is_empty() {
+        return Err(ClientError::Input("no inbound listeners given".into()));
+    }
+    let resp = req_and_hello(conn, uid, Role::Cons, Role::Cons, announce, num_conn, rate).await?;
+    let updated = update(conn, uid, Role::Cons, inbound_listeners).await?;
+    Ok(Tunnel {
+        uid: uid.to_owned(),
+        role: Role::Cons,
+        listeners: resp.listeners,
+        targets: updated.prod_listeners,
+        rate_kbps: options.rate_kbps,
+    })
+}
+
+/// Releases every session of `uid` on this S2CS.
+pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+    let mut client = conn.client.clone();
+    client
+        .release(pb::Release { uid: uid.into() })
+        .await
+        .map_err(|s| conn.status_error("release", s))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receivers_are_built_and_checked() {
+        assert_eq!(
+            receiver_endpoints("10.0.1.5", &[5001, 5002]).unwrap(),
+            vec!["10.0.1.5:5001", "10.0.1.5:5002"]
+        );
+        assert_eq!(receiver_endpoints("::1", &[7]).unwrap(), vec!["[::1]:7"]);
+        assert!(receiver_endpoints("bad host", &[7]).is_err());
+        assert!(receiver_endpoints("10.0.0.1", &[]).is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("5001,5002").unwrap(), vec![5001, 5002]);
+        assert!(parse_ports("5001,").is_err());
+        assert!(parse_ports("0").is_err());
+        assert!(
+            parse_ports("99999")
+                .unwrap_err()
+                .to_string()
+                .contains("99999")
+        );
+    }
+
+    #[test]
+    fn options() {
+        assert!(
+            RequestOptions {
+                num_conn: 0,
+                rate_kbps: 1
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            RequestOptions {
+                num_conn: 129,
+                rate_kbps: 1
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            RequestOptions {
+                num_conn: 5,
+                rate_kbps: u32::MAX
+            }
+            .check()
+            .is_err()
+        );
+        assert_eq!(
+            RequestOptions {
+                num_conn: 5,
+                rate_kbps: 10000
+            }
+            .check()
+            .unwrap(),
+            (5, 10000)
+        );
+    }
+
+    #[test]
+    fn uids_are_random_v4() {
+        let a = new_uid();
+        assert_ne!(a, new_uid());
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 4);
+        validate_uid(&a).unwrap();
+    }
+}

@@ -1,0 +1,210 @@
+//! `s2cs` configuration: command-line options, their defaults and validation.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Most ports a `--port-range` may span.
+const MAX_RANGE: usize = 65535;
+
+/// SciStream control server: allocates data listeners, accepts the
+/// `scistream.Control` gRPC calls from `s2uc` (and SciStream's own clients),
+/// and runs the data plane (`s2ds`) that forwards the streams.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "s2cs", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Config {
+    /// Address the data listeners bind to and that is advertised to clients
+    /// (the gateway's address as the peer gateway or the instrument sees it).
+    #[arg(long = "listener-ip", alias = "listener_ip", default_value = "0.0.0.0")]
+    pub listener_ip: IpAddr,
+
+    /// TCP port of the gRPC control service.
+    #[arg(long, default_value_t = 5000)]
+    pub port: u16,
+
+    /// Address the gRPC control service binds to.
+    #[arg(long = "control-ip", alias = "control_ip", default_value = "0.0.0.0")]
+    pub control_ip: IpAddr,
+
+    /// Ports handed out for data listeners, as FIRST-LAST (inclusive).
+    #[arg(long = "port-range", alias = "port_range", default_value = "5100-5200", value_parser = parse_port_range)]
+    pub port_range: RangeInclusive<u16>,
+
+    /// PEM certificate (chain) of the control service.
+    #[arg(
+        long = "server_crt",
+        alias = "server-crt",
+        default_value = "server.crt"
+    )]
+    pub server_crt: PathBuf,
+
+    /// PEM private key of the control service.
+    #[arg(
+        long = "server_key",
+        alias = "server-key",
+        default_value = "server.key"
+    )]
+    pub server_key: PathBuf,
+
+    /// Development only: serve gRPC without TLS. Anyone on the network can
+    /// read and forge control traffic. Logged as a warning at start.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// How long a `req` waits for its `hello` before its ports are freed
+    /// and the caller gets DEADLINE_EXCEEDED. Seconds, or with a unit: 90s, 3m.
+    #[arg(long = "hello-timeout", alias = "hello_timeout", default_value = "180s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+
+    /// How long a `hello` that arrives before its `req` is held, waiting
+    /// for that `req`, before NOT_FOUND.
+    #[arg(long = "hello-grace", alias = "hello_grace", default_value = "10s", value_parser = parse_duration)]
+    pub hello_grace: Duration,
+
+    /// Directory for this server's state (data-plane control socket, lock).
+    /// Default: /var/lib/scistream/s2cs-PORT as root, else
+    /// $XDG_STATE_HOME/scistream/s2cs-PORT (~/.local/state/...).
+    #[arg(long = "state-dir", alias = "state_dir")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Path of the s2ds data-plane binary. Default: `s2ds` next to this executable.
+    #[arg(long = "s2ds-bin", alias = "s2ds_bin")]
+    pub s2ds_bin: Option<PathBuf>,
+
+    /// Extra argument passed to every s2ds started (repeatable), e.g.
+    /// `--s2ds-arg=--workers=4`.
+    #[arg(long = "s2ds-arg", alias = "s2ds_arg", allow_hyphen_values = true)]
+    pub s2ds_args: Vec<String>,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+const AFTER_HELP: &str = "\
+Every option with an underscore or a hyphen takes both spellings
+(--server_crt / --server-crt, --port-range / --port_range).
+
+Example (HPC gateway):
+  s2cs --listener-ip 10.0.1.1 --port 5000 --port-range 5100-5200 \\
+       --server_crt hpc.crt --server_key hpc.key";
+
+/// Parses `FIRST-LAST`.
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not a port range: expected FIRST-LAST, e.g. 5100-5200"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{a}' in '{s}' is not a port (1-65535)"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{b}' in '{s}' is not a port (1-65535)"))?;
+    if a == 0 {
+        return Err(format!("port range '{s}' starts at 0; ports start at 1"));
+    }
+    if a > b {
+        return Err(format!(
+            "port range '{s}' is empty: the first port is above the last"
+        ));
+    }
+    debug_assert!(usize::from(b - a) < MAX_RANGE);
+    Ok(a..=b)
+}
+
+/// Parses `180`, `180s`, `3m`, `500ms`: a positive duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match scistream_protocol::units::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("duration '{s}' must be above zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Config {
+    /// The state directory, defaulted as documented on the option.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let leaf = format!("s2cs-{}", self.port);
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from("/var/lib/scistream").join(leaf);
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("scistream").join(leaf)
+    }
+
+    /// The s2ds binary to run.
+    pub fn s2ds_bin(&self) -> PathBuf {
+        if let Some(bin) = &self.s2ds_bin {
+            return bin.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("s2ds")))
+            .unwrap_or_else(|| PathBuf::from("s2ds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_scistream() {
+        let c = Config::try_parse_from(["s2cs"]).unwrap();
+        assert_eq!(c.port, 5000);
+        assert_eq!(c.port_range, 5100..=5200);
+        assert_eq!(c.hello_timeout, Duration::from_secs(180));
+        assert_eq!(c.server_crt, PathBuf::from("server.crt"));
+        assert!(!c.insecure);
+    }
+
+    #[test]
+    fn both_spellings() {
+        let a =
+            Config::try_parse_from(["s2cs", "--server_crt", "a", "--port_range", "1-2"]).unwrap();
+        let b =
+            Config::try_parse_from(["s2cs", "--server-crt", "a", "--port-range", "1-2"]).unwrap();
+        assert_eq!(a.server_crt, b.server_crt);
+        assert_eq!(a.port_range, b.port_range);
+        let c = Config::try_parse_from(["s2cs", "--listener_ip", "127.0.0.1"]).unwrap();
+        assert_eq!(c.listener_ip.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("5100-5200").unwrap(), 5100..=5200);
+        assert_eq!(parse_port_range("7-7").unwrap(), 7..=7);
+        assert!(parse_port_range("5200-5100").unwrap_err().contains("empty"));
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("5100").unwrap_err().contains("FIRST-LAST"));
+        assert!(parse_port_range("5100-70000").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("180").unwrap(), Duration::from_secs(180));
+        assert_eq!(parse_duration("3m").unwrap(), Duration::from_secs(180));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10parsecs").is_err());
+    }
+
+    #[test]
+    fn default_state_dir_depends_on_port() {
+        let a = Config::try_parse_from(["s2cs", "--port", "5000"]).unwrap();
+        let b = Config::try_parse_from(["s2cs", "--port", "6000"]).unwrap();
+        assert_ne!(a.state_dir(), b.state_dir());
+    }
+}

@@ -1,0 +1,481 @@
+//! Runs and supervises `s2ds`, and carries commands to it.
+//!
+//! `s2cs` binds the control socket (`STATE_DIR/s2ds.sock`), keeps it, and
+//! gives `s2ds` a duplicate as its standard input; `s2cs` then connects to
+//! it. Because the socket is listening before `s2ds` starts, there is no
+//! start-up race and no polling. When `s2ds` dies, the supervisor fails the
+//! calls in flight, starts a new `s2ds` (backing off when crashes repeat),
+//! and hands it every forwarding session's listening sockets again before
+//! any queued call: the kernel kept their queued connections meanwhile.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use scistream_protocol::handoff::{
+    self, Command, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request, SessionSpec,
+};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// How `s2ds` is started.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// The `s2ds` executable.
+    pub bin: PathBuf,
+    /// Extra arguments for it.
+    pub args: Vec<String>,
+    /// Path of the control socket.
+    pub socket_path: PathBuf,
+    /// How long a command may take before the caller gets UNAVAILABLE.
+    pub call_timeout: Duration,
+}
+
+/// Data-plane failures as a control call sees them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataPlaneError {
+    /// `s2ds` is down or restarting.
+    #[error("the data plane (s2ds) is not running")]
+    Down,
+    /// `s2ds` did not answer in time.
+    #[error("the data plane (s2ds) did not answer within {0:?}")]
+    Timeout(Duration),
+    /// `s2ds` refused the command.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Failure to start the data plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The control socket could not be created.
+    #[error("cannot create the data-plane control socket {path}: {source}")]
+    Socket {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The binary could not be run.
+    #[error("cannot start the data plane {bin}: {source} (use --s2ds-bin to point at s2ds)")]
+    Spawn {
+        /// The binary.
+        bin: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// It started but did not become ready.
+    #[error("the data plane {bin} did not become ready: {reason}")]
+    NotReady {
+        /// The binary.
+        bin: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+}
+
+struct Call {
+    command: Command,
+    fds: Vec<OwnedFd>,
+    reply: oneshot::Sender<Result<Outcome, DataPlaneError>>,
+}
+
+/// A handle for sending commands to the data plane; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DataPlane {
+    calls: mpsc::Sender<Call>,
+    call_timeout: Duration,
+    restarts: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Sends a command (with descriptors) and waits for its outcome. While
+    /// `s2ds` restarts, the call waits in the queue, up to the call timeout.
+    pub async fn call(
+        &self,
+        command: Command,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Outcome, DataPlaneError> {
+        let (reply, rx) = oneshot::channel();
+        let fut = async {
+            self.calls
+                .send(Call {
+                    command,
+                    fds,
+                    reply,
+                })
+                .await
+                .map_err(|_| DataPlaneError::Down)?;
+            rx.await.map_err(|_| DataPlaneError::Down)?
+        };
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(DataPlaneError::Timeout(self.call_timeout)),
+        }
+    }
+
+    /// How many times `s2ds` was restarted after dying.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// Sessions to hand to a freshly started `s2ds`.
+pub type Resync = Arc<dyn Fn() -> Vec<(SessionSpec, Vec<OwnedFd>)> + Send + Sync>;
+
+/// The connected control socket.
+///
+/// It is a `SOCK_SEQPACKET` socket; tokio has no type for those, so it is
+/// registered as a `UnixStream`, whose readiness (`readable`, `writable`,
+/// `try_io`) is all this uses: every byte goes through the handoff's own
+/// `sendmsg`/`recvmsg`, never through the stream's read/write.
+struct Link {
+    fd: UnixStream,
+    receiver: handoff::Receiver,
+    next_id: u64,
+    pending: HashMap<u64, oneshot::Sender<Result<Outcome, DataPlaneError>>>,
+}
+
+fn to_io(e: HandoffError) -> io::Error {
+    match e {
+        HandoffError::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+impl Link {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        let fd = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
+        Ok(Link {
+            fd,
+            receiver: handoff::Receiver::default(),
+            next_id: 1,
+            pending: HashMap::new(),
+        })
+    }
+
+    async fn send(&mut self, command: Command, fds: &[OwnedFd]) -> io::Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request { id, command };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        loop {
+            self.fd.writable().await?;
+            let fd = &self.fd;
+            match fd.try_io(Interest::WRITABLE, || {
+                handoff::send(fd, &request, &borrowed).map_err(to_io)
+            }) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next message; `Ok(None)` when `s2ds` closed the socket.
+    async fn recv(&mut self) -> io::Result<Option<FromDataPlane>> {
+        loop {
+            self.fd.readable().await?;
+            let (fd, receiver) = (&self.fd, &mut self.receiver);
+            match fd.try_io(Interest::READABLE, || {
+                receiver.recv::<FromDataPlane>(fd).map_err(to_io)
+            }) {
+                Ok(m) => return Ok(m.map(|(msg, _fds)| msg)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, tx) in self.pending.drain() {
+            let _ = tx.send(Err(DataPlaneError::Down));
+        }
+    }
+}
+
+/// Owns `s2ds` and the control socket.
+#[derive(Debug)]
+pub struct Supervisor {
+    config: DataPlaneConfig,
+    listener: OwnedFd,
+    calls: mpsc::Receiver<Call>,
+    restarts: Arc<AtomicU64>,
+    child: Option<Child>,
+    link: Option<Link>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+enum Ended {
+    Shutdown,
+    Died(String),
+}
+
+impl Supervisor {
+    /// Creates the control socket and starts the first `s2ds`, waiting until
+    /// it is ready: a gateway whose data plane cannot start fails at once.
+    pub async fn start(config: DataPlaneConfig) -> Result<(DataPlane, Supervisor), StartError> {
+        let path = config.socket_path.clone();
+        match std::fs::remove_file(&path) {
+            Ok(()) => debug!(path = %path.display(), "removed stale control socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StartError::Socket { path, source }),
+        }
+        let listener =
+            handoff::listen(&path).map_err(|source| StartError::Socket { path, source })?;
+        let (tx, rx) = mpsc::channel(256);
+        let restarts = Arc::new(AtomicU64::new(0));
+        let mut sup = Supervisor {
+            config,
+            listener,
+            calls: rx,
+            restarts: restarts.clone(),
+            child: None,
+            link: None,
+        };
+        sup.spawn().await?;
+        let handle = DataPlane {
+            calls: tx,
+            call_timeout: sup.config.call_timeout,
+            restarts,
+        };
+        Ok((handle, sup))
+    }
+
+    async fn spawn(&mut self) -> Result<(), StartError> {
+        let bin = self.config.bin.clone();
+        let stdin = self
+            .listener
+            .try_clone()
+            .map_err(|source| StartError::Spawn {
+                bin: bin.clone(),
+                source,
+            })?;
+        let mut child = tokio::process::Command::new(&bin)
+            .arg("--control-stdin")
+            .args(&self.config.args)
+            .stdin(Stdio::from(stdin))
+            .spawn()
+            .map_err(|source| StartError::Spawn {
+                bin: bin.clone(),
+                source,
+            })?;
+        let not_ready = |reason: String| StartError::NotReady {
+            bin: bin.clone(),
+            reason,
+        };
+        let fd = handoff::connect(&self.config.socket_path)
+            .map_err(|e| not_ready(format!("cannot connect: {e}")))?;
+        let mut link = Link::new(fd).map_err(|e| not_ready(e.to_string()))?;
+        let hello = tokio::select! {
+            m = tokio::time::timeout(Duration::from_secs(15), link.recv()) => m,
+            status = child.wait() => {
+                return Err(not_ready(match status {
+                    Ok(s) => format!("it exited ({s}) before it was ready; see its log above"),
+                    Err(e) => format!("waiting for it failed: {e}"),
+                }));
+            }
+        };
+        match hello {
+            Ok(Ok(Some(FromDataPlane::Hello {
+                version,
+                pid,
+                engine,
+                workers,
+                sessions,
+            }))) => {
+                if version != HANDOFF_VERSION {
+                    let _ = child.start_kill();
+                    return Err(not_ready(format!(
+                        "it speaks handoff version {version}, this s2cs speaks {HANDOFF_VERSION}; \
+                         install s2cs and s2ds from the same release"
+                    )));
+                }
+                info!(pid, %engine, workers, sessions = sessions.len(), "data plane ready");
+            }
+            Ok(Ok(other)) => {
+                let _ = child.start_kill();
+                return Err(not_ready(format!("unexpected first message {other:?}")));
+            }
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                return Err(not_ready(e.to_string()));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(not_ready("no hello within 15 s".into()));
+            }
+        }
+        self.child = Some(child);
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Serves calls, restarts `s2ds` when it dies, and stops it when
+    /// `shutdown` turns true.
+    pub async fn run(mut self, resync: Resync, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.serve(&mut shutdown).await {
+                Ended::Shutdown => {
+                    self.stop().await;
+                    return;
+                }
+                Ended::Died(reason) => {
+                    let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(link) = self.link.as_mut() {
+                        link.fail_pending();
+                    }
+                    self.link = None;
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                    backoff = if started.elapsed() > Duration::from_secs(10) {
+                        Duration::from_millis(100)
+                    } else {
+                        (backoff * 2).min(Duration::from_secs(5))
+                    };
+                    error!(%reason, restarts = n, "data plane died; restarting it in {backoff:?}");
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => { self.stop().await; return; }
+                }
+                match self.spawn().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        error!(error = %e, "data plane restart failed; retrying in {backoff:?}");
+                    }
+                }
+            }
+            self.resync(&resync).await;
+        }
+    }
+
+    /// Hands every forwarding session to a new `s2ds`, before any queued call.
+    async fn resync(&mut self, resync: &Resync) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let sessions = resync();
+        let count = sessions.len();
+        for (spec, fds) in sessions {
+            let key = spec.key.clone();
+            match link.send(Command::AddSession(spec), &fds).await {
+                Ok(id) => {
+                    let (tx, rx) = oneshot::channel();
+                    link.pending.insert(id, tx);
+                    tokio::spawn(async move {
+                        match rx.await {
+                            Ok(Ok(Outcome::Done)) => debug!(%key, "session re-handed"),
+                            other => warn!(%key, ?other, "re-handing session failed"),
+                        }
+                    });
+                }
+                Err(e) => warn!(%key, error = %e, "cannot re-hand session"),
+            }
+        }
+        if count > 0 {
+            info!(
+                sessions = count,
+                "listening sockets handed to the new data plane"
+            );
+        }
+    }
+
+    async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let (Some(link), Some(child)) = (self.link.as_mut(), self.child.as_mut()) else {
+            return Ended::Died("not running".into());
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ended::Shutdown,
+                status = child.wait() => {
+                    return Ended::Died(match status {
+                        Ok(s) => format!("s2ds exited: {s}"),
+                        Err(e) => format!("waiting for s2ds failed: {e}"),
+                    });
+                }
+                msg = link.recv() => match msg {
+                    Ok(Some(FromDataPlane::Reply { id, outcome })) => {
+                        if let Some(tx) = link.pending.remove(&id) {
+                            let _ = tx.send(Ok(outcome));
+                        }
+                    }
+                    Ok(Some(other)) => warn!(?other, "unexpected message from s2ds"),
+                    Ok(None) => return Ended::Died("s2ds closed its control socket".into()),
+                    Err(e) => return Ended::Died(format!("control socket: {e}")),
+                },
+                call = self.calls.recv() => {
+                    let Some(call) = call else { return Ended::Shutdown };
+                    if call.reply.is_closed() {
+                        continue;
+                    }
+                    match link.send(call.command, &call.fds).await {
+                        Ok(id) => { link.pending.insert(id, call.reply); }
+                        Err(e) => {
+                            let _ = call.reply.send(Err(DataPlaneError::Down));
+                            return Ended::Died(format!("control socket: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops `s2ds`: SIGTERM, then SIGKILL after 5 s.
+    async fn stop(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            link.fail_pending();
+        }
+        self.link = None;
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(_) => info!("data plane stopped"),
+                Err(_) => {
+                    warn!("data plane did not stop within 5 s; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.config.socket_path);
+    }
+}

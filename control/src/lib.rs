@@ -1,0 +1,19 @@
+//! `s2cs`, the SciStream control server.
+//!
+//! It serves SciStream's `scistream.Control` gRPC API ([`service`]), keeps
+//! the sessions and their state machine ([`sessions`]), hands out data
+//! listener ports ([`ports`]), and runs the data plane `s2ds` as a child
+//! process that it hands listening sockets to ([`dataplane`]).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod ports;
+pub mod server;
+pub mod service;
+pub mod sessions;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{RunError, run};

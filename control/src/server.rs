@@ -1,0 +1,234 @@
+//! Start-up and the serving loop of `s2cs`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scistream_protocol::pb::control_server::ControlServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
+use crate::ports::PortAllocator;
+use crate::service::ControlService;
+use crate::sessions::{Registry, Timing};
+use crate::tls::{self, TlsError};
+
+/// Largest gRPC message accepted: far above any legitimate request
+/// (128 listeners of 260 bytes), far below what could hurt.
+const MAX_MESSAGE: usize = 256 * 1024;
+
+/// How long a control client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why `s2cs` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Certificate or key problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// State directory problem.
+    #[error("state directory {path}: {reason}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The control port could not be bound.
+    #[error(
+        "cannot listen on {addr} for the control service: {source}; is another s2cs running? (choose another --port)"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The data plane did not start.
+    #[error(transparent)]
+    DataPlane(#[from] StartError),
+    /// The gRPC server failed.
+    #[error("control service failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Creates the state directory (mode 0700) and takes its lock, so two
+/// `s2cs` never share one directory. The lock lives as long as the fd.
+fn prepare_state_dir(dir: &Path) -> Result<OwnedFd, RunError> {
+    let err = |reason: String| RunError::StateDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let lock_path = dir.join("s2cs.lock");
+    let lock = rustix::fs::open(
+        &lock_path,
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| err(format!("cannot open {}: {e}", lock_path.display())))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| err("another s2cs is using it; give each s2cs its own --state-dir".into()))?;
+    Ok(lock)
+}
+
+/// Runs `s2cs` until `shutdown` completes. `on_listening` is called with the
+/// bound control address once the service accepts calls.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), RunError> {
+    let tls = if config.insecure {
+        warn!(
+            "INSECURE MODE: the control service runs without TLS; anyone on the network can read and forge control calls. Use only for development."
+        );
+        None
+    } else {
+        Some(tls::server_config(&config.server_crt, &config.server_key)?)
+    };
+
+    let state_dir = config.state_dir();
+    let _lock = prepare_state_dir(&state_dir)?;
+
+    let control_addr = SocketAddr::new(config.control_ip, config.port);
+    let listener = TcpListener::bind(control_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: control_addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: control_addr,
+        source,
+    })?;
+
+    let (dataplane, supervisor) = Supervisor::start(DataPlaneConfig {
+        bin: config.s2ds_bin(),
+        args: config.s2ds_args.clone(),
+        socket_path: state_dir.join("s2ds.sock"),
+        call_timeout: Duration::from_secs(20),
+    })
+    .await?;
+
+    let registry = Arc::new(Registry::new(
+        PortAllocator::new(config.listener_ip, config.port_range.clone()),
+        Timing {
+            hello_timeout: config.hello_timeout,
+            hello_grace: config.hello_grace,
+        },
+        dataplane,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let weak = Arc::downgrade(&registry);
+    let resync: Resync = Arc::new(move || {
+        weak.upgrade()
+            .map(|r| r.forwarding_sessions())
+            .unwrap_or_default()
+    });
+    let supervisor = tokio::spawn(supervisor.run(resync, stop_rx));
+
+    let service = ControlServer::new(ControlService::new(registry.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service);
+
+    info!(
+        control = %local,
+        tls = tls.is_some(),
+        listener_ip = %config.listener_ip,
+        port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),
+        state_dir = %state_dir.display(),
+        "s2cs ready"
+    );
+    on_listening(local);
+
+    let result = match tls {
+        Some(tls) => {
+            let (tx, rx) = mpsc::channel(64);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let accept_loop = tokio::spawn(accept_tls(listener, acceptor, tx));
+            let r = server
+                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+                .await;
+            accept_loop.abort();
+            r
+        }
+        None => {
+            let (tx, rx) = mpsc::channel(64);
+            let accept_loop = tokio::spawn(accept_plain(listener, tx));
+            let r = server
+                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+                .await;
+            accept_loop.abort();
+            r
+        }
+    };
+    info!(sessions = registry.len(), "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = supervisor.await;
+    result.map_err(RunError::Serve)
+}
+
+type Incoming<T> = mpsc::Sender<Result<T, io::Error>>;
+
+async fn accept_plain(listener: TcpListener, tx: Incoming<tokio::net::TcpStream>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                if tx.send(Ok(stream)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => accept_error(e).await,
+        }
+    }
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: Incoming<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                // Each handshake runs on its own and is bounded in time, so a
+                // client that stalls mid-handshake holds up nobody.
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "control TLS handshake failed"),
+                        Err(_) => debug!(%peer, "control TLS handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => accept_error(e).await,
+        }
+    }
+}
+
+/// Accept errors (EMFILE, ENFILE, ENOBUFS…) are transient: log and pause
+/// briefly instead of spinning.
+async fn accept_error(e: io::Error) {
+    warn!(error = %e, "accepting a control connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

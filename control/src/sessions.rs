@@ -1,0 +1,566 @@
+//! The session table and its state machine: `req` → `hello` → `update` → `release`.
+//!
+//! ```text
+//!  req ──▶ AwaitingHello ──hello──▶ Ready ──update──▶ Forwarding ──update──▶ Forwarding
+//!              │ timeout / caller gone      │                 │
+//!              ▼                            ▼ release         ▼ release
+//!           (removed, ports freed)      (removed)         (removed from s2ds, ports freed)
+//! ```
+//!
+//! Sessions are keyed by (uid, role). A `req` holds no thread while it
+//! waits: it is a future parked on a oneshot channel. If the caller goes
+//! away, tonic drops that future and [`PendingReq`] frees the session.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use scistream_protocol::handoff::{Command, Outcome, SessionKey, SessionSpec};
+use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, pb, validate_uid};
+use tokio::sync::{Notify, oneshot};
+use tracing::{info, warn};
+
+use crate::dataplane::{DataPlane, DataPlaneError};
+use crate::error::ControlError;
+use crate::ports::{BoundPort, PortAllocator, PortError};
+
+/// Timing knobs of the state machine.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long `req` waits for `hello`.
+    pub hello_timeout: Duration,
+    /// How long a `hello` waits for a `req` that has not arrived yet.
+    pub hello_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHello,
+    Ready,
+    Forwarding,
+}
+
+#[derive(Debug)]
+struct Session {
+    num_conn: usize,
+    rate_kbps: u64,
+    listeners: Vec<BoundPort>,
+    phase: Phase,
+    created: SystemTime,
+    /// `prod_listeners` of the hello (the receivers, for PROD).
+    receivers: Vec<String>,
+    /// Targets per listener, as the user wrote them and as resolved.
+    targets: Vec<String>,
+    target_addrs: Vec<SocketAddr>,
+    hello_tx: Option<oneshot::Sender<()>>,
+    /// Serialises update/release of this session across awaits.
+    op_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Session {
+    fn listener_strings(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .map(|l| Endpoint::from_socket_addr(l.addr).to_string())
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Table {
+    sessions: BTreeMap<SessionKey, Session>,
+    ports: PortAllocator,
+}
+
+/// All sessions of this gateway.
+#[derive(Debug)]
+pub struct Registry {
+    table: Mutex<Table>,
+    /// Fired whenever a session starts waiting for its hello.
+    new_session: Notify,
+    timing: Timing,
+    dataplane: DataPlane,
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> ControlError {
+    ControlError::InvalidArgument(format!("{what}: {e}"))
+}
+
+fn parse_role(role: &str) -> Result<Role, ControlError> {
+    role.parse().map_err(|e| invalid("role", e))
+}
+
+/// An optional role: SciStream's older clients leave it empty in update.
+fn parse_role_hint(role: &str) -> Result<Option<Role>, ControlError> {
+    if role.is_empty() {
+        Ok(None)
+    } else {
+        parse_role(role).map(Some)
+    }
+}
+
+fn check_uid(uid: &str) -> Result<(), ControlError> {
+    validate_uid(uid).map_err(|e| invalid("uid", e))
+}
+
+fn parse_endpoints(field: &str, items: &[String]) -> Result<Vec<Endpoint>, ControlError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Endpoint>()
+                .map_err(|e| invalid(&format!("{field}[{i}]"), e))
+        })
+        .collect()
+}
+
+/// Resolves an endpoint to one socket address (DNS names through the system resolver).
+async fn resolve(e: &Endpoint) -> Result<SocketAddr, ControlError> {
+    if let Some(addr) = e.socket_addr() {
+        return Ok(addr);
+    }
+    let text = e.to_string();
+    let lookup = tokio::net::lookup_host(text.clone());
+    match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| {
+            ControlError::InvalidArgument(format!("'{text}' resolves to no address"))
+        }),
+        Ok(Err(err)) => Err(ControlError::InvalidArgument(format!(
+            "cannot resolve '{text}': {err}"
+        ))),
+        Err(_) => Err(ControlError::Unavailable(format!(
+            "resolving '{text}' timed out after 5 s"
+        ))),
+    }
+}
+
+fn cycle<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    (0..n).map(|i| items[i % items.len()].clone()).collect()
+}
+
+fn dataplane_error(e: DataPlaneError) -> ControlError {
+    match e {
+        DataPlaneError::Failed(m) => ControlError::Internal(format!("data plane refused: {m}")),
+        other => ControlError::Unavailable(format!("{other}; retry in a few seconds")),
+    }
+}
+
+/// Frees a `req`'s session if the `req` ends without its hello (timeout,
+/// or the caller went away and tonic dropped the call).
+struct PendingReq<'a> {
+    registry: &'a Registry,
+    key: SessionKey,
+    armed: bool,
+}
+
+impl Drop for PendingReq<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut table = self.registry.lock();
+        if table
+            .sessions
+            .get(&self.key)
+            .is_some_and(|s| s.phase == Phase::AwaitingHello)
+        {
+            if let Some(s) = table.sessions.remove(&self.key) {
+                let ports: Vec<u16> = s.listeners.iter().map(|l| l.addr.port()).collect();
+                drop(s);
+                table.ports.free(ports);
+                info!(uid = %self.key.uid, role = %self.key.role, "request ended before its hello; ports freed");
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// An empty registry handing out ports from `ports`.
+    pub fn new(ports: PortAllocator, timing: Timing, dataplane: DataPlane) -> Self {
+        Registry {
+            table: Mutex::new(Table {
+                sessions: BTreeMap::new(),
+                ports,
+            }),
+            new_session: Notify::new(),
+            timing,
+            dataplane,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a single map or set operation), so keep serving.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `req`: allocate listeners and wait for the hello.
+    pub async fn req(&self, r: pb::Request) -> Result<pb::Response, ControlError> {
+        check_uid(&r.uid)?;
+        let role = parse_role(&r.role)?;
+        let num_conn = usize::try_from(r.num_conn)
+            .ok()
+            .filter(|&n| (1..=MAX_LISTENERS_PER_SESSION).contains(&n))
+            .ok_or_else(|| {
+                ControlError::InvalidArgument(format!(
+                    "num_conn is {}; it must be between 1 and {MAX_LISTENERS_PER_SESSION}",
+                    r.num_conn
+                ))
+            })?;
+        let rate_kbps = u64::try_from(r.rate).map_err(|_| {
+            ControlError::InvalidArgument(format!(
+                "rate is {}; it must be 0 (no cap) or a positive number of kbit/s",
+                r.rate
+            ))
+        })?;
+        let key = SessionKey {
+            uid: r.uid.clone(),
+            role,
+        };
+        let (hello_tx, hello_rx) = oneshot::channel();
+        let listeners = {
+            let mut table = self.lock();
+            if table.sessions.contains_key(&key) {
+                return Err(ControlError::AlreadyExists(format!(
+                    "a {role} session with uid {} exists already; use a new uid or release it first",
+                    key.uid
+                )));
+            }
+            let bound = table.ports.allocate(num_conn).map_err(|e| match e {
+                PortError::Exhausted { .. } => ControlError::ResourceExhausted(e.to_string()),
+                PortError::Bind { .. } => ControlError::Internal(e.to_string()),
+            })?;
+            let session = Session {
+                num_conn,
+                rate_kbps,
+                listeners: bound,
+                phase: Phase::AwaitingHello,
+                created: SystemTime::now(),
+                receivers: Vec::new(),
+                targets: Vec::new(),
+                target_addrs: Vec::new(),
+                hello_tx: Some(hello_tx),
+                op_lock: Arc::default(),
+            };
+            let listeners = session.listener_strings();
+            table.sessions.insert(key.clone(), session);
+            listeners
+        };
+        let mut pending = PendingReq {
+            registry: self,
+            key: key.clone(),
+            armed: true,
+        };
+        self.new_session.notify_waiters();
+        info!(uid = %key.uid, role = %role, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
+
+        let waited = tokio::time::timeout(self.timing.hello_timeout, hello_rx).await;
+        let table = self.lock();
+        let session = match table.sessions.get(&key) {
+            Some(s) if s.phase != Phase::AwaitingHello => s,
+            _ => {
+                drop(table);
+                drop(pending);
+                return Err(match waited {
+                    Err(_) => ControlError::DeadlineExceeded(format!(
+                        "no hello for uid {} within {} s; the listeners were released. \
+                         Start the application (or s2uc) that sends the hello, then request again",
+                        key.uid,
+                        self.timing.hello_timeout.as_secs()
+                    )),
+                    Ok(_) => ControlError::Aborted(format!(
+                        "session {} was released while waiting for its hello",
+                        key.uid
+                    )),
+                });
+            }
+        };
+        let prod_listeners = match role {
+            Role::Prod => session.receivers.clone(),
+            Role::Cons => Vec::new(),
+        };
+        let response = pb::Response {
+            listeners: session.listener_strings(),
+            prod_listeners,
+        };
+        drop(table);
+        pending.armed = false;
+        info!(uid = %key.uid, role = %role, "ready");
+        Ok(response)
+    }
+
+    /// `hello`: bind an application's announcement to the `req` waiting for it.
+    pub async fn hello(&self, h: pb::Hello) -> Result<pb::AppResponse, ControlError> {
+        check_uid(&h.uid)?;
+        // The role in a hello is only a hint: SciStream's clients send "PROD"
+        // for both ends, so the session's role comes from its `req`.
+        let hint = parse_role(&h.role).ok();
+        parse_endpoints("prod_listeners", &h.prod_listeners)?;
+        let deadline = tokio::time::Instant::now() + self.timing.hello_grace;
+        loop {
+            let notified = self.new_session.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut table = self.lock();
+                let waiting: Vec<SessionKey> = table
+                    .sessions
+                    .iter()
+                    .filter(|(k, s)| k.uid == h.uid && s.phase == Phase::AwaitingHello)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let chosen = waiting
+                    .iter()
+                    .find(|k| Some(k.role) == hint)
+                    .or_else(|| waiting.first())
+                    .cloned();
+                if let Some(key) = chosen {
+                    let Some(session) = table.sessions.get_mut(&key) else {
+                        return Err(ControlError::Internal("session vanished under lock".into()));
+                    };
+                    session.phase = Phase::Ready;
+                    session.receivers = h.prod_listeners.clone();
+                    if let Some(tx) = session.hello_tx.take() {
+                        // The req may have given up this very moment; it re-checks the phase.
+                        let _ = tx.send(());
+                    }
+                    info!(uid = %key.uid, role = %key.role, receivers = ?h.prod_listeners, "hello");
+                    return Ok(pb::AppResponse {
+                        message: match key.role {
+                            Role::Prod => "Sending Prod listeners...".into(),
+                            Role::Cons => "Sending listeners...".into(),
+                        },
+                        listeners: session.listener_strings(),
+                    });
+                }
+                if table.sessions.keys().any(|k| k.uid == h.uid) {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "every session with uid {} has had its hello already",
+                        h.uid
+                    )));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ControlError::NotFound(format!(
+                    "no request with uid {} is waiting for a hello (waited {} s); \
+                     send the req first, or check the uid",
+                    h.uid,
+                    self.timing.hello_grace.as_secs_f32()
+                )));
+            }
+        }
+    }
+
+    /// Finds the session an update addresses; `role` may be absent when the
+    /// uid names one session only.
+    fn find_key(&self, uid: &str, role: Option<Role>) -> Result<SessionKey, ControlError> {
+        let table = self.lock();
+        let mut keys = table.sessions.keys().filter(|k| k.uid == uid);
+        let found = match role {
+            Some(role) => keys.find(|k| k.role == role).cloned(),
+            None => {
+                let all: Vec<_> = keys.cloned().collect();
+                if all.len() > 1 {
+                    return Err(ControlError::InvalidArgument(format!(
+                        "uid {uid} has both a PROD and a CONS session here; set the role"
+                    )));
+                }
+                all.into_iter().next()
+            }
+        };
+        found.ok_or_else(|| match role {
+            Some(role) => ControlError::NotFound(format!("no {role} session with uid {uid}")),
+            None => ControlError::NotFound(format!("no session with uid {uid}")),
+        })
+    }
+
+    fn op_lock(&self, key: &SessionKey) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.lock().sessions.get(key).map(|s| s.op_lock.clone())
+    }
+
+    /// `update`: set the targets and start (or re-point) forwarding.
+    pub async fn update(&self, u: pb::UpdateTargets) -> Result<pb::Response, ControlError> {
+        check_uid(&u.uid)?;
+        let role = parse_role_hint(&u.role)?;
+        if u.remote_listeners.is_empty() {
+            return Err(ControlError::InvalidArgument(
+                "remote_listeners is empty: give at least one HOST:PORT to forward to".into(),
+            ));
+        }
+        let endpoints = parse_endpoints("remote_listeners", &u.remote_listeners)?;
+        let mut addrs = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            addrs.push(resolve(e).await?);
+        }
+        let key = self.find_key(&u.uid, role)?;
+        let op_lock = self
+            .op_lock(&key)
+            .ok_or_else(|| ControlError::NotFound(format!("no session {key}")))?;
+        let _op = op_lock.lock().await;
+
+        let (command, fds, targets, listeners) = {
+            let table = self.lock();
+            let s = table
+                .sessions
+                .get(&key)
+                .ok_or_else(|| ControlError::NotFound(format!("session {key} was released")))?;
+            if s.phase == Phase::AwaitingHello {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "session {key} is still waiting for its hello; update after the request returned"
+                )));
+            }
+            let targets = cycle(&u.remote_listeners, s.num_conn);
+            let target_addrs = cycle(&addrs, s.num_conn);
+            let (command, fds) = if s.phase == Phase::Ready {
+                let fds = s
+                    .listeners
+                    .iter()
+                    .map(|l| l.listener.try_clone().map(OwnedFd::from))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ControlError::Internal(format!("cannot duplicate listener: {e}"))
+                    })?;
+                let spec = SessionSpec {
+                    key: key.clone(),
+                    listeners: s.listeners.iter().map(|l| l.addr).collect(),
+                    targets: target_addrs.clone(),
+                    rate_kbps: s.rate_kbps,
+                };
+                (Command::AddSession(spec), fds)
+            } else {
+                (
+                    Command::UpdateTargets {
+                        key: key.clone(),
+                        targets: target_addrs.clone(),
+                    },
+                    Vec::new(),
+                )
+            };
+            (command, fds, (targets, target_addrs), s.listener_strings())
+        };
+        match self
+            .dataplane
+            .call(command, fds)
+            .await
+            .map_err(dataplane_error)?
+        {
+            Outcome::Failed { message } => {
+                return Err(ControlError::Internal(format!(
+                    "data plane refused the session: {message}"
+                )));
+            }
+            Outcome::Done | Outcome::Stats { .. } => {}
+        }
+        let mut table = self.lock();
+        if let Some(s) = table.sessions.get_mut(&key) {
+            s.phase = Phase::Forwarding;
+            s.targets = targets.0.clone();
+            s.target_addrs = targets.1;
+        }
+        info!(uid = %key.uid, role = %key.role, targets = ?targets.0, "updated; forwarding");
+        Ok(pb::Response {
+            listeners,
+            prod_listeners: targets.0,
+        })
+    }
+
+    /// `release`: close every session of a uid and free its ports.
+    pub async fn release(&self, r: pb::Release) -> Result<pb::Response, ControlError> {
+        check_uid(&r.uid)?;
+        let keys: Vec<SessionKey> = self
+            .lock()
+            .sessions
+            .keys()
+            .filter(|k| k.uid == r.uid)
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "no session with uid {} to release",
+                r.uid
+            )));
+        }
+        for key in keys {
+            let Some(op_lock) = self.op_lock(&key) else {
+                continue;
+            };
+            let _op = op_lock.lock().await;
+            // Out of the table first, so a data-plane restart cannot bring it back.
+            let Some(session) = self.lock().sessions.remove(&key) else {
+                continue;
+            };
+            if session.phase == Phase::Forwarding {
+                let removal = self
+                    .dataplane
+                    .call(Command::RemoveSession { key: key.clone() }, Vec::new());
+                match removal.await {
+                    Ok(Outcome::Failed { message }) => {
+                        warn!(%key, %message, "data plane could not remove session")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(%key, error = %e, "data plane unreachable during release; its restart drops the session")
+                    }
+                }
+            }
+            let ports: Vec<u16> = session.listeners.iter().map(|l| l.addr.port()).collect();
+            drop(session);
+            self.lock().ports.free(ports);
+            info!(uid = %key.uid, role = %key.role, "released");
+        }
+        Ok(pb::Response::default())
+    }
+
+    /// Sessions the data plane must be forwarding, with duplicates of their
+    /// listening sockets, for re-handing to a restarted `s2ds`.
+    pub fn forwarding_sessions(&self) -> Vec<(SessionSpec, Vec<OwnedFd>)> {
+        let table = self.lock();
+        let mut out = Vec::new();
+        for (key, s) in table
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Forwarding)
+        {
+            let fds: Result<Vec<OwnedFd>, _> = s
+                .listeners
+                .iter()
+                .map(|l| l.listener.try_clone().map(OwnedFd::from))
+                .collect();
+            match fds {
+                Ok(fds) => out.push((
+                    SessionSpec {
+                        key: key.clone(),
+                        listeners: s.listeners.iter().map(|l| l.addr).collect(),
+                        targets: s.target_addrs.clone(),
+                        rate_kbps: s.rate_kbps,
+                    },
+                    fds,
+                )),
+                Err(e) => warn!(%key, error = %e, "cannot duplicate listeners to re-hand them"),
+            }
+        }
+        out
+    }
+
+    /// Number of sessions, and when the oldest started (for logs and tests).
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// True when there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ports handed out now.
+    pub fn ports_in_use(&self) -> usize {
+        self.lock().ports.in_use()
+    }
+
+    /// Creation time of a session.
+    pub fn created(&self, key: &SessionKey) -> Option<SystemTime> {
+        self.lock().sessions.get(key).map(|s| s.created)
+    }
+}

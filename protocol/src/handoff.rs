@@ -1,0 +1,401 @@
+//! The control ↔ data plane handoff: how `s2cs` tells `s2ds` what to forward.
+//!
+//! Transport: a Unix `SOCK_SEQPACKET` socket (`s2ds` listens, `s2cs`
+//! connects). Each packet is one JSON-encoded message; listening sockets
+//! travel with the message that names them, as `SCM_RIGHTS`. Packet
+//! boundaries are kept by the kernel, so there is no length prefix, and a
+//! message and its descriptors always arrive together.
+//!
+//! Conversation:
+//! 1. on connect, `s2ds` sends [`FromDataPlane::Hello`] (version, engine,
+//!    the sessions it is already forwarding — non-empty when `s2cs`
+//!    re-attaches after a restart);
+//! 2. `s2cs` sends [`Request`]s, each with a fresh `id`;
+//! 3. `s2ds` answers each with exactly one [`FromDataPlane::Reply`] carrying
+//!    that `id`, after the work is done (a session added is accepting, a
+//!    session removed has no open connection left).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::session::{MAX_LISTENERS_PER_SESSION, Role};
+
+/// Version of this handoff protocol; bumped on any incompatible change.
+pub const HANDOFF_VERSION: u32 = 1;
+
+/// Largest message, in bytes. Well under the default Unix socket buffer
+/// (`net.core.wmem_default`), so a send never needs more than one packet.
+pub const MAX_MESSAGE_LEN: usize = 96 * 1024;
+
+/// Most descriptors in one message.
+pub const MAX_FDS_PER_MESSAGE: usize = MAX_LISTENERS_PER_SESSION;
+
+/// Identifies a session: sessions are keyed by (uid, role) so that one
+/// gateway can hold both ends of a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    /// The session uid.
+    pub uid: String,
+    /// Which end of the tunnel.
+    pub role: Role,
+}
+
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.uid, self.role)
+    }
+}
+
+/// Everything `s2ds` needs to forward one session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSpec {
+    /// The session.
+    pub key: SessionKey,
+    /// Local address of each listening socket, in the order of the
+    /// descriptors attached to the message.
+    pub listeners: Vec<SocketAddr>,
+    /// Where connections accepted on listener *i* go: `targets[i]`. Same
+    /// length as `listeners` (the control plane cycles the user's list).
+    pub targets: Vec<SocketAddr>,
+    /// Rate cap for the whole session in kilobits per second, split evenly
+    /// over its connections; 0 means no cap.
+    pub rate_kbps: u64,
+}
+
+/// A command from `s2cs` to `s2ds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Start accepting on the attached listening sockets (one per
+    /// `spec.listeners` entry, same order).
+    AddSession(SessionSpec),
+    /// Change where new connections go. Connections already open stay as they are.
+    UpdateTargets {
+        /// The session.
+        key: SessionKey,
+        /// New target per listener.
+        targets: Vec<SocketAddr>,
+    },
+    /// Close the session's listeners and every one of its connections.
+    RemoveSession {
+        /// The session.
+        key: SessionKey,
+    },
+    /// Report counters.
+    Stats,
+}
+
+/// A [`Command`] with the id its reply will carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the sender, unique per connection.
+    pub id: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// Counters of one session, summed over its connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    /// The session.
+    pub key: SessionKey,
+    /// Connections open now.
+    pub conns_open: u64,
+    /// Connections accepted since the session started.
+    pub conns_total: u64,
+    /// Bytes from accepted clients towards targets.
+    pub bytes_to_target: u64,
+    /// Bytes from targets back to accepted clients.
+    pub bytes_from_target: u64,
+    /// Connections that failed: target unreachable, reset, I/O error.
+    pub errors: u64,
+}
+
+impl Default for SessionKey {
+    fn default() -> Self {
+        SessionKey {
+            uid: String::new(),
+            role: Role::Prod,
+        }
+    }
+}
+
+/// The outcome of one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done, nothing to report.
+    Done,
+    /// Counters, for [`Command::Stats`].
+    Stats {
+        /// One entry per session.
+        sessions: Vec<SessionStats>,
+    },
+    /// The command failed; the message says why, for a person.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A message from `s2ds` to `s2cs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FromDataPlane {
+    /// First message on every control connection.
+    Hello {
+        /// [`HANDOFF_VERSION`] of the data plane.
+        version: u32,
+        /// Process id of `s2ds`.
+        pid: u32,
+        /// I/O engine in use (`io_uring` or `epoll`).
+        engine: String,
+        /// Number of worker threads.
+        workers: u32,
+        /// Sessions already being forwarded.
+        sessions: Vec<SessionKey>,
+    },
+    /// The answer to the [`Request`] with this id.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+}
+
+/// Handoff failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoffError {
+    /// The socket failed.
+    #[error("control socket I/O: {0}")]
+    Io(#[from] io::Error),
+    /// A message did not fit in [`MAX_MESSAGE_LEN`], or its descriptors did
+    /// not fit in [`MAX_FDS_PER_MESSAGE`].
+    #[error("handoff message too large ({0})")]
+    TooLarge(String),
+    /// A message arrived cut short by the kernel.
+    #[error("handoff message truncated")]
+    Truncated,
+    /// A message that is not valid JSON for the expected type.
+    #[error("malformed handoff message: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl HandoffError {
+    /// True when the socket is non-blocking and not ready.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, HandoffError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Encodes and sends one message with its descriptors.
+pub fn send<T: Serialize>(
+    sock: impl AsFd,
+    message: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), HandoffError> {
+    let bytes = serde_json::to_vec(message)?;
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(HandoffError::TooLarge(format!("{} bytes", bytes.len())));
+    }
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(HandoffError::TooLarge(format!("{} descriptors", fds.len())));
+    }
+    let mut space =
+        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(HandoffError::TooLarge(format!("{} descriptors", fds.len())));
+    }
+    let sent = rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(&bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(io::Error::from)?;
+    if sent != bytes.len() {
+        // SOCK_SEQPACKET sends all or nothing; anything else is a kernel surprise.
+        return Err(HandoffError::Truncated);
+    }
+    Ok(())
+}
+
+/// A reusable receive buffer.
+#[derive(Debug)]
+pub struct Receiver {
+    buf: Vec<u8>,
+    space: Vec<MaybeUninit<u8>>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            buf: vec![0; MAX_MESSAGE_LEN + 1],
+            space: vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))],
+        }
+    }
+}
+
+impl Receiver {
+    /// Receives and decodes one message. `Ok(None)` when the peer closed the
+    /// socket. Descriptors arrive close-on-exec.
+    pub fn recv<T: DeserializeOwned>(
+        &mut self,
+        sock: impl AsFd,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, HandoffError> {
+        let mut control = RecvAncillaryBuffer::new(&mut self.space);
+        let msg = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut self.buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        // Take ownership of every descriptor first, so none leaks on an error path.
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = m {
+                fds.extend(received);
+            }
+        }
+        if msg
+            .flags
+            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+            || msg.bytes > MAX_MESSAGE_LEN
+        {
+            return Err(HandoffError::Truncated);
+        }
+        if msg.bytes == 0 {
+            return Ok(None);
+        }
+        let value = serde_json::from_slice(&self.buf[..msg.bytes])?;
+        Ok(Some((value, fds)))
+    }
+}
+
+fn seqpacket_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Binds and listens on a Unix seqpacket socket at `path`.
+pub fn listen(path: &Path) -> io::Result<OwnedFd> {
+    let fd = seqpacket_socket()?;
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&fd, 8)?;
+    Ok(fd)
+}
+
+/// Connects to the Unix seqpacket socket at `path` (blocking connect; the
+/// socket stays blocking).
+pub fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let fd = seqpacket_socket()?;
+    rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
+    Ok(fd)
+}
+
+/// Accepts one control connection (close-on-exec).
+pub fn accept(listener: impl AsFd) -> io::Result<OwnedFd> {
+    Ok(rustix::net::accept_with(listener, SocketFlags::CLOEXEC)?)
+}
+
+/// A connected pair, for tests and for spawning a data plane without a path.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::os::fd::AsFd;
+
+    fn key() -> SessionKey {
+        SessionKey {
+            uid: "u1".into(),
+            role: Role::Prod,
+        }
+    }
+
+    #[test]
+    fn message_and_descriptors_travel_together() {
+        let (a, b) = pair().unwrap();
+        let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = SessionSpec {
+            key: key(),
+            listeners: vec![l1.local_addr().unwrap(), l2.local_addr().unwrap()],
+            targets: vec!["127.0.0.1:9".parse().unwrap(); 2],
+            rate_kbps: 0,
+        };
+        let req = Request {
+            id: 7,
+            command: Command::AddSession(spec.clone()),
+        };
+        send(&a, &req, &[l1.as_fd(), l2.as_fd()]).unwrap();
+        let (got, fds): (Request, _) = Receiver::default().recv(&b).unwrap().unwrap();
+        assert_eq!(got, req);
+        assert_eq!(fds.len(), 2);
+        // The received descriptor is the same listening socket.
+        let l = TcpListener::from(fds.into_iter().next().unwrap());
+        assert_eq!(l.local_addr().unwrap(), spec.listeners[0]);
+    }
+
+    #[test]
+    fn eof_is_none_and_garbage_is_an_error() {
+        let (a, b) = pair().unwrap();
+        rustix::net::send(&a, b"{not json", SendFlags::empty()).unwrap();
+        let mut r = Receiver::default();
+        assert!(matches!(
+            r.recv::<Request>(&b),
+            Err(HandoffError::Decode(_))
+        ));
+        drop(a);
+        assert!(r.recv::<Request>(&b).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_sending() {
+        let (a, _b) = pair().unwrap();
+        let big = Outcome::Failed {
+            message: "x".repeat(MAX_MESSAGE_LEN),
+        };
+        assert!(matches!(
+            send(&a, &big, &[]),
+            Err(HandoffError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let r = Request {
+            id: 1,
+            command: Command::RemoveSession { key: key() },
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":1,"command":{"op":"remove_session","key":{"uid":"u1","role":"PROD"}}}"#
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! Wire formats shared by every scistream-rs component.
+//!
+//! - [`pb`]: the `scistream.Control` gRPC service, generated from
+//!   `proto/scistream.proto` (byte-compatible with SciStream's own proto).
+//! - [`handoff`]: messages between `s2cs` and `s2ds` over a Unix
+//!   `SOCK_SEQPACKET` socket, with listening sockets passed as `SCM_RIGHTS`.
+//! - [`endpoint`], [`session`]: validation of the strings users and clients
+//!   send (listener/receiver addresses, uids, roles), shared so that `s2uc`
+//!   rejects bad input with the same words as `s2cs`.
+//!
+//! This crate defines formats only; it holds no I/O policy (no retries, no
+//! timeouts, no threads).
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+pub mod handoff;
+pub mod session;
+pub mod units;
+
+/// Generated code for the `scistream` protobuf package.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("scistream");
+}
+
+pub use endpoint::{Endpoint, EndpointError, Host};
+pub use session::{
+    MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, Role, RoleError, UidError, validate_uid,
+};

@@ -1,0 +1,128 @@
+//! Session identity: the uid and the role, as `req`, `hello`, `update` carry them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest uid accepted, in bytes. Uids reach logs and file names.
+pub const MAX_UID_LEN: usize = 128;
+
+/// Most listeners (`num_conn`) one session may ask for. One handoff frame
+/// carries all of a session's listening sockets, and `SCM_RIGHTS` carries at
+/// most 253 descriptors per message.
+pub const MAX_LISTENERS_PER_SESSION: usize = 128;
+
+/// Why a uid was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UidError {
+    /// No uid given.
+    #[error("uid is empty")]
+    Empty,
+    /// Longer than [`MAX_UID_LEN`].
+    #[error("uid is {0} bytes long; the limit is {MAX_UID_LEN}")]
+    TooLong(usize),
+    /// A character outside `[A-Za-z0-9._-]`.
+    #[error("uid contains {0:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    BadChar(char),
+}
+
+/// Checks a uid: 1 to 128 bytes of `[A-Za-z0-9._-]`.
+pub fn validate_uid(uid: &str) -> Result<(), UidError> {
+    if uid.is_empty() {
+        return Err(UidError::Empty);
+    }
+    if uid.len() > MAX_UID_LEN {
+        return Err(UidError::TooLong(uid.len()));
+    }
+    match uid
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(UidError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// Which end of a tunnel a session is.
+///
+/// SciStream's names: `PROD` is the producer-facing *inbound* gateway at the
+/// HPC side (its listeners receive from the WAN and forward to receivers);
+/// `CONS` is the *outbound* gateway at the instrument side (its listeners
+/// receive from the instrument and forward to the inbound gateway).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    /// Inbound gateway (`"PROD"` on the wire).
+    #[serde(rename = "PROD")]
+    Prod,
+    /// Outbound gateway (`"CONS"` on the wire).
+    #[serde(rename = "CONS")]
+    Cons,
+}
+
+impl Role {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Prod => "PROD",
+            Role::Cons => "CONS",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role string that is neither `PROD` nor `CONS`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role {0:?} is not valid: use \"PROD\" (inbound gateway) or \"CONS\" (outbound gateway)")]
+pub struct RoleError(pub String);
+
+impl FromStr for Role {
+    type Err = RoleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "PROD" | "prod" => Ok(Role::Prod),
+            "CONS" | "cons" => Ok(Role::Cons),
+            other => Err(RoleError(other.chars().take(32).collect())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids() {
+        assert!(validate_uid("4f1c2a9e-3b7d-4c1e-9f00-123456789abc").is_ok());
+        assert!(validate_uid("run_42.a-b").is_ok());
+        assert_eq!(validate_uid(""), Err(UidError::Empty));
+        assert_eq!(validate_uid(&"a".repeat(129)), Err(UidError::TooLong(129)));
+        assert!(validate_uid(&"a".repeat(128)).is_ok());
+        assert_eq!(validate_uid("a/b"), Err(UidError::BadChar('/')));
+        assert_eq!(validate_uid("a b"), Err(UidError::BadChar(' ')));
+        assert_eq!(validate_uid("é"), Err(UidError::BadChar('é')));
+        assert_eq!(validate_uid("a\n"), Err(UidError::BadChar('\n')));
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!("PROD".parse::<Role>().unwrap(), Role::Prod);
+        assert_eq!("CONS".parse::<Role>().unwrap(), Role::Cons);
+        assert!("".parse::<Role>().is_err());
+        assert!(
+            "producer"
+                .parse::<Role>()
+                .unwrap_err()
+                .to_string()
+                .contains("PROD")
+        );
+        assert_eq!(serde_json::to_string(&Role::Cons).unwrap(), "\"CONS\"");
+    }
+}

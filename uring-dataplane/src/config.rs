@@ -1,0 +1,68 @@
+//! `s2ds` options. `s2cs` starts `s2ds` and passes these; people rarely do.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::reactor::EngineChoice;
+
+/// SciStream data server: forwards the TCP streams of the sessions that
+/// s2cs hands it. Normally started and supervised by s2cs; pass extra
+/// options with `s2cs --s2ds-arg=...`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "s2ds", version, about, long_about = None)]
+pub struct Config {
+    /// Take the control socket (a listening Unix seqpacket socket) from
+    /// standard input. This is how s2cs starts s2ds.
+    #[arg(long = "control-stdin", conflicts_with = "control_socket")]
+    pub control_stdin: bool,
+
+    /// Listen for s2cs on this Unix socket path instead.
+    #[arg(long = "control-socket")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Worker threads, one per core. Default: every core this process may run on.
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Readiness engine. `auto` uses io_uring when the kernel allows it, else epoll.
+    #[arg(long, value_enum, default_value = "auto", env = "S2DS_ENGINE")]
+    pub engine: EngineChoice,
+
+    /// Pipe size of each forwarding direction (F_SETPIPE_SZ), e.g. 1MiB, 256KiB.
+    #[arg(long = "pipe-size", default_value = "1MiB", value_parser = parse_pipe_size)]
+    pub pipe_size: usize,
+
+    /// Do not pin workers to cores.
+    #[arg(long = "no-pin")]
+    pub no_pin: bool,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_pipe_size(s: &str) -> Result<usize, String> {
+    let n = scistream_protocol::units::parse_size(s).map_err(|e| e.to_string())?;
+    if !(4096..=(256 << 20)).contains(&n) {
+        return Err(format!("pipe size {s} is outside 4KiB-256MiB"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_rejections() {
+        let c = Config::try_parse_from(["s2ds", "--control-stdin"]).unwrap();
+        assert_eq!(c.pipe_size, 1 << 20);
+        assert_eq!(c.engine, EngineChoice::Auto);
+        assert!(Config::try_parse_from(["s2ds", "--pipe-size", "12"]).is_err());
+        assert!(Config::try_parse_from(["s2ds", "--pipe-size", "8MQ"]).is_err());
+        assert!(
+            Config::try_parse_from(["s2ds", "--control-stdin", "--control-socket", "/x"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! The control thread: talks to `s2cs` over the handoff socket and turns its
+//! commands into worker commands. One command at a time, in order; each is
+//! answered after every worker involved has acknowledged it.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use scistream_protocol::handoff::{
+    self, Command, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request, SessionKey,
+    SessionSpec, SessionStats,
+};
+use tracing::{debug, info, warn};
+
+use crate::worker::{WorkerCommand, WorkerHandle};
+
+/// How long the control thread waits for a worker's acknowledgement.
+const WORKER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The data plane as the control thread sees it.
+#[derive(Debug)]
+pub struct DataPlane {
+    workers: Vec<WorkerHandle>,
+    engine: &'static str,
+    /// Worker index of each listener, per session.
+    sessions: HashMap<SessionKey, Vec<usize>>,
+    next_worker: usize,
+}
+
+fn failed(message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        message: message.into(),
+    }
+}
+
+/// Waits for `n` acknowledgements.
+fn wait_acks(rx: &mpsc::Receiver<Result<(), String>>, n: usize) -> Result<(), String> {
+    for _ in 0..n {
+        match rx.recv_timeout(WORKER_ACK_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a worker did not acknowledge within 10 s".into()),
+        }
+    }
+    Ok(())
+}
+
+impl DataPlane {
+    /// A data plane over started workers.
+    pub fn new(workers: Vec<WorkerHandle>, engine: &'static str) -> Self {
+        DataPlane {
+            workers,
+            engine,
+            sessions: HashMap::new(),
+            next_worker: 0,
+        }
+    }
+
+    /// Number of sessions forwarded now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Carries out one command.
+    pub fn handle(&mut self, command: Command, fds: Vec<OwnedFd>) -> Outcome {
+        match command {
+            Command::AddSession(spec) => self.add_session(spec, fds),
+            Command::UpdateTargets { key, targets } => self.update_targets(key, targets),
+            Command::RemoveSession { key } => self.remove_session(&key),
+            Command::Stats => self.stats(),
+        }
+    }
+
+    fn add_session(&mut self, spec: SessionSpec, fds: Vec<OwnedFd>) -> Outcome {
+        let key = spec.key.clone();
+        if self.sessions.contains_key(&key) {
+            return failed(format!("session {key} is already being forwarded"));
+        }
+        if fds.len() != spec.listeners.len() || spec.targets.len() != spec.listeners.len() {
+            return failed(format!(
+                "session {key}: {} listening sockets, {} listener addresses and {} targets do not match",
+                fds.len(),
+                spec.listeners.len(),
+                spec.targets.len()
+            ));
+        }
+        for fd in &fds {
+            match rustix::net::sockopt::socket_acceptconn(fd) {
+                Ok(true) => {}
+                _ => {
+                    return failed(format!(
+                        "session {key}: a descriptor handed over is not a listening socket"
+                    ));
+                }
+            }
+            if let Err(e) = rustix::io::ioctl_fionbio(fd, true) {
+                return failed(format!(
+                    "session {key}: cannot make a listener non-blocking: {e}"
+                ));
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let mut placement = Vec::with_capacity(fds.len());
+        for (index, (fd, target)) in fds.into_iter().zip(spec.targets.iter()).enumerate() {
+            let w = self.next_worker % self.workers.len();
+            self.next_worker += 1;
+            let cmd = WorkerCommand::AddListener {
+                key: key.clone(),
+                index,
+                fd,
+                target: *target,
+                done: tx.clone(),
+            };
+            if let Err(e) = self.workers[w].send(cmd) {
+                return failed(e);
+            }
+            placement.push(w);
+        }
+        let result = wait_acks(&rx, placement.len());
+        self.sessions.insert(key.clone(), placement);
+        match result {
+            Ok(()) => {
+                info!(%key, listeners = ?spec.listeners, targets = ?spec.targets, rate_kbps = spec.rate_kbps, "forwarding");
+                Outcome::Done
+            }
+            Err(e) => {
+                self.remove_session(&key);
+                failed(format!("session {key}: {e}"))
+            }
+        }
+    }
+
+    fn update_targets(&mut self, key: SessionKey, targets: Vec<std::net::SocketAddr>) -> Outcome {
+        let Some(placement) = self.sessions.get(&key) else {
+            return failed(format!("no session {key} is being forwarded"));
+        };
+        if targets.len() != placement.len() {
+            return failed(format!(
+                "session {key} has {} listeners but {} targets were given",
+                placement.len(),
+                targets.len()
+            ));
+        }
+        let mut involved: Vec<usize> = placement.clone();
+        involved.sort_unstable();
+        involved.dedup();
+        let (tx, rx) = mpsc::channel();
+        for &w in &involved {
+            let cmd = WorkerCommand::SetTargets {
+                key: key.clone(),
+                targets: targets.clone(),
+                done: tx.clone(),
+            };
+            if let Err(e) = self.workers[w].send(cmd) {
+                return failed(e);
+            }
+        }
+        match wait_acks(&rx, involved.len()) {
+            Ok(()) => {
+                info!(%key, ?targets, "targets updated");
+                Outcome::Done
+            }
+            Err(e) => failed(e),
+        }
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) -> Outcome {
+        let Some(mut involved) = self.sessions.remove(key) else {
+            debug!(%key, "remove: session not here (already removed)");
+            return Outcome::Done;
+        };
+        involved.sort_unstable();
+        involved.dedup();
+        let (tx, rx) = mpsc::channel();
+        for &w in &involved {
+            let _ = self.workers[w].send(WorkerCommand::RemoveSession {
+                key: key.clone(),
+                done: tx.clone(),
+            });
+        }
+        match wait_acks(&rx, involved.len()) {
+            Ok(()) => Outcome::Done,
+            Err(e) => failed(e),
+        }
+    }
+
+    fn stats(&mut self) -> Outcome {
+        let (tx, rx) = mpsc::channel();
+        let mut asked = 0;
+        for w in &self.workers {
+            if w.send(WorkerCommand::Stats { reply: tx.clone() }).is_ok() {
+                asked += 1;
+            }
+        }
+        let mut merged: HashMap<SessionKey, SessionStats> = HashMap::new();
+        for _ in 0..asked {
+            let Ok(list) = rx.recv_timeout(WORKER_ACK_TIMEOUT) else {
+                return failed("a worker did not report its counters within 10 s");
+            };
+            for s in list {
+                let m = merged.entry(s.key.clone()).or_insert_with(|| SessionStats {
+                    key: s.key.clone(),
+                    ..Default::default()
+                });
+                m.conns_open += s.conns_open;
+                m.conns_total += s.conns_total;
+                m.bytes_to_target += s.bytes_to_target;
+                m.bytes_from_target += s.bytes_from_target;
+                m.errors += s.errors;
+            }
+        }
+        let mut sessions: Vec<SessionStats> = merged.into_values().collect();
+        sessions.sort_by(|a, b| a.key.cmp(&b.key));
+        Outcome::Stats { sessions }
+    }
+
+    /// Serves one controller connection until it closes.
+    pub fn serve_controller(&mut self, conn: &OwnedFd) -> Result<(), HandoffError> {
+        let mut keys: Vec<SessionKey> = self.sessions.keys().cloned().collect();
+        keys.sort();
+        let hello = FromDataPlane::Hello {
+            version: HANDOFF_VERSION,
+            pid: std::process::id(),
+            engine: self.engine.to_owned(),
+            workers: self.workers.len() as u32,
+            sessions: keys,
+        };
+        handoff::send(conn, &hello, &[])?;
+        let mut receiver = handoff::Receiver::default();
+        loop {
+            let Some((request, fds)) = receiver.recv::<Request>(conn.as_fd())? else {
+                return Ok(());
+            };
+            let Request { id, command } = request;
+            debug!(id, ?command, descriptors = fds.len(), "command");
+            let outcome = self.handle(command, fds);
+            handoff::send(conn, &FromDataPlane::Reply { id, outcome }, &[])?;
+        }
+    }
+}
+
+/// Accepts controllers one after another. Returns when a controller
+/// leaves and no session is left to forward (nothing for s2ds to do until
+/// a new s2cs starts one, which starts its own s2ds).
+pub fn run(listener: OwnedFd, mut dp: DataPlane) -> io::Result<()> {
+    loop {
+        let conn = handoff::accept(&listener)?;
+        info!("control connection from s2cs");
+        match dp.serve_controller(&conn) {
+            Ok(()) => info!(
+                sessions = dp.session_count(),
+                "s2cs closed the control connection"
+            ),
+            Err(e) => warn!(error = %e, sessions = dp.session_count(), "control connection failed"),
+        }
+        if dp.session_count() == 0 {
+            info!("no controller and no session left; exiting");
+            return Ok(());
+        }
+        info!(
+            sessions = dp.session_count(),
+            "still forwarding; waiting for s2cs to reconnect"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `s2ds`, the SciStream data plane.
+//!
+//! `s2cs` hands it listening sockets over a Unix socket ([`control`]); it
+//! spreads them over thread-per-core [`worker`]s, each with its own
+//! [`reactor`], and forwards every accepted connection to its target with
+//! `splice` through a per-connection pipe ([`relay`]).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod control;
+pub mod reactor;
+pub mod relay;
+pub mod worker;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+pub use config::Config;
+
+/// CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect(),
+    }
+}
+
+/// Errors starting the data plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No control socket given.
+    #[error("no control socket: pass --control-stdin (as s2cs does) or --control-socket PATH")]
+    NoControl,
+    /// The control socket could not be set up.
+    #[error("control socket: {0}")]
+    Control(io::Error),
+    /// A worker could not be created.
+    #[error("cannot start worker {id}: {source}")]
+    Worker {
+        /// Worker number.
+        id: usize,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Starts workers and serves the control socket until no controller and no
+/// session remain.
+pub fn run(config: &Config) -> Result<(), StartError> {
+    let listener: OwnedFd = if config.control_stdin {
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(StartError::Control)?
+    } else if let Some(path) = &config.control_socket {
+        let _ = std::fs::remove_file(path);
+        scistream_protocol::handoff::listen(path).map_err(StartError::Control)?
+    } else {
+        return Err(StartError::NoControl);
+    };
+    let cpus = allowed_cpus();
+    let n = config.workers.unwrap_or(cpus.len()).max(1);
+    let mut workers = Vec::with_capacity(n);
+    let mut engine = "epoll";
+    for id in 0..n {
+        let cpu = (!config.no_pin)
+            .then(|| cpus.get(id % cpus.len().max(1)).copied())
+            .flatten();
+        let options = worker::WorkerOptions {
+            pipe_size: config.pipe_size,
+        };
+        let (handle, name) = worker::spawn(id, cpu, config.engine, options)
+            .map_err(|source| StartError::Worker { id, source })?;
+        engine = name;
+        workers.push(handle);
+    }
+    tracing::info!(
+        engine,
+        workers = n,
+        pipe_size = config.pipe_size,
+        pid = std::process::id(),
+        "s2ds started"
+    );
+    control::run(listener, control::DataPlane::new(workers, engine)).map_err(StartError::Control)
+}

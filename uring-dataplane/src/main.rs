@@ -1,0 +1,47 @@
+//! The `s2ds` binary.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use scistream_dataplane::{Config, run};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let level = match config.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // SIGTERM/SIGINT: stop at once; the kernel closes every socket. s2cs
+    // keeps the listening sockets, so queued connections wait for the next s2ds.
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "stopping");
+                    std::process::exit(0);
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot install signal handlers"),
+    }
+
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("s2ds: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

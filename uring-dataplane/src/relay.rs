@@ -1,0 +1,312 @@
+//! Forwarding one connection: two directions, each `socket → pipe → socket`
+//! with `splice(2)`, so payload bytes never enter user space.
+//!
+//! Each direction owns a pipe created once per connection and sized with
+//! `F_SETPIPE_SZ`. A direction moves data until the source would block, the
+//! pipe is full and the destination would block, or the source reached EOF
+//! and the pipe is empty — then it shuts down the destination's write side
+//! (half-close propagates). An error on either socket (reset, broken pipe)
+//! aborts the whole connection, and both peers see a reset.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::Shutdown;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+
+/// How many splice calls one direction makes per wake-up before yielding
+/// to other connections on the worker.
+const ROUNDS_PER_TURN: usize = 16;
+
+/// A pipe used as the in-kernel buffer of one direction.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+    /// Bytes in the pipe now.
+    filled: usize,
+}
+
+impl Pipe {
+    fn new(size: usize) -> io::Result<(Self, bool)> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let (capacity, resized) = match rustix::pipe::fcntl_setpipe_size(&write, size) {
+            Ok(got) => (got, true),
+            // EPERM: above fs.pipe-max-size or the user's pipe quota; keep the default size.
+            Err(_) => (rustix::pipe::fcntl_getpipe_size(&write)?, false),
+        };
+        Ok((
+            Pipe {
+                read,
+                write,
+                capacity,
+                filled: 0,
+            },
+            resized,
+        ))
+    }
+}
+
+/// One direction of a connection.
+#[derive(Debug)]
+struct Direction {
+    pipe: Pipe,
+    /// The source sent FIN.
+    eof: bool,
+    /// We shut down the destination's write side.
+    shut: bool,
+    /// Bytes delivered to the destination.
+    delivered: u64,
+}
+
+/// What a turn achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Waiting for readiness; nothing more to do until an event.
+    Idle,
+    /// Stopped by the per-turn budget with work left: run again soon.
+    MoreWork,
+    /// Both directions finished cleanly: close the connection.
+    Finished,
+}
+
+/// Errors that end a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading from one side failed (usually a reset).
+    #[error("reading from {side}: {source}")]
+    Read {
+        /// `client` or `target`.
+        side: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
+    /// Writing to one side failed (reset, broken pipe).
+    #[error("writing to {side}: {source}")]
+    Write {
+        /// `client` or `target`.
+        side: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
+}
+
+/// A connection being forwarded: the accepted client and its target.
+#[derive(Debug)]
+pub struct SpliceRelay {
+    to_target: Direction,
+    to_client: Direction,
+}
+
+impl SpliceRelay {
+    /// Creates the two pipes. The flag says whether the pipes got the size
+    /// asked for (false when the kernel refused; the default size is used).
+    pub fn new(pipe_size: usize) -> io::Result<(Self, bool)> {
+        let (a, ok_a) = Pipe::new(pipe_size)?;
+        let (b, ok_b) = Pipe::new(pipe_size)?;
+        let dir = |pipe| Direction {
+            pipe,
+            eof: false,
+            shut: false,
+            delivered: 0,
+        };
+        Ok((
+            SpliceRelay {
+                to_target: dir(a),
+                to_client: dir(b),
+            },
+            ok_a && ok_b,
+        ))
+    }
+
+    /// Bytes delivered (to the target, to the client).
+    pub fn delivered(&self) -> (u64, u64) {
+        (self.to_target.delivered, self.to_client.delivered)
+    }
+
+    /// Moves whatever can move now, in both directions.
+    pub fn turn(&mut self, client: &OwnedFd, target: &OwnedFd) -> Result<Turn, RelayError> {
+        let a = pump(&mut self.to_target, client, target, ("client", "target"))?;
+        let b = pump(&mut self.to_client, target, client, ("target", "client"))?;
+        Ok(if self.to_target.shut && self.to_client.shut {
+            Turn::Finished
+        } else if a == Turn::MoreWork || b == Turn::MoreWork {
+            Turn::MoreWork
+        } else {
+            Turn::Idle
+        })
+    }
+}
+
+fn would_block(e: Errno) -> bool {
+    e == Errno::AGAIN || e == Errno::INTR
+}
+
+/// Runs one direction until it would block or its budget is spent.
+fn pump(
+    d: &mut Direction,
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    sides: (&'static str, &'static str),
+) -> Result<Turn, RelayError> {
+    if d.shut {
+        return Ok(Turn::Idle);
+    }
+    for _ in 0..ROUNDS_PER_TURN {
+        let mut progressed = false;
+        if !d.eof && d.pipe.filled < d.pipe.capacity {
+            let room = d.pipe.capacity - d.pipe.filled;
+            match rustix::pipe::splice(
+                src.as_fd(),
+                None,
+                &d.pipe.write,
+                None,
+                room,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            ) {
+                Ok(0) => {
+                    d.eof = true;
+                    progressed = true;
+                }
+                Ok(n) => {
+                    d.pipe.filled += n;
+                    progressed = true;
+                }
+                Err(e) if would_block(e) => {}
+                Err(e) => {
+                    return Err(RelayError::Read {
+                        side: sides.0,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        if d.pipe.filled > 0 {
+            match rustix::pipe::splice(
+                &d.pipe.read,
+                None,
+                dst.as_fd(),
+                None,
+                d.pipe.filled,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            ) {
+                Ok(n) => {
+                    d.pipe.filled -= n;
+                    d.delivered += n as u64;
+                    progressed |= n > 0;
+                }
+                Err(e) if would_block(e) => {}
+                Err(e) => {
+                    return Err(RelayError::Write {
+                        side: sides.1,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        if d.eof && d.pipe.filled == 0 {
+            match rustix::net::shutdown(dst, Shutdown::Write) {
+                Ok(()) | Err(Errno::NOTCONN) => {}
+                Err(e) => {
+                    return Err(RelayError::Write {
+                        side: sides.1,
+                        source: e.into(),
+                    });
+                }
+            }
+            d.shut = true;
+            return Ok(Turn::Idle);
+        }
+        if !progressed {
+            return Ok(Turn::Idle);
+        }
+    }
+    Ok(Turn::MoreWork)
+}
+
+/// Makes the next close of `fd` send a reset instead of a FIN.
+pub fn set_reset_on_close(fd: &OwnedFd) {
+    let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    /// A connected (ours, peer) pair on loopback with our end non-blocking.
+    fn pair() -> (OwnedFd, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (OwnedFd::from(ours), peer)
+    }
+
+    fn run_until_idle(r: &mut SpliceRelay, c: &OwnedFd, t: &OwnedFd) -> Turn {
+        loop {
+            match r.turn(c, t).unwrap() {
+                Turn::MoreWork => continue,
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn forwards_both_ways_and_propagates_half_close() {
+        let (client, mut client_peer) = pair();
+        let (target, mut target_peer) = pair();
+        let (mut relay, _) = SpliceRelay::new(1 << 16).unwrap();
+
+        client_peer.write_all(b"hello target").unwrap();
+        client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 12 {
+            run_until_idle(&mut relay, &client, &target);
+            let mut buf = [0; 64];
+            let n = target_peer.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hello target");
+        // The client's FIN reached the target as EOF...
+        std::thread::sleep(Duration::from_millis(20));
+        run_until_idle(&mut relay, &client, &target);
+        assert_eq!(target_peer.read(&mut [0; 8]).unwrap(), 0);
+        // ...and the target can still answer.
+        target_peer.write_all(b"reply").unwrap();
+        target_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        let turn = loop {
+            let t = run_until_idle(&mut relay, &client, &target);
+            if t == Turn::Finished {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(turn, Turn::Finished);
+        client_peer.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"reply");
+        assert_eq!(relay.delivered(), (12, 5));
+    }
+
+    #[test]
+    fn a_reset_is_an_error() {
+        let (client, client_peer) = pair();
+        let (target, _target_peer) = pair();
+        let (mut relay, _) = SpliceRelay::new(1 << 16).unwrap();
+        let s = socket2::SockRef::from(&client_peer);
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client_peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(
+            relay.turn(&client, &target),
+            Err(RelayError::Read { side: "client", .. })
+        ));
+    }
+}

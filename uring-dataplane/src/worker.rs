@@ -1,0 +1,659 @@
+//! A worker: one thread, pinned to one core, with its own reactor. It owns
+//! the listeners assigned to it and every connection they accept, for the
+//! connection's whole life, so the data path never crosses cores and needs
+//! no locks. Commands from the control thread arrive on a channel, with an
+//! eventfd to wake the worker.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+use scistream_protocol::handoff::{SessionKey, SessionStats};
+use slab::Slab;
+use socket2::{Domain, Socket, Type};
+use tracing::{debug, info, warn};
+
+use crate::reactor::{EngineChoice, Event, Reactor, Token};
+use crate::relay::{SpliceRelay, Turn, set_reset_on_close};
+
+/// Connections accepted per listener per wake-up before others get a turn.
+const ACCEPT_BATCH: usize = 64;
+
+/// What the control thread asks of a worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Accept on this listener and forward to `target`.
+    AddListener {
+        /// The session.
+        key: SessionKey,
+        /// Listener index within the session.
+        index: usize,
+        /// The listening socket (non-blocking).
+        fd: OwnedFd,
+        /// Where its connections go.
+        target: SocketAddr,
+        /// Acknowledgement.
+        done: mpsc::Sender<Result<(), String>>,
+    },
+    /// New targets for a session's listeners on this worker (by index).
+    SetTargets {
+        /// The session.
+        key: SessionKey,
+        /// Target per listener index.
+        targets: Vec<SocketAddr>,
+        /// Acknowledgement.
+        done: mpsc::Sender<Result<(), String>>,
+    },
+    /// Close the session's listeners and connections on this worker.
+    RemoveSession {
+        /// The session.
+        key: SessionKey,
+        /// Acknowledgement.
+        done: mpsc::Sender<Result<(), String>>,
+    },
+    /// Report counters.
+    Stats {
+        /// Where to send them.
+        reply: mpsc::Sender<Vec<SessionStats>>,
+    },
+}
+
+/// Options every worker shares.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Size asked for each direction's pipe.
+    pub pipe_size: usize,
+}
+
+/// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Waker = 0,
+    Listener = 1,
+    Client = 2,
+    Target = 3,
+}
+
+fn token(kind: Kind, slot: usize, generation: u32) -> Token {
+    ((kind as u64) << 60)
+        | (u64::from(generation & 0x0fff_ffff) << 32)
+        | (slot as u64 & 0xffff_ffff)
+}
+
+fn untoken(t: Token) -> (Option<Kind>, usize, u32) {
+    let kind = match t >> 60 {
+        0 => Some(Kind::Waker),
+        1 => Some(Kind::Listener),
+        2 => Some(Kind::Client),
+        3 => Some(Kind::Target),
+        _ => None,
+    };
+    (
+        kind,
+        (t & 0xffff_ffff) as usize,
+        ((t >> 32) & 0x0fff_ffff) as u32,
+    )
+}
+
+/// Counters of one session on this worker. Plain cells: only this thread touches them.
+#[derive(Debug, Default)]
+struct Counters {
+    conns_open: std::cell::Cell<u64>,
+    conns_total: std::cell::Cell<u64>,
+    bytes_to_target: std::cell::Cell<u64>,
+    bytes_from_target: std::cell::Cell<u64>,
+    errors: std::cell::Cell<u64>,
+}
+
+fn bump(c: &std::cell::Cell<u64>, by: u64) {
+    c.set(c.get().wrapping_add(by));
+}
+
+#[derive(Debug)]
+struct Listener {
+    key: SessionKey,
+    index: usize,
+    fd: OwnedFd,
+    target: SocketAddr,
+    generation: u32,
+    counters: Rc<Counters>,
+}
+
+#[derive(Debug)]
+enum ConnState {
+    Connecting,
+    Relaying {
+        relay: SpliceRelay,
+        counted: (u64, u64),
+    },
+}
+
+#[derive(Debug)]
+struct Conn {
+    key: SessionKey,
+    client: OwnedFd,
+    target: OwnedFd,
+    peer: SocketAddr,
+    target_addr: SocketAddr,
+    state: ConnState,
+    generation: u32,
+    counters: Rc<Counters>,
+}
+
+/// The worker's state; lives on its thread.
+struct Worker {
+    id: usize,
+    reactor: Box<dyn Reactor>,
+    waker: Arc<OwnedFd>,
+    commands: mpsc::Receiver<WorkerCommand>,
+    options: WorkerOptions,
+    listeners: Slab<Listener>,
+    conns: Slab<Conn>,
+    sessions: HashMap<SessionKey, Rc<Counters>>,
+    generation: u32,
+    /// Tokens with work left over from their last turn.
+    again: Vec<Token>,
+    /// Listeners paused after an accept error (descriptor exhaustion), with when to retry.
+    paused: Vec<(Token, Instant)>,
+    warned_pipe_size: bool,
+}
+
+/// The control thread's handle on a worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Worker number.
+    pub id: usize,
+    tx: mpsc::Sender<WorkerCommand>,
+    waker: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Queues a command and wakes the worker.
+    pub fn send(&self, cmd: WorkerCommand) -> Result<(), String> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| format!("worker {} has stopped", self.id))?;
+        wake(&self.waker);
+        Ok(())
+    }
+
+    /// True while the worker thread runs.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+fn wake(fd: &OwnedFd) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Starts a worker thread named `s2ds-worker-N`, pinned to `cpu` when
+/// given, with its reactor created on that thread. Returns the handle and
+/// the name of the engine the reactor runs.
+pub fn spawn(
+    id: usize,
+    cpu: Option<usize>,
+    engine: EngineChoice,
+    options: WorkerOptions,
+) -> io::Result<(WorkerHandle, &'static str)> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<&'static str>>();
+    let waker = Arc::new(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?);
+    let worker_waker = waker.clone();
+    let thread = std::thread::Builder::new().name(format!("s2ds-worker-{id}")).spawn(move || {
+        if let Some(cpu) = cpu {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+                warn!(worker = id, cpu, error = %e, "cannot pin worker to its core; it runs unpinned");
+            }
+        }
+        let reactor = match crate::reactor::create(engine) {
+            Ok(r) => {
+                let _ = ready_tx.send(Ok(r.name()));
+                r
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let mut w = Worker {
+            id,
+            reactor,
+            waker: worker_waker,
+            commands: rx,
+            options,
+            listeners: Slab::new(),
+            conns: Slab::new(),
+            sessions: HashMap::new(),
+            generation: 0,
+            again: Vec::new(),
+            paused: Vec::new(),
+            warned_pipe_size: false,
+        };
+        w.run();
+    })?;
+    let engine = ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("worker thread ended before creating its reactor"))??;
+    Ok((
+        WorkerHandle {
+            id,
+            tx,
+            waker,
+            thread: Some(thread),
+        },
+        engine,
+    ))
+}
+
+impl Worker {
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1) & 0x0fff_ffff;
+        self.generation
+    }
+
+    fn run(&mut self) {
+        let waker_token = token(Kind::Waker, 0, 0);
+        let waker = self.waker.clone();
+        if let Err(e) = self.reactor.register(waker.as_fd(), waker_token) {
+            warn!(worker = self.id, error = %e, "cannot register the worker's waker; worker stops");
+            return;
+        }
+        let mut events = Vec::with_capacity(256);
+        loop {
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.paused
+                    .iter()
+                    .map(|(_, at)| at.saturating_duration_since(Instant::now()))
+                    .min()
+            };
+            events.clear();
+            if let Err(e) = self.reactor.wait(&mut events, timeout) {
+                warn!(worker = self.id, error = %e, "waiting for events failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            for ev in events.drain(..) {
+                if ev.token == waker_token {
+                    let _ = rustix::io::read(&*self.waker, &mut [0u8; 8]);
+                    if !self.drain_commands() {
+                        return;
+                    }
+                } else {
+                    self.dispatch(ev);
+                }
+            }
+            for t in std::mem::take(&mut self.again) {
+                self.dispatch(Event {
+                    token: t,
+                    readable: true,
+                    writable: true,
+                });
+            }
+            if !self.paused.is_empty() {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) =
+                    self.paused.drain(..).partition(|(_, at)| *at <= now);
+                self.paused = later;
+                for (t, _) in due {
+                    self.dispatch(Event {
+                        token: t,
+                        readable: true,
+                        writable: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Handles queued commands; false when the control side is gone.
+    fn drain_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::AddListener {
+                key,
+                index,
+                fd,
+                target,
+                done,
+            } => {
+                let counters = self.sessions.entry(key.clone()).or_default().clone();
+                let generation = self.next_generation();
+                let entry = self.listeners.vacant_entry();
+                let t = token(Kind::Listener, entry.key(), generation);
+                let result = self
+                    .reactor
+                    .register(fd.as_fd(), t)
+                    .map_err(|e| e.to_string());
+                if result.is_ok() {
+                    debug!(worker = self.id, %key, index, %target, "listener added");
+                    entry.insert(Listener {
+                        key,
+                        index,
+                        fd,
+                        target,
+                        generation,
+                        counters,
+                    });
+                    // Connections may have queued before we registered: accept them now.
+                    self.again.push(t);
+                }
+                let _ = done.send(result);
+            }
+            WorkerCommand::SetTargets { key, targets, done } => {
+                for (_, l) in self.listeners.iter_mut().filter(|(_, l)| l.key == key) {
+                    if let Some(t) = targets.get(l.index) {
+                        l.target = *t;
+                    }
+                }
+                let _ = done.send(Ok(()));
+            }
+            WorkerCommand::RemoveSession { key, done } => {
+                self.remove_session(&key);
+                let _ = done.send(Ok(()));
+            }
+            WorkerCommand::Stats { reply } => {
+                let stats = self
+                    .sessions
+                    .iter()
+                    .map(|(key, c)| SessionStats {
+                        key: key.clone(),
+                        conns_open: c.conns_open.get(),
+                        conns_total: c.conns_total.get(),
+                        bytes_to_target: c.bytes_to_target.get(),
+                        bytes_from_target: c.bytes_from_target.get(),
+                        errors: c.errors.get(),
+                    })
+                    .collect();
+                let _ = reply.send(stats);
+            }
+        }
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) {
+        let listeners: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| &l.key == key)
+            .map(|(i, _)| i)
+            .collect();
+        for slot in listeners {
+            let l = self.listeners.remove(slot);
+            self.reactor
+                .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+        }
+        let conns: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| &c.key == key)
+            .map(|(i, _)| i)
+            .collect();
+        let n = conns.len();
+        for slot in conns {
+            self.close_conn(slot, true);
+        }
+        self.sessions.remove(key);
+        info!(worker = self.id, %key, connections_closed = n, "session removed");
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        let (kind, slot, generation) = untoken(ev.token);
+        match kind {
+            Some(Kind::Listener) => {
+                if self
+                    .listeners
+                    .get(slot)
+                    .is_some_and(|l| l.generation == generation)
+                {
+                    self.accept(slot);
+                }
+            }
+            Some(Kind::Client | Kind::Target) => {
+                if self
+                    .conns
+                    .get(slot)
+                    .is_some_and(|c| c.generation == generation)
+                {
+                    self.drive(slot);
+                }
+            }
+            Some(Kind::Waker) | None => {}
+        }
+    }
+
+    fn accept(&mut self, slot: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = self.listeners.get(slot) else {
+                return;
+            };
+            match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok(client) => self.start_conn(slot, client),
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection stays queued in
+                    // the kernel; retry in a moment instead of spinning.
+                    warn!(worker = self.id, key = %l.key, error = %e, "cannot accept a connection; retrying in 100 ms");
+                    let t = token(Kind::Listener, slot, l.generation);
+                    self.paused
+                        .push((t, Instant::now() + Duration::from_millis(100)));
+                    return;
+                }
+            }
+        }
+        if let Some(l) = self.listeners.get(slot) {
+            self.again.push(token(Kind::Listener, slot, l.generation));
+        }
+    }
+
+    fn start_conn(&mut self, listener_slot: usize, client: OwnedFd) {
+        let Some(l) = self.listeners.get(listener_slot) else {
+            return;
+        };
+        let (key, target_addr, counters, index) =
+            (l.key.clone(), l.target, l.counters.clone(), l.index);
+        let peer = rustix::net::getpeername(&client)
+            .ok()
+            .flatten()
+            .and_then(|a| SocketAddr::try_from(a).ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = rustix::net::sockopt::set_tcp_nodelay(&client, true);
+        bump(&counters.conns_total, 1);
+        let target = match connect_nonblocking(target_addr) {
+            Ok(t) => t,
+            Err(e) => {
+                bump(&counters.errors, 1);
+                warn!(worker = self.id, %key, index, %peer, target = %target_addr, error = %e, "cannot connect to target; closing the client");
+                set_reset_on_close(&client);
+                return;
+            }
+        };
+        let generation = self.next_generation();
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        let registered = self
+            .reactor
+            .register(client.as_fd(), token(Kind::Client, slot, generation))
+            .and_then(|()| {
+                self.reactor
+                    .register(target.as_fd(), token(Kind::Target, slot, generation))
+            });
+        if let Err(e) = registered {
+            bump(&counters.errors, 1);
+            warn!(worker = self.id, %key, error = %e, "cannot watch a new connection; closing it");
+            self.reactor.deregister(client.as_fd(), 0);
+            set_reset_on_close(&client);
+            return;
+        }
+        bump(&counters.conns_open, 1);
+        debug!(worker = self.id, %key, index, %peer, target = %target_addr, "connection accepted");
+        entry.insert(Conn {
+            key,
+            client,
+            target,
+            peer,
+            target_addr,
+            state: ConnState::Connecting,
+            generation,
+            counters,
+        });
+        // The connect may have completed already (loopback); find out now.
+        self.drive(slot);
+    }
+
+    fn drive(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(c.state, ConnState::Connecting) {
+            match connect_result(&c.target) {
+                ConnectResult::Pending => return,
+                ConnectResult::Failed(e) => {
+                    bump(&c.counters.errors, 1);
+                    warn!(worker = self.id, key = %c.key, peer = %c.peer, target = %c.target_addr, error = %e, "target refused or unreachable; closing the client");
+                    self.close_conn(slot, true);
+                    return;
+                }
+                ConnectResult::Connected => {
+                    let _ = rustix::net::sockopt::set_tcp_nodelay(&c.target, true);
+                    match SpliceRelay::new(self.options.pipe_size) {
+                        Ok((relay, sized)) => {
+                            if !sized && !self.warned_pipe_size {
+                                self.warned_pipe_size = true;
+                                warn!(
+                                    worker = self.id,
+                                    pipe_size = self.options.pipe_size,
+                                    "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
+                                );
+                            }
+                            c.state = ConnState::Relaying {
+                                relay,
+                                counted: (0, 0),
+                            };
+                        }
+                        Err(e) => {
+                            bump(&c.counters.errors, 1);
+                            warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
+                            self.close_conn(slot, true);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let ConnState::Relaying { relay, counted } = &mut c.state else {
+            return;
+        };
+        let result = relay.turn(&c.client, &c.target);
+        let (up, down) = relay.delivered();
+        bump(&c.counters.bytes_to_target, up - counted.0);
+        bump(&c.counters.bytes_from_target, down - counted.1);
+        *counted = (up, down);
+        match result {
+            Ok(Turn::Idle) => {}
+            Ok(Turn::MoreWork) => self.again.push(token(Kind::Client, slot, c.generation)),
+            Ok(Turn::Finished) => {
+                debug!(worker = self.id, key = %c.key, peer = %c.peer, bytes_to_target = up, bytes_from_target = down, "connection finished");
+                self.close_conn(slot, false);
+            }
+            Err(e) => {
+                bump(&c.counters.errors, 1);
+                debug!(worker = self.id, key = %c.key, peer = %c.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
+                self.close_conn(slot, true);
+            }
+        }
+    }
+
+    /// Closes a connection; with `reset`, both peers get a reset.
+    fn close_conn(&mut self, slot: usize, reset: bool) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        let c = self.conns.remove(slot);
+        self.reactor
+            .deregister(c.client.as_fd(), token(Kind::Client, slot, c.generation));
+        self.reactor
+            .deregister(c.target.as_fd(), token(Kind::Target, slot, c.generation));
+        if reset {
+            set_reset_on_close(&c.client);
+            set_reset_on_close(&c.target);
+        }
+        let open = c.counters.conns_open.get();
+        c.counters.conns_open.set(open.saturating_sub(1));
+    }
+}
+
+/// Starts a non-blocking connect.
+fn connect_nonblocking(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+enum ConnectResult {
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+fn connect_result(fd: &OwnedFd) -> ConnectResult {
+    match rustix::net::sockopt::socket_error(fd) {
+        Ok(Err(e)) => return ConnectResult::Failed(e.into()),
+        Err(e) => return ConnectResult::Failed(e.into()),
+        Ok(Ok(())) => {}
+    }
+    match rustix::net::getpeername(fd) {
+        Ok(_) => ConnectResult::Connected,
+        Err(Errno::NOTCONN) => ConnectResult::Pending,
+        Err(e) => ConnectResult::Failed(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for (k, slot, g) in [
+            (Kind::Listener, 0, 1),
+            (Kind::Client, 123_456, 0x0fff_ffff),
+            (Kind::Target, 7, 42),
+        ] {
+            let (k2, s2, g2) = untoken(token(k, slot, g));
+            assert_eq!((k2, s2, g2), (Some(k), slot, g));
+        }
+    }
+}
