@@ -235,8 +235,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     release(&inst_conn, &inbound.uid).await?;
     release(&hpc_conn, &inbound.uid).await?;
     drop((hpc_conn, inst_conn));
-    hpc.stop();
-    inst.stop();
+    // Stopping waits for the processes; let this runtime close our gRPC
+    // connections meanwhile instead of blocking it.
+    tokio::task::spawn_blocking(move || {
+        hpc.stop();
+        inst.stop();
+    })
+    .await?;
 
     if sent != got {
         bail!("data mismatch: sent (bytes, xxh3) {sent:x?}, received {got:x?}");

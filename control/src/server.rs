@@ -25,6 +25,9 @@ use crate::tls::{self, TlsError};
 /// (128 listeners of 260 bytes), far below what could hurt.
 const MAX_MESSAGE: usize = 256 * 1024;
 
+/// How long calls in flight may take to finish once a stop was asked for.
+const GRACEFUL_STOP: Duration = Duration::from_secs(5);
+
 /// How long a control client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,31 +158,66 @@ pub async fn run(
     );
     on_listening(local);
 
-    let result = match tls {
-        Some(tls) => {
-            let (tx, rx) = mpsc::channel(64);
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let accept_loop = tokio::spawn(accept_tls(listener, acceptor, tx));
-            let r = server
-                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-                .await;
-            accept_loop.abort();
-            r
+    // Graceful stop: on the signal, tonic stops taking new calls and lets
+    // calls in flight finish; idle clients may keep their connections open
+    // forever, so the graceful phase is bounded.
+    let (signal_tx, signal_rx) = watch::channel(false);
+    let graceful = {
+        let mut rx = signal_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
-        None => {
-            let (tx, rx) = mpsc::channel(64);
-            let accept_loop = tokio::spawn(accept_plain(listener, tx));
-            let r = server
-                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-                .await;
-            accept_loop.abort();
-            r
+    };
+    let serve = async {
+        match tls {
+            Some(tls) => {
+                let (tx, rx) = mpsc::channel(64);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                let accept_loop = AbortOnDrop(tokio::spawn(accept_tls(listener, acceptor, tx)));
+                let r = server
+                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful)
+                    .await;
+                drop(accept_loop);
+                r
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(64);
+                let accept_loop = AbortOnDrop(tokio::spawn(accept_plain(listener, tx)));
+                let r = server
+                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful)
+                    .await;
+                drop(accept_loop);
+                r
+            }
+        }
+    };
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        r = &mut serve => r,
+        () = shutdown => {
+            let _ = signal_tx.send(true);
+            match tokio::time::timeout(GRACEFUL_STOP, &mut serve).await {
+                Ok(r) => r,
+                Err(_) => {
+                    info!("calls still open after {GRACEFUL_STOP:?}; closing them");
+                    Ok(())
+                }
+            }
         }
     };
     info!(sessions = registry.len(), "shutting down");
     let _ = stop_tx.send(true);
     let _ = supervisor.await;
     result.map_err(RunError::Serve)
+}
+
+/// Aborts a task when dropped (also when the future holding it is dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type Incoming<T> = mpsc::Sender<Result<T, io::Error>>;
