@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
 use crate::ports::PortAllocator;
-use crate::service::ControlService;
+use crate::service::{ControlService, InFlight};
 use crate::sessions::{Registry, Timing};
 use crate::tls::{self, TlsError};
 
@@ -140,7 +140,8 @@ pub async fn run(
     });
     let supervisor = tokio::spawn(supervisor.run(resync, stop_rx));
 
-    let service = ControlServer::new(ControlService::new(registry.clone()))
+    let in_flight = Arc::new(InFlight::default());
+    let service = ControlServer::new(ControlService::new(registry.clone(), in_flight.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let server = tonic::transport::Server::builder()
@@ -196,9 +197,17 @@ pub async fn run(
         r = &mut serve => r,
         () = shutdown => {
             let _ = signal_tx.send(true);
-            match tokio::time::timeout(GRACEFUL_STOP, &mut serve).await {
-                Ok(r) => r,
-                Err(_) => {
+            // Idle client connections would hold tonic's graceful stop open
+            // forever: stop once the calls in flight are done (their
+            // responses get a moment to be written), or after the bound.
+            let calls_done = async {
+                in_flight.idle().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            tokio::select! {
+                r = &mut serve => r,
+                () = calls_done => Ok(()),
+                () = tokio::time::sleep(GRACEFUL_STOP) => {
                     info!("calls still open after {GRACEFUL_STOP:?}; closing them");
                     Ok(())
                 }

@@ -1,7 +1,10 @@
 //! The `scistream.Control` gRPC service: thin glue from tonic to the [`Registry`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use scistream_protocol::pb;
 use scistream_protocol::pb::control_server::Control;
@@ -11,16 +14,59 @@ use tracing::{debug, warn};
 use crate::error::ControlError;
 use crate::sessions::Registry;
 
+/// Counts calls in flight, so a stop can wait for them and no longer.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One call in flight; dropping it (also when tonic drops the call) ends it.
+#[derive(Debug)]
+pub struct CallGuard(Arc<InFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> CallGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Waits until no call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct ControlService {
     registry: Arc<Registry>,
+    in_flight: Arc<InFlight>,
 }
 
 impl ControlService {
-    /// A service over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        ControlService { registry }
+    /// A service over `registry`, counting its calls in `in_flight`.
+    pub fn new(registry: Arc<Registry>, in_flight: Arc<InFlight>) -> Self {
+        ControlService {
+            registry,
+            in_flight,
+        }
     }
 }
 
@@ -54,6 +100,7 @@ fn loggable(uid: &str) -> String {
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         let r = request.into_inner();
         let uid = loggable(&r.uid);
@@ -64,6 +111,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateTargets>,
     ) -> Result<Response<pb::Response>, Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         let r = request.into_inner();
         let uid = loggable(&r.uid);
@@ -74,6 +122,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::Release>,
     ) -> Result<Response<pb::Response>, Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         let r = request.into_inner();
         let uid = loggable(&r.uid);
@@ -84,6 +133,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::Hello>,
     ) -> Result<Response<pb::AppResponse>, Status> {
+        let _call = self.in_flight.enter();
         let started = Instant::now();
         let r = request.into_inner();
         let uid = loggable(&r.uid);

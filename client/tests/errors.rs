@@ -1,0 +1,150 @@
+//! What a user sees when something is wrong: clear words, non-zero exit.
+
+#![allow(clippy::unwrap_used)]
+
+use scistream_testkit::{Gw, Pki, s2uc};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn untrusted_server_certificate_names_the_trust_root() {
+    let pki = Pki::new();
+    let gw = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
+    let stranger = pki.stranger_ca();
+    let out = s2uc(&[
+        "inbound_request",
+        "--s2cs",
+        &gw.control(),
+        "--server_cert",
+        stranger.to_str().unwrap(),
+        "--remote_ip",
+        "127.0.0.1",
+        "--receiver_ports",
+        "9",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("TLS") && err.contains(stranger.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(err.contains("--server_cert"), "says what to do: {err}");
+}
+
+#[test]
+fn missing_trust_root_file_is_named() {
+    let out = s2uc(&[
+        "release",
+        "abc",
+        "--s2cs",
+        "localhost:1",
+        "--server_cert",
+        "/nonexistent/hpc.crt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nonexistent/hpc.crt"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreachable_s2cs_is_reported() {
+    let pki = Pki::new();
+    // A port nobody listens on: bind, note, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = s2uc(&[
+        "release",
+        "abc",
+        "--s2cs",
+        &format!("127.0.0.1:{port}"),
+        "--server_cert",
+        pki.ca.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach s2cs"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_any_call() {
+    for (args, needle) in [
+        (
+            vec![
+                "inbound_request",
+                "--remote_ip",
+                "127.0.0.1",
+                "--receiver_ports",
+                "5001,x",
+            ],
+            "'x' is not a port",
+        ),
+        (
+            vec![
+                "inbound_request",
+                "--remote_ip",
+                "127.0.0.1",
+                "--receiver_ports",
+                "99999",
+            ],
+            "99999",
+        ),
+        (
+            vec![
+                "inbound_request",
+                "--remote_ip",
+                "bad host!",
+                "--receiver_ports",
+                "1",
+            ],
+            "not a valid host",
+        ),
+        (
+            vec!["outbound_request", "uid-1", "127.0.0.1"],
+            "has no port",
+        ),
+        (
+            vec!["outbound_request", "bad/uid", "127.0.0.1:5100"],
+            "uid contains '/'",
+        ),
+        (vec!["release", "", "--s2cs", "localhost:1"], "uid is empty"),
+    ] {
+        let out = s2uc(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn json_errors_carry_the_grpc_code() {
+    let pki = Pki::new();
+    let gw = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
+    let out = s2uc(&[
+        "release",
+        "no-such-uid",
+        "--s2cs",
+        &gw.control(),
+        "--server_cert",
+        pki.ca.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "NOT_FOUND");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-uid")
+    );
+}

@@ -1,0 +1,266 @@
+//! Test support: the built binaries, gateways on loopback, certificates,
+//! and receivers that prove what they got. Everything binds 127.0.0.1.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_client::payload::{Digest, Generator};
+use scistream_client::pki::Ca;
+
+/// A built binary of this workspace (`s2cs`, `s2ds`, `s2uc`, ...).
+/// `cargo test --workspace` builds them all before running any test.
+pub fn bin(name: &str) -> PathBuf {
+    scistream_client::local::sibling_binary(name).unwrap_or_else(|| {
+        panic!("{name} is not built next to the test executable; run `cargo build --workspace` (cargo test --workspace builds it)")
+    })
+}
+
+/// Disjoint port ranges for the gateways of this test process, below the
+/// ephemeral range. The allocator skips ports in use, so an overlap with
+/// another process only costs ports, never correctness.
+pub fn port_range(len: u16) -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 60) as u16 * 200;
+    let start = base + NEXT.fetch_add(len, Ordering::Relaxed) % 200;
+    (start, start + len - 1)
+}
+
+/// A working directory with a CA and one certificate per gateway.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    ca_inner: Ca,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_inner = Ca::new("test CA").unwrap();
+        let ca = dir.path().join("ca.crt");
+        scistream_client::pki::write_file(&ca, &ca_inner.cert_pem(), false).unwrap();
+        Pki { dir, ca, ca_inner }
+    }
+
+    /// Issues `NAME.crt`/`NAME.key` valid for localhost and 127.0.0.1.
+    pub fn gateway(&self, name: &str) -> (PathBuf, PathBuf) {
+        let w = self
+            .ca_inner
+            .issue(&["localhost", "127.0.0.1"])
+            .unwrap()
+            .write(self.dir.path(), name)
+            .unwrap();
+        (w.cert, w.key)
+    }
+
+    /// A CA that is not the one the gateways use.
+    pub fn stranger_ca(&self) -> PathBuf {
+        let other = Ca::new("someone else").unwrap();
+        let p = self.dir.path().join("stranger-ca.crt");
+        scistream_client::pki::write_file(&p, &other.cert_pem(), false).unwrap();
+        p
+    }
+}
+
+/// A gateway on loopback with its own state directory and log.
+#[derive(Debug)]
+pub struct Gw {
+    pub gw: LocalGateway,
+    pub dir: tempfile::TempDir,
+    pub range: (u16, u16),
+}
+
+impl Gw {
+    /// Starts `s2cs` (with its `s2ds`); `tls` is `None` for `--insecure`.
+    pub fn start(tls: Option<(PathBuf, PathBuf)>, range_len: u16, extra: &[&str]) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let range = port_range(range_len);
+        let opts = GatewayOptions {
+            s2cs_bin: bin("s2cs"),
+            listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_range: range,
+            tls,
+            state_dir: dir.path().join("state"),
+            log: Some(dir.path().join("s2cs.log")),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let gw = LocalGateway::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        Gw { gw, dir, range }
+    }
+
+    pub fn control(&self) -> String {
+        self.gw.control()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("s2cs.log")).unwrap_or_default()
+    }
+}
+
+/// Runs `s2uc` with `args`; returns its output.
+pub fn s2uc(args: &[&str]) -> Output {
+    Command::new(bin("s2uc")).args(args).output().unwrap()
+}
+
+/// Runs `s2uc ... --json`, asserts success and parses stdout.
+pub fn s2uc_json(args: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--json");
+    let out = s2uc(&all);
+    assert!(
+        out.status.success(),
+        "s2uc {args:?} failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The strings of a JSON list field.
+pub fn strings(v: &serde_json::Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list {key} in {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A receiver that accepts connections and reports, per connection, the
+/// (bytes, xxh3) of everything it read until EOF.
+#[derive(Debug)]
+pub struct DigestReceiver {
+    pub addr: SocketAddr,
+    results: mpsc::Receiver<(u64, u64)>,
+    _thread: JoinHandle<()>,
+}
+
+impl DigestReceiver {
+    pub fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut d = Digest::default();
+                    let mut buf = vec![0u8; 1 << 20];
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        d.update(&buf[..n]);
+                    }
+                    let _ = tx.send(d.value());
+                });
+            }
+        });
+        DigestReceiver {
+            addr,
+            results: rx,
+            _thread: thread,
+        }
+    }
+
+    /// The next finished connection's (bytes, hash).
+    pub fn next(&self, timeout: Duration) -> (u64, u64) {
+        self.results
+            .recv_timeout(timeout)
+            .expect("receiver got no complete stream in time")
+    }
+}
+
+/// An echo server: every connection gets back what it sends, half-close included.
+#[derive(Debug)]
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    _thread: JoinHandle<()>,
+}
+
+impl EchoServer {
+    pub fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        EchoServer {
+            addr,
+            _thread: thread,
+        }
+    }
+}
+
+/// Sends `bytes` of stream `seed` to `addr` and half-closes; returns
+/// (bytes, hash) sent. Reads (and discards) until the far side closes.
+pub fn send_stream(addr: &str, seed: u64, bytes: u64) -> (u64, u64) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut g = Generator::new(seed);
+    let mut d = Digest::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        g.fill(&mut buf[..n]);
+        s.write_all(&buf[..n]).unwrap();
+        d.update(&buf[..n]);
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.read(&mut [0u8; 16]);
+    d.value()
+}
+
+/// True when nothing listens on `addr` (connection refused).
+pub fn refused(addr: &str) -> bool {
+    matches!(TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether a test that needs root can run; prints why not.
+pub fn have_root(test: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("SKIP {test}: needs root");
+    }
+    root
+}
+
+/// Reads a file into a string, empty when missing.
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}

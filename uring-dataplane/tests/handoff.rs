@@ -1,0 +1,274 @@
+//! `s2ds` on its own, driven over its control socket the way `s2cs` drives
+//! it: sessions added with listening sockets, forwarding, counters,
+//! re-targeting, removal, and bad commands.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use scistream_protocol::Role;
+use scistream_protocol::handoff::{
+    self, Command as Cmd, FromDataPlane, Outcome, Receiver, Request, SessionKey, SessionSpec,
+};
+use scistream_testkit::{EchoServer, bin};
+
+struct DataPlane {
+    child: Child,
+    sock: OwnedFd,
+    rx: Receiver,
+    next: u64,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DataPlane {
+    fn start(args: &[&str]) -> DataPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s2ds.sock");
+        let listener = handoff::listen(&path).unwrap();
+        let child = Command::new(bin("s2ds"))
+            .arg("--control-stdin")
+            .args(args)
+            .stdin(std::process::Stdio::from(listener))
+            .spawn()
+            .unwrap();
+        let sock = handoff::connect(&path).unwrap();
+        let mut rx = Receiver::default();
+        let (hello, _): (FromDataPlane, _) = rx.recv(&sock).unwrap().unwrap();
+        assert!(
+            matches!(hello, FromDataPlane::Hello { version: handoff::HANDOFF_VERSION, ref sessions, .. } if sessions.is_empty()),
+            "{hello:?}"
+        );
+        DataPlane {
+            child,
+            sock,
+            rx,
+            next: 1,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn call(&mut self, command: Cmd, fds: &[&OwnedFd]) -> Outcome {
+        let id = self.next;
+        self.next += 1;
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        handoff::send(&self.sock, &Request { id, command }, &borrowed).unwrap();
+        let (reply, _): (FromDataPlane, _) = self.rx.recv(&self.sock).unwrap().unwrap();
+        match reply {
+            FromDataPlane::Reply { id: got, outcome } => {
+                assert_eq!(got, id);
+                outcome
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key(uid: &str) -> SessionKey {
+    SessionKey {
+        uid: uid.into(),
+        role: Role::Prod,
+    }
+}
+
+fn listener() -> (OwnedFd, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (OwnedFd::from(l), a)
+}
+
+fn echo_once(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(msg).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    back
+}
+
+fn stats(dp: &mut DataPlane) -> Vec<scistream_protocol::handoff::SessionStats> {
+    match dp.call(Cmd::Stats, &[]) {
+        Outcome::Stats { sessions } => sessions,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forwards_counts_retargets_and_removes() {
+    let mut dp = DataPlane::start(&["--workers", "2"]);
+    let fds_before = dp.open_fds();
+    let (echo_a, echo_b) = (EchoServer::start(), EchoServer::start());
+    let (l0, a0) = listener();
+    let (l1, a1) = listener();
+    let spec = SessionSpec {
+        key: key("s1"),
+        listeners: vec![a0, a1],
+        targets: vec![echo_a.addr, echo_a.addr],
+        rate_kbps: 0,
+    };
+    assert_eq!(
+        dp.call(Cmd::AddSession(spec.clone()), &[&l0, &l1]),
+        Outcome::Done
+    );
+    // Adding it twice is refused.
+    assert!(matches!(
+        dp.call(Cmd::AddSession(spec), &[&l0, &l1]),
+        Outcome::Failed { .. }
+    ));
+
+    assert_eq!(echo_once(a0, b"hello"), b"hello");
+    assert_eq!(echo_once(a1, b"world!"), b"world!");
+    let s = stats(&mut dp);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (
+            s[0].conns_total,
+            s[0].bytes_to_target,
+            s[0].bytes_from_target
+        ),
+        (2, 11, 11)
+    );
+
+    // Re-target listener 1; new connections go there.
+    let outcome = dp.call(
+        Cmd::UpdateTargets {
+            key: key("s1"),
+            targets: vec![echo_a.addr, echo_b.addr],
+        },
+        &[],
+    );
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(echo_once(a1, b"again"), b"again");
+
+    // A live connection is closed by the removal, and the listeners stop accepting.
+    let mut live = TcpStream::connect(a0).unwrap();
+    live.write_all(b"x").unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    live.read_exact(&mut one).unwrap();
+    assert_eq!(
+        dp.call(Cmd::RemoveSession { key: key("s1") }, &[]),
+        Outcome::Done
+    );
+    assert!(matches!(live.read(&mut one), Ok(0) | Err(_)));
+    // s2ds dropped its copies; ours are the last: closing them frees the ports.
+    drop((l0, l1));
+    assert!(TcpListener::bind(a0).is_ok() && TcpListener::bind(a1).is_ok());
+    assert_eq!(dp.open_fds(), fds_before, "no descriptor leaked in s2ds");
+    assert!(stats(&mut dp).is_empty());
+}
+
+#[test]
+fn a_target_that_refuses_closes_the_client_and_counts_an_error() {
+    let mut dp = DataPlane::start(&["--workers", "1"]);
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let echo = EchoServer::start();
+    let (l0, a0) = listener();
+    let (l1, a1) = listener();
+    let spec = SessionSpec {
+        key: key("s2"),
+        listeners: vec![a0, a1],
+        targets: vec![dead, echo.addr],
+        rate_kbps: 0,
+    };
+    assert_eq!(dp.call(Cmd::AddSession(spec), &[&l0, &l1]), Outcome::Done);
+    let mut s = TcpStream::connect(a0).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(
+        matches!(s.read(&mut [0u8; 8]), Ok(0) | Err(_)),
+        "client closed"
+    );
+    // The session survives: its other listener still works.
+    assert_eq!(echo_once(a1, b"still here"), b"still here");
+    let st = stats(&mut dp);
+    assert_eq!(st[0].errors, 1);
+    assert_eq!(st[0].conns_open, 0);
+}
+
+#[test]
+fn malformed_commands_are_refused_without_harm() {
+    let mut dp = DataPlane::start(&["--workers", "1"]);
+    let (l0, a0) = listener();
+    // Descriptor count does not match.
+    let spec = SessionSpec {
+        key: key("bad"),
+        listeners: vec![a0, a0],
+        targets: vec![a0, a0],
+        rate_kbps: 0,
+    };
+    assert!(matches!(
+        dp.call(Cmd::AddSession(spec), &[&l0]),
+        Outcome::Failed { .. }
+    ));
+    // A descriptor that is not a listening socket.
+    let connected = OwnedFd::from(TcpStream::connect(a0).unwrap());
+    let spec = SessionSpec {
+        key: key("bad"),
+        listeners: vec![a0],
+        targets: vec![a0],
+        rate_kbps: 0,
+    };
+    match dp.call(Cmd::AddSession(spec), &[&connected]) {
+        Outcome::Failed { message } => {
+            assert!(message.contains("not a listening socket"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Unknown sessions.
+    assert!(matches!(
+        dp.call(
+            Cmd::UpdateTargets {
+                key: key("nope"),
+                targets: vec![a0]
+            },
+            &[]
+        ),
+        Outcome::Failed { .. }
+    ));
+    assert_eq!(
+        dp.call(Cmd::RemoveSession { key: key("nope") }, &[]),
+        Outcome::Done
+    );
+    // Garbage on the socket ends that control connection, not the process
+    // nor a session it forwards: a new controller re-attaches and finds it.
+    let echo = EchoServer::start();
+    let (l1, a1) = listener();
+    let spec = SessionSpec {
+        key: key("kept"),
+        listeners: vec![a1],
+        targets: vec![echo.addr],
+        rate_kbps: 0,
+    };
+    assert_eq!(dp.call(Cmd::AddSession(spec), &[&l1]), Outcome::Done);
+    rustix::net::send(&dp.sock, b"\xff not json", rustix::net::SendFlags::empty()).unwrap();
+    let sock = handoff::connect(&dp.path).unwrap();
+    let (hello, _): (FromDataPlane, _) = dp.rx.recv(&sock).unwrap().unwrap();
+    match hello {
+        FromDataPlane::Hello { sessions, .. } => assert_eq!(sessions, vec![key("kept")]),
+        other => panic!("{other:?}"),
+    }
+    assert!(dp.child.try_wait().unwrap().is_none(), "s2ds still runs");
+    assert_eq!(echo_once(a1, b"still forwarding"), b"still forwarding");
+}
