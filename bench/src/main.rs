@@ -1,21 +1,374 @@
-//! `s2bench`: the benchmark harness for streaming through SciStream tunnels.
-//!
-//! This first version only describes itself; the source, sink, detector
-//! simulator and `compare` land with the benchmark issue.
+//! The `s2bench` command line.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// Benchmark harness for streaming through SciStream tunnels (source, sink,
-/// detector simulator, side-by-side comparisons). Its commands are being built.
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use scistream_bench::report::{Summary, summarize};
+use scistream_bench::send::Stop;
+use scistream_bench::sink::Sink;
+use scistream_bench::source::{self, Detector, SourceConfig};
+use scistream_bench::stats::gbps;
+use scistream_protocol::units;
+
+/// Benchmark harness for streaming through SciStream tunnels: a source and a
+/// sink that verify every byte, a detector-frame simulator, and side-by-side
+/// comparisons of tunnels and peer proxies.
 #[derive(Debug, Parser)]
-#[command(name = "s2bench", version, about)]
-struct Cli {}
+#[command(name = "s2bench", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!(
-        "s2bench: no command yet; see `s2bench --help`. Use `s2uc demo` for an end-to-end run."
+const AFTER_HELP: &str = "\
+Through a tunnel: run the sink next to the analysis service's receiver port,
+give that port to `s2uc inbound_request --receiver_ports`, and point the
+source at the outbound gateway's listeners:
+  hpc$        s2bench sink --listen 0.0.0.0:7001 --conns 4
+  instrument$ s2bench source --connect 10.0.2.1:6100,10.0.2.1:6101 --conns 4 --duration 30s
+Sizes take units (8MiB, 1GB), rates bits per second (10Gbit, 1.5Gb/s), durations (250ms, 30s).";
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Accept streams, verify every byte, report throughput and latency.
+    Sink(SinkArgs),
+    /// Stream to a sink (directly or through a tunnel).
+    Source(SourceArgs),
+    /// Simulate an area detector: frames of a fixed size at a fixed rate.
+    Detector(DetectorArgs),
+    /// Measure direct TCP, the SciStream tunnel and peer proxies side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Topologies to run, comma-separated: direct, scistream, haproxy, stunnel, socat, nginx.
+    #[arg(long, value_delimiter = ',', default_value = "direct,scistream,haproxy,stunnel,socat,nginx", value_parser = topology)]
+    only: Vec<scistream_bench::compare::topology::Kind>,
+    /// Parallel connections; a list measures each, e.g. 1,4.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = positive_usize)]
+    conns: Vec<usize>,
+    /// Message size.
+    #[arg(long = "msg-size", default_value = "1MiB", value_parser = size)]
+    msg_size: u64,
+    /// Length of each measurement.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    duration: Duration,
+    /// Rounds; each round runs every topology once, in turn.
+    #[arg(long, default_value = "3", value_parser = positive_usize)]
+    rounds: usize,
+    /// Write every round's numbers and the machine's description as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw a bar chart (SVG) of median Gbit/s with min-max whiskers.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// The s2cs binary (default: next to s2bench).
+    #[arg(long = "s2cs-bin")]
+    s2cs_bin: Option<PathBuf>,
+}
+
+fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String> {
+    scistream_bench::compare::topology::Kind::parse(s.trim()).ok_or_else(|| {
+        format!("unknown topology '{s}': use direct, scistream, haproxy, stunnel, socat, nginx")
+    })
+}
+
+fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
+    let msg_size = check_msg(a.msg_size, "--msg-size")?;
+    let cfg = scistream_bench::compare::CompareConfig {
+        only: a.only,
+        conns: a.conns,
+        msg_size,
+        duration: a.duration,
+        rounds: a.rounds,
+        s2cs: a.s2cs_bin,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = scistream_bench::compare::run(&cfg).map_err(anyhow::Error::msg)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &a.chart {
+        let title = format!(
+            "s2bench compare, {} ({} cores), {}",
+            report.machine.cpu_model,
+            report.machine.cores,
+            &report.date[..10]
+        );
+        scistream_bench::compare::chart::draw(path, &title, &report.bars())
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(report.all_ok())
+}
+
+#[derive(Debug, Args)]
+struct SinkArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7001")]
+    listen: SocketAddr,
+    /// Exit after this many connections finished (default: run until killed,
+    /// with a report whenever every open connection has finished).
+    #[arg(long, value_parser = positive_usize)]
+    conns: Option<usize>,
+    /// Detector frames later than this count as late, e.g. 50ms.
+    #[arg(long, value_parser = duration)]
+    deadline: Option<Duration>,
+    /// Write the report as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No per-second lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Where to connect: HOST:PORT, or a comma-separated list that
+    /// connections cycle through (a tunnel's listeners).
+    #[arg(long, value_delimiter = ',', required = true)]
+    connect: Vec<String>,
+    /// Parallel connections.
+    #[arg(long, default_value = "1", value_parser = positive_usize)]
+    conns: usize,
+    /// How long to run, e.g. 10s (default 10s unless --bytes/--frames is given).
+    #[arg(long, value_parser = duration, conflicts_with = "bytes")]
+    duration: Option<Duration>,
+    /// Write the report as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No per-second lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct SourceArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Total payload to send instead of a duration, e.g. 10GiB.
+    #[arg(long, value_parser = size)]
+    bytes: Option<u64>,
+    /// Message size, e.g. 1MiB, 64KiB.
+    #[arg(long = "msg-size", default_value = "1MiB", value_parser = size)]
+    msg_size: u64,
+    /// Pace the source to this total rate, e.g. 200Mbit, 10Gbit.
+    #[arg(long, value_parser = rate)]
+    rate: Option<u64>,
+    /// The sink streams back at the same time (both directions measured).
+    #[arg(long)]
+    bidir: bool,
+}
+
+#[derive(Debug, Args)]
+struct DetectorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Frame size, e.g. 8MiB for a 2k x 2k 16-bit detector.
+    #[arg(long = "frame-size", default_value = "8MiB", value_parser = size)]
+    frame_size: u64,
+    /// Frames per second, over all connections.
+    #[arg(long, default_value = "10", value_parser = positive_f64)]
+    fps: f64,
+    /// Number of frames (instead of --duration).
+    #[arg(long, conflicts_with = "duration", value_parser = positive_u64)]
+    frames: Option<u64>,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    match units::parse_size(s) {
+        Ok(0) => Err("must be above zero".into()),
+        Ok(n) if n > u64::from(scistream_bench::wire::MAX_PAYLOAD) && s.contains('i') => Ok(n),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    match units::parse_rate(s) {
+        Ok(0) => Err("must be above zero".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    match units::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > 10_000 => Err("at most 10000".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v <= 1e6 => Ok(v),
+        _ => Err(format!("'{s}' is not a rate above zero")),
+    }
+}
+
+fn write_json(path: &Option<PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value)?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn check_msg(n: u64, what: &str) -> anyhow::Result<usize> {
+    if n < scistream_bench::wire::MIN_MSG as u64
+        || n > u64::from(scistream_bench::wire::MAX_PAYLOAD)
+    {
+        bail!("{what} must be between 8 bytes and 1GiB (got {n} bytes)");
+    }
+    Ok(n as usize)
+}
+
+fn run_sink(a: SinkArgs) -> anyhow::Result<bool> {
+    let sink = Sink::start(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    eprintln!("sink listening on {}", sink.addr);
+    let meter = scistream_bench::stats::Meter::start("sink  ", sink.counter.clone(), !a.quiet);
+    let mut all_ok = true;
+    let mut batch = Vec::new();
+    let mut finished = 0usize;
+    loop {
+        let Some(outcome) = sink.next(Duration::from_secs(3600)) else {
+            continue;
+        };
+        finished += 1;
+        batch.push(outcome);
+        let run_over = match a.conns {
+            Some(n) => finished >= n,
+            None => sink.open.load(std::sync::atomic::Ordering::Relaxed) == 0,
+        };
+        if !run_over {
+            continue;
+        }
+        let streams: Vec<_> = batch.iter().map(|o| &o.received).collect();
+        let summary = summarize(&streams, a.deadline);
+        all_ok &= summary.ok;
+        println!("{}", summary.human("sink"));
+        for o in &batch {
+            if let Some(Err(e)) = &o.reverse {
+                eprintln!("  reverse stream to {} failed: {e}", o.peer);
+                all_ok = false;
+            }
+        }
+        write_json(&a.json, &serde_json::json!({ "sink": summary }))?;
+        batch.clear();
+        if a.conns.is_some() {
+            meter.finish();
+            return Ok(all_ok);
+        }
+    }
+}
+
+fn run_source(c: &Common, cfg: SourceConfig) -> anyhow::Result<bool> {
+    let r = source::run(&cfg)?;
+    let bytes: u64 = r.sent.iter().map(|s| s.bytes).sum();
+    let messages: u64 = r.sent.iter().map(|s| s.messages).sum();
+    println!(
+        "source: {} connection(s), {} sent in {:.2} s = {:.2} Gbit/s, {messages} messages",
+        cfg.conns,
+        units::format_size(bytes),
+        r.seconds,
+        gbps(bytes, r.seconds)
     );
-    std::process::exit(2);
+    let reverse: Option<Summary> = cfg
+        .bidir
+        .then(|| summarize(&r.reverse.iter().collect::<Vec<_>>(), None));
+    if let Some(rev) = &reverse {
+        println!("{}", rev.human("reverse"));
+    }
+    write_json(
+        &c.json,
+        &serde_json::json!({
+            "source": {"conns": cfg.conns, "bytes": bytes, "messages": messages, "seconds": r.seconds,
+                       "gbps": gbps(bytes, r.seconds), "per_second_gbps": r.per_second},
+            "reverse": reverse,
+        }),
+    )?;
+    Ok(reverse.is_none_or(|s| s.ok))
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Sink(a) => run_sink(a),
+        Cmd::Compare(a) => run_compare(a),
+        Cmd::Source(a) => check_msg(a.msg_size, "--msg-size").and_then(|msg_size| {
+            let stop = match (a.bytes, a.common.duration) {
+                (Some(b), _) => Stop::Bytes(b),
+                (None, d) => Stop::After(d.unwrap_or(Duration::from_secs(10))),
+            };
+            let cfg = SourceConfig {
+                targets: a.common.connect.clone(),
+                conns: a.common.conns,
+                msg_size,
+                stop,
+                rate_bps: a.rate,
+                bidir: a.bidir,
+                detector: None,
+                progress: !a.common.quiet,
+            };
+            run_source(&a.common, cfg)
+        }),
+        Cmd::Detector(a) => check_msg(a.frame_size, "--frame-size").and_then(|frame_size| {
+            let stop = Stop::After(if a.frames.is_some() {
+                Duration::from_secs(u64::MAX / 4)
+            } else {
+                a.common.duration.unwrap_or(Duration::from_secs(10))
+            });
+            let cfg = SourceConfig {
+                targets: a.common.connect.clone(),
+                conns: a.common.conns,
+                msg_size: frame_size,
+                stop,
+                rate_bps: None,
+                bidir: false,
+                detector: Some(Detector {
+                    frame_size,
+                    fps: a.fps,
+                    frames: a.frames,
+                }),
+                progress: !a.common.quiet,
+            };
+            run_source(&a.common, cfg)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("s2bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

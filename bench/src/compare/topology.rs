@@ -1,0 +1,203 @@
+//! The topologies `compare` measures: each takes the sink's port and gives
+//! back the addresses a source connects to and the processes doing the
+//! forwarding (whose CPU time is charged to it).
+
+use std::any::Any;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_client::{Auth, RequestOptions, Trust};
+
+use super::peers;
+
+/// A topology to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Source straight to sink.
+    Direct,
+    /// Two SciStream gateways (plaintext data channel).
+    Scistream,
+    /// Two HAProxy hops.
+    Haproxy,
+    /// Two stunnel hops, TLS 1.3 between them.
+    Stunnel,
+    /// Two socat hops.
+    Socat,
+    /// Two nginx stream hops.
+    Nginx,
+}
+
+impl Kind {
+    /// Every topology, in table order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Direct,
+        Kind::Scistream,
+        Kind::Haproxy,
+        Kind::Stunnel,
+        Kind::Socat,
+        Kind::Nginx,
+    ];
+
+    /// Short name (for `--only` and tables).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Scistream => "scistream",
+            Kind::Haproxy => "haproxy",
+            Kind::Stunnel => "stunnel",
+            Kind::Socat => "socat",
+            Kind::Nginx => "nginx",
+        }
+    }
+
+    /// What it is, for the table footnotes and JSON.
+    pub fn description(self) -> &'static str {
+        match self {
+            Kind::Direct => "source to sink over loopback TCP, no proxy",
+            Kind::Scistream => {
+                "s2cs+s2ds outbound gateway -> s2cs+s2ds inbound gateway, set up with inbound/outbound requests over gRPC; plaintext data channel"
+            }
+            Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
+            Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
+            Kind::Socat => "socat -> socat, fork per connection",
+            Kind::Nginx => "nginx stream -> nginx stream, one worker each",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Files and programs topologies need.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Working directory (configs, logs, state).
+    pub dir: PathBuf,
+    /// The `s2cs` binary.
+    pub s2cs: Option<PathBuf>,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// A gateway certificate and key signed by it (valid for localhost, 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+impl Env {
+    /// A working directory with throwaway certificates.
+    pub fn create(dir: &Path, s2cs: Option<PathBuf>) -> Result<Env, String> {
+        let ca = scistream_client::pki::Ca::new("s2bench CA").map_err(|e| e.to_string())?;
+        let ca_path = dir.join("ca.crt");
+        scistream_client::pki::write_file(&ca_path, &ca.cert_pem(), false)
+            .map_err(|e| e.to_string())?;
+        let w = ca
+            .issue(&["localhost", "127.0.0.1"])
+            .map_err(|e| e.to_string())?
+            .write(dir, "gateway")
+            .map_err(|e| e.to_string())?;
+        Ok(Env {
+            dir: dir.to_owned(),
+            s2cs,
+            ca: ca_path,
+            cert: w.cert,
+            key: w.key,
+        })
+    }
+}
+
+/// A topology set up and ready.
+pub struct Running {
+    /// Where connection *i* of a source goes (cycled).
+    pub entries: Vec<String>,
+    /// Roots of the forwarding process trees.
+    pub pids: Vec<u32>,
+    _keep: Box<dyn Any>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("entries", &self.entries)
+            .field("pids", &self.pids)
+            .finish()
+    }
+}
+
+/// Sets up `kind` in front of a sink on `sink_port`, for up to `max_conns` connections.
+pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<Running, String> {
+    let chain = |c: peers::Chain| Running {
+        entries: vec![format!("127.0.0.1:{}", c.entry)],
+        pids: c.pids(),
+        _keep: Box::new(c),
+    };
+    match kind {
+        Kind::Direct => Ok(Running {
+            entries: vec![format!("127.0.0.1:{sink_port}")],
+            pids: Vec::new(),
+            _keep: Box::new(()),
+        }),
+        Kind::Haproxy => peers::haproxy(&env.dir, sink_port).map(chain),
+        Kind::Socat => peers::socat(&env.dir, sink_port).map(chain),
+        Kind::Nginx => peers::nginx(&env.dir, sink_port).map(chain),
+        Kind::Stunnel => {
+            peers::stunnel(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
+        }
+        Kind::Scistream => scistream(env, sink_port, max_conns),
+    }
+}
+
+/// Two gateways and a tunnel through them, set up as a user would.
+pub fn scistream(env: &Env, sink_port: u16, conns: usize) -> Result<Running, String> {
+    let s2cs = env
+        .s2cs
+        .clone()
+        .or_else(|| scistream_client::local::sibling_binary("s2cs"))
+        .ok_or("s2cs not found next to s2bench; build the workspace (cargo build --release) or pass --s2cs-bin")?;
+    let gateway = |name: &str, range: (u16, u16)| GatewayOptions {
+        s2cs_bin: s2cs.clone(),
+        listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port_range: range,
+        tls: Some((env.cert.clone(), env.key.clone())),
+        state_dir: env.dir.join(format!("{name}-state")),
+        log: Some(env.dir.join(format!("{name}-s2cs.log"))),
+        extra_args: Vec::new(),
+    };
+    let hpc = LocalGateway::start(&gateway("hpc", (35100, 35299)))?;
+    let inst = LocalGateway::start(&gateway("inst", (36100, 36299)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let trust = Trust::Root(env.ca.clone());
+    let options = RequestOptions {
+        num_conn: conns as u32,
+        rate_kbps: 0,
+    };
+    let (hpc_uid, outbound) = runtime
+        .block_on(async {
+            let h = scistream_client::connect(&hpc.control(), &trust, Auth::none()).await?;
+            let inbound =
+                scistream_client::inbound_request(&h, "127.0.0.1", &[sink_port], &options).await?;
+            let i = scistream_client::connect(&inst.control(), &trust, Auth::none()).await?;
+            let out = scistream_client::outbound_request(
+                &i,
+                &inbound.uid,
+                inbound.listeners.clone(),
+                Vec::new(),
+                &options,
+            )
+            .await?;
+            Ok::<_, scistream_client::ClientError>((inbound.uid, out))
+        })
+        .map_err(|e| e.to_string())?;
+    let _ = hpc_uid;
+    let pids = [hpc.pid(), inst.pid()].into_iter().flatten().collect();
+    Ok(Running {
+        entries: outbound.listeners,
+        pids,
+        _keep: Box::new((hpc, inst, runtime)),
+    })
+}
