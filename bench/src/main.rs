@@ -139,7 +139,7 @@ struct Common {
     #[arg(long, default_value = "1", value_parser = positive_usize)]
     conns: usize,
     /// How long to run, e.g. 10s (default 10s unless --bytes/--frames is given).
-    #[arg(long, value_parser = duration, conflicts_with = "bytes")]
+    #[arg(long, value_parser = duration)]
     duration: Option<Duration>,
     /// Write the report as JSON to this file (`-` for stdout).
     #[arg(long)]
@@ -154,7 +154,7 @@ struct SourceArgs {
     #[command(flatten)]
     common: Common,
     /// Total payload to send instead of a duration, e.g. 10GiB.
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = size, conflicts_with = "duration")]
     bytes: Option<u64>,
     /// Message size, e.g. 1MiB, 64KiB.
     #[arg(long = "msg-size", default_value = "1MiB", value_parser = size)]
@@ -175,7 +175,7 @@ struct DetectorArgs {
     #[arg(long = "frame-size", default_value = "8MiB", value_parser = size)]
     frame_size: u64,
     /// Frames per second, over all connections.
-    #[arg(long, default_value = "10", value_parser = positive_f64)]
+    #[arg(long, default_value = "10", value_parser = positive_f64, allow_negative_numbers = true)]
     fps: f64,
     /// Number of frames (instead of --duration).
     #[arg(long, conflicts_with = "duration", value_parser = positive_u64)]
