@@ -75,8 +75,11 @@ struct RequestArgs {
     /// Parallel connections: listeners opened on the gateway.
     #[arg(long = "num_conn", alias = "num-conn", default_value_t = 5)]
     num_conn: u32,
-    /// Rate cap for the session, kbit/s (0: no cap).
-    #[arg(long, default_value_t = 10000)]
+    /// Rate cap for the whole session in kbit/s, enforced by the gateways'
+    /// kernels (split evenly over the connections); 0: no cap. SciStream's
+    /// client sends 10000 by default; here the default is no cap, because
+    /// the cap is enforced and 10 Mbit/s would throttle any real stream.
+    #[arg(long, default_value_t = 0)]
     rate: u32,
 }
 

@@ -71,6 +71,41 @@ pub struct SessionSpec {
     pub rate_kbps: u64,
 }
 
+impl SessionSpec {
+    /// The pacing rate of each connection, bytes per second: the session's
+    /// rate split evenly over its listeners (`num_conn`). `None`: no cap.
+    pub fn per_connection_rate(&self) -> Option<u64> {
+        if self.rate_kbps == 0 {
+            return None;
+        }
+        let n = self.listeners.len().max(1) as u64;
+        Some((self.rate_kbps * 1000 / 8 / n).max(1))
+    }
+}
+
+/// Counters of one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnStats {
+    /// Index of the listener that accepted it.
+    pub listener: usize,
+    /// The accepted client.
+    pub peer: SocketAddr,
+    /// Where it is forwarded.
+    pub target: SocketAddr,
+    /// Bytes from client to target.
+    pub bytes_to_target: u64,
+    /// Bytes from target to client.
+    pub bytes_from_target: u64,
+    /// Milliseconds since it was accepted.
+    pub age_ms: u64,
+    /// How its bytes are moved: `connecting`, `splice`.
+    pub mode: String,
+}
+
+/// Most connections listed per session in a stats reply (the counts and
+/// byte totals always cover all of them).
+pub const MAX_LISTED_CONNECTIONS: usize = 200;
+
 /// A command from `s2cs` to `s2ds`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -118,6 +153,9 @@ pub struct SessionStats {
     pub bytes_from_target: u64,
     /// Connections that failed: target unreachable, reset, I/O error.
     pub errors: u64,
+    /// Open connections, at most [`MAX_LISTED_CONNECTIONS`] of them.
+    #[serde(default)]
+    pub connections: Vec<ConnStats>,
 }
 
 impl Default for SessionKey {

@@ -33,6 +33,18 @@ pub struct Config {
     #[arg(long = "pipe-size", default_value = "1MiB", value_parser = parse_pipe_size)]
     pub pipe_size: usize,
 
+    /// SO_SNDBUF for forwarded sockets, e.g. 64MiB (default: the kernel's autotuning).
+    #[arg(long, value_parser = parse_buf)]
+    pub sndbuf: Option<usize>,
+
+    /// SO_RCVBUF for forwarded sockets (default: the kernel's autotuning).
+    #[arg(long, value_parser = parse_buf)]
+    pub rcvbuf: Option<usize>,
+
+    /// Leave Nagle's algorithm on (TCP_NODELAY is set by default).
+    #[arg(long = "no-nodelay")]
+    pub no_nodelay: bool,
+
     /// Do not pin workers to cores.
     #[arg(long = "no-pin")]
     pub no_pin: bool,
@@ -46,6 +58,14 @@ fn parse_pipe_size(s: &str) -> Result<usize, String> {
     let n = scistream_protocol::units::parse_size(s).map_err(|e| e.to_string())?;
     if !(4096..=(256 << 20)).contains(&n) {
         return Err(format!("pipe size {s} is outside 4KiB-256MiB"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
+}
+
+fn parse_buf(s: &str) -> Result<usize, String> {
+    let n = scistream_protocol::units::parse_size(s).map_err(|e| e.to_string())?;
+    if !(4096..=(2 << 30)).contains(&n) {
+        return Err(format!("socket buffer {s} is outside 4KiB-2GiB"));
     }
     usize::try_from(n).map_err(|e| e.to_string())
 }

@@ -103,6 +103,7 @@ impl DataPlane {
         }
         let (tx, rx) = mpsc::channel();
         let mut placement = Vec::with_capacity(fds.len());
+        let rate = spec.per_connection_rate();
         for (index, (fd, target)) in fds.into_iter().zip(spec.targets.iter()).enumerate() {
             let w = self.next_worker % self.workers.len();
             self.next_worker += 1;
@@ -111,6 +112,7 @@ impl DataPlane {
                 index,
                 fd,
                 target: *target,
+                rate,
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {
@@ -209,10 +211,16 @@ impl DataPlane {
                 m.bytes_to_target += s.bytes_to_target;
                 m.bytes_from_target += s.bytes_from_target;
                 m.errors += s.errors;
+                m.connections.extend(s.connections);
             }
         }
         let mut sessions: Vec<SessionStats> = merged.into_values().collect();
         sessions.sort_by(|a, b| a.key.cmp(&b.key));
+        for s in &mut sessions {
+            s.connections.sort_by_key(|c| (c.listener, c.age_ms));
+            s.connections
+                .truncate(scistream_protocol::handoff::MAX_LISTED_CONNECTIONS);
+        }
         Outcome::Stats { sessions }
     }
 

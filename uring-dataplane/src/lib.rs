@@ -4,12 +4,13 @@
 //! spreads them over thread-per-core [`worker`]s, each with its own
 //! [`reactor`], and forwards every accepted connection to its target with
 //! `splice` through a per-connection pipe ([`relay`]).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;
 pub mod reactor;
 pub mod relay;
+pub mod sys;
 pub mod worker;
 
 use std::io;
@@ -40,6 +41,9 @@ pub enum StartError {
     /// The control socket could not be set up.
     #[error("control socket: {0}")]
     Control(io::Error),
+    /// The engine asked for cannot run here.
+    #[error("{0}")]
+    Engine(io::Error),
     /// A worker could not be created.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -64,22 +68,31 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     } else {
         return Err(StartError::NoControl);
     };
+    raise_nofile_limit();
+    let (engine, why) = reactor::choose(config.engine).map_err(StartError::Engine)?;
+    if let Some(why) = why {
+        tracing::warn!(reason = %why, "running the epoll engine");
+    }
+    let options = worker::WorkerOptions {
+        pipe_size: config.pipe_size,
+        sndbuf: config.sndbuf,
+        rcvbuf: config.rcvbuf,
+        nodelay: !config.no_nodelay,
+    };
     let cpus = allowed_cpus();
     let n = config.workers.unwrap_or(cpus.len()).max(1);
     let mut workers = Vec::with_capacity(n);
-    let mut engine = "epoll";
+    let mut engine_name = "epoll";
     for id in 0..n {
         let cpu = (!config.no_pin)
             .then(|| cpus.get(id % cpus.len().max(1)).copied())
             .flatten();
-        let options = worker::WorkerOptions {
-            pipe_size: config.pipe_size,
-        };
-        let (handle, name) = worker::spawn(id, cpu, config.engine, options)
+        let (handle, name) = worker::spawn(id, cpu, engine, options.clone())
             .map_err(|source| StartError::Worker { id, source })?;
-        engine = name;
+        engine_name = name;
         workers.push(handle);
     }
+    let engine = engine_name;
     tracing::info!(
         engine,
         workers = n,
@@ -88,4 +101,19 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         "s2ds started"
     );
     control::run(listener, control::DataPlane::new(workers, engine)).map_err(StartError::Control)
+}
+
+/// Raises the open-file limit to its hard limit: every forwarded
+/// connection holds six descriptors (two sockets, two pipes).
+pub fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?before, now = ?limit.current, "raised RLIMIT_NOFILE"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+        }
+    }
 }

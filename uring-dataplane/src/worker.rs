@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
-use scistream_protocol::handoff::{SessionKey, SessionStats};
+use scistream_protocol::handoff::{ConnStats, MAX_LISTED_CONNECTIONS, SessionKey, SessionStats};
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
-use crate::reactor::{EngineChoice, Event, Reactor, Token};
+use crate::reactor::{Engine, Event, Reactor, Token};
 use crate::relay::{SpliceRelay, Turn, set_reset_on_close};
 
 /// Connections accepted per listener per wake-up before others get a turn.
@@ -39,6 +39,8 @@ pub enum WorkerCommand {
         fd: OwnedFd,
         /// Where its connections go.
         target: SocketAddr,
+        /// Pacing of each connection, bytes per second.
+        rate: Option<u64>,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
@@ -70,6 +72,12 @@ pub enum WorkerCommand {
 pub struct WorkerOptions {
     /// Size asked for each direction's pipe.
     pub pipe_size: usize,
+    /// SO_SNDBUF of forwarded sockets (`None`: kernel autotuning).
+    pub sndbuf: Option<usize>,
+    /// SO_RCVBUF of forwarded sockets (`None`: kernel autotuning).
+    pub rcvbuf: Option<usize>,
+    /// TCP_NODELAY on forwarded sockets.
+    pub nodelay: bool,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
@@ -122,6 +130,7 @@ struct Listener {
     index: usize,
     fd: OwnedFd,
     target: SocketAddr,
+    rate: Option<u64>,
     generation: u32,
     counters: Rc<Counters>,
 }
@@ -138,6 +147,8 @@ enum ConnState {
 #[derive(Debug)]
 struct Conn {
     key: SessionKey,
+    listener: usize,
+    accepted: Instant,
     client: OwnedFd,
     target: OwnedFd,
     peer: SocketAddr,
@@ -201,7 +212,7 @@ fn wake(fd: &OwnedFd) {
 pub fn spawn(
     id: usize,
     cpu: Option<usize>,
-    engine: EngineChoice,
+    engine: Engine,
     options: WorkerOptions,
 ) -> io::Result<(WorkerHandle, &'static str)> {
     let (tx, rx) = mpsc::channel();
@@ -339,6 +350,7 @@ impl Worker {
                 index,
                 fd,
                 target,
+                rate,
                 done,
             } => {
                 let counters = self.sessions.entry(key.clone()).or_default().clone();
@@ -356,6 +368,7 @@ impl Worker {
                         index,
                         fd,
                         target,
+                        rate,
                         generation,
                         counters,
                     });
@@ -377,19 +390,47 @@ impl Worker {
                 let _ = done.send(Ok(()));
             }
             WorkerCommand::Stats { reply } => {
-                let stats = self
+                let mut stats: HashMap<&SessionKey, SessionStats> = self
                     .sessions
                     .iter()
-                    .map(|(key, c)| SessionStats {
-                        key: key.clone(),
-                        conns_open: c.conns_open.get(),
-                        conns_total: c.conns_total.get(),
-                        bytes_to_target: c.bytes_to_target.get(),
-                        bytes_from_target: c.bytes_from_target.get(),
-                        errors: c.errors.get(),
+                    .map(|(key, c)| {
+                        let s = SessionStats {
+                            key: key.clone(),
+                            conns_open: c.conns_open.get(),
+                            conns_total: c.conns_total.get(),
+                            bytes_to_target: c.bytes_to_target.get(),
+                            bytes_from_target: c.bytes_from_target.get(),
+                            errors: c.errors.get(),
+                            connections: Vec::new(),
+                        };
+                        (key, s)
                     })
                     .collect();
-                let _ = reply.send(stats);
+                for (_, c) in self.conns.iter() {
+                    let Some(s) = stats.get_mut(&c.key) else {
+                        continue;
+                    };
+                    if s.connections.len() >= MAX_LISTED_CONNECTIONS {
+                        continue;
+                    }
+                    let (up, down, mode) = match &c.state {
+                        ConnState::Connecting => (0, 0, "connecting"),
+                        ConnState::Relaying { relay, .. } => {
+                            let (u, d) = relay.delivered();
+                            (u, d, "splice")
+                        }
+                    };
+                    s.connections.push(ConnStats {
+                        listener: c.listener,
+                        peer: c.peer,
+                        target: c.target_addr,
+                        bytes_to_target: up,
+                        bytes_from_target: down,
+                        age_ms: c.accepted.elapsed().as_millis() as u64,
+                        mode: mode.into(),
+                    });
+                }
+                let _ = reply.send(stats.into_values().collect());
             }
         }
     }
@@ -474,16 +515,16 @@ impl Worker {
         let Some(l) = self.listeners.get(listener_slot) else {
             return;
         };
-        let (key, target_addr, counters, index) =
-            (l.key.clone(), l.target, l.counters.clone(), l.index);
+        let (key, target_addr, counters, index, rate) =
+            (l.key.clone(), l.target, l.counters.clone(), l.index, l.rate);
         let peer = rustix::net::getpeername(&client)
             .ok()
             .flatten()
             .and_then(|a| SocketAddr::try_from(a).ok())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _ = rustix::net::sockopt::set_tcp_nodelay(&client, true);
+        tune(&client, &self.options, rate);
         bump(&counters.conns_total, 1);
-        let target = match connect_nonblocking(target_addr) {
+        let target = match connect_nonblocking(target_addr, &self.options, rate) {
             Ok(t) => t,
             Err(e) => {
                 bump(&counters.errors, 1);
@@ -513,6 +554,8 @@ impl Worker {
         debug!(worker = self.id, %key, index, %peer, target = %target_addr, "connection accepted");
         entry.insert(Conn {
             key,
+            listener: index,
+            accepted: Instant::now(),
             client,
             target,
             peer,
@@ -538,31 +581,28 @@ impl Worker {
                     self.close_conn(slot, true);
                     return;
                 }
-                ConnectResult::Connected => {
-                    let _ = rustix::net::sockopt::set_tcp_nodelay(&c.target, true);
-                    match SpliceRelay::new(self.options.pipe_size) {
-                        Ok((relay, sized)) => {
-                            if !sized && !self.warned_pipe_size {
-                                self.warned_pipe_size = true;
-                                warn!(
-                                    worker = self.id,
-                                    pipe_size = self.options.pipe_size,
-                                    "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
-                                );
-                            }
-                            c.state = ConnState::Relaying {
-                                relay,
-                                counted: (0, 0),
-                            };
+                ConnectResult::Connected => match SpliceRelay::new(self.options.pipe_size) {
+                    Ok((relay, sized)) => {
+                        if !sized && !self.warned_pipe_size {
+                            self.warned_pipe_size = true;
+                            warn!(
+                                worker = self.id,
+                                pipe_size = self.options.pipe_size,
+                                "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
+                            );
                         }
-                        Err(e) => {
-                            bump(&c.counters.errors, 1);
-                            warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
-                            self.close_conn(slot, true);
-                            return;
-                        }
+                        c.state = ConnState::Relaying {
+                            relay,
+                            counted: (0, 0),
+                        };
                     }
-                }
+                    Err(e) => {
+                        bump(&c.counters.errors, 1);
+                        warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
+                        self.close_conn(slot, true);
+                        return;
+                    }
+                },
             }
         }
         let ConnState::Relaying { relay, counted } = &mut c.state else {
@@ -607,13 +647,40 @@ impl Worker {
     }
 }
 
-/// Starts a non-blocking connect.
-fn connect_nonblocking(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// Applies the socket options of a forwarded socket. Failures are logged,
+/// not fatal: a connection without a tuned buffer still works.
+fn tune(fd: &OwnedFd, o: &WorkerOptions, rate: Option<u64>) {
+    if o.nodelay {
+        let _ = rustix::net::sockopt::set_tcp_nodelay(fd, true);
+    }
+    if let Some(n) = o.sndbuf {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, n);
+    }
+    if let Some(n) = o.rcvbuf {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, n);
+    }
+    if let Some(r) = rate {
+        if let Err(e) = crate::sys::sockopt::set_max_pacing_rate(fd, r) {
+            warn!(error = %e, rate_bytes_per_s = r, "cannot set SO_MAX_PACING_RATE; the connection is not rate-capped");
+        }
+    }
+}
+
+/// Starts a non-blocking connect, with the socket options set first (the
+/// receive buffer must be known when the window scale is negotiated).
+fn connect_nonblocking(
+    addr: SocketAddr,
+    o: &WorkerOptions,
+    rate: Option<u64>,
+) -> io::Result<OwnedFd> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
+    let fd = OwnedFd::from(socket);
+    tune(&fd, o, rate);
+    let socket = Socket::from(fd);
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(Errno::INPROGRESS.raw_os_error()) => {}
