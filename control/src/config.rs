@@ -79,6 +79,37 @@ pub struct Config {
     #[arg(long = "s2ds-arg", alias = "s2ds_arg", allow_hyphen_values = true)]
     pub s2ds_args: Vec<String>,
 
+    /// Highest rate a request may ask for, e.g. 10Gbit; requests above it,
+    /// or without a cap (rate 0), get INVALID_ARGUMENT. Default: no bound.
+    #[arg(long = "max-rate", alias = "max_rate", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+
+    /// Data-plane engine: auto (io_uring when the kernel allows it, else
+    /// epoll), io_uring, or epoll.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "io_uring", "epoll"])]
+    pub engine: String,
+
+    /// Data-plane worker threads, one per core (default: every core s2cs may use).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Pipe size per forwarding direction, e.g. 1MiB (default 1MiB).
+    #[arg(long = "pipe-size", alias = "pipe_size", value_parser = parse_size)]
+    pub pipe_size: Option<u64>,
+
+    /// SO_SNDBUF of forwarded sockets, e.g. 64MiB (default: kernel autotuning).
+    /// `s2tune bdp` says what a path needs.
+    #[arg(long, value_parser = parse_size)]
+    pub sndbuf: Option<u64>,
+
+    /// SO_RCVBUF of forwarded sockets (default: kernel autotuning).
+    #[arg(long, value_parser = parse_size)]
+    pub rcvbuf: Option<u64>,
+
+    /// Leave Nagle's algorithm on for forwarded sockets (TCP_NODELAY is set by default).
+    #[arg(long = "no-nodelay", alias = "no_nodelay")]
+    pub no_nodelay: bool,
+
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -117,6 +148,24 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
+/// Parses a rate (`10Gbit`, `1.5Gb/s`), bits per second, above zero.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match scistream_protocol::units::parse_rate(s) {
+        Ok(0) => Err(format!("rate '{s}' must be above zero")),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a size (`1MiB`), bytes, above zero.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    match scistream_protocol::units::parse_size(s) {
+        Ok(0) => Err(format!("size '{s}' must be above zero")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses `180`, `180s`, `3m`, `500ms`: a positive duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match scistream_protocol::units::parse_duration(s) {
@@ -141,6 +190,31 @@ impl Config {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
             .unwrap_or_else(std::env::temp_dir);
         base.join("scistream").join(leaf)
+    }
+
+    /// The arguments s2ds gets: the data-plane options, then `--s2ds-arg`s.
+    pub fn s2ds_argv(&self) -> Vec<String> {
+        let mut v = vec![format!("--engine={}", self.engine)];
+        if let Some(n) = self.workers {
+            v.push(format!("--workers={n}"));
+        }
+        if let Some(n) = self.pipe_size {
+            v.push(format!("--pipe-size={n}"));
+        }
+        if let Some(n) = self.sndbuf {
+            v.push(format!("--sndbuf={n}"));
+        }
+        if let Some(n) = self.rcvbuf {
+            v.push(format!("--rcvbuf={n}"));
+        }
+        if self.no_nodelay {
+            v.push("--no-nodelay".into());
+        }
+        if self.verbose > 0 {
+            v.push(format!("-{}", "v".repeat(self.verbose.into())));
+        }
+        v.extend(self.s2ds_args.iter().cloned());
+        v
     }
 
     /// The s2ds binary to run.
@@ -179,6 +253,36 @@ mod tests {
         assert_eq!(a.port_range, b.port_range);
         let c = Config::try_parse_from(["s2cs", "--listener_ip", "127.0.0.1"]).unwrap();
         assert_eq!(c.listener_ip.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn data_plane_options_reach_s2ds() {
+        let c = Config::try_parse_from([
+            "s2cs",
+            "--engine",
+            "epoll",
+            "--pipe-size",
+            "256KiB",
+            "--sndbuf",
+            "8MiB",
+            "--max-rate",
+            "10Gbit",
+            "--s2ds-arg=--no-pin",
+        ])
+        .unwrap();
+        assert_eq!(c.max_rate, Some(10_000_000_000));
+        assert_eq!(
+            c.s2ds_argv(),
+            vec![
+                "--engine=epoll",
+                "--pipe-size=262144",
+                "--sndbuf=8388608",
+                "--no-pin"
+            ]
+        );
+        assert!(Config::try_parse_from(["s2cs", "--engine", "dpdk"]).is_err());
+        assert!(Config::try_parse_from(["s2cs", "--max-rate", "fast"]).is_err());
+        assert!(Config::try_parse_from(["s2cs", "--sndbuf", "0"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::service::{ControlService, InFlight};
-use crate::sessions::{Registry, Timing};
+use crate::sessions::{Limits, Registry, Timing};
 use crate::tls::{self, TlsError};
 
 /// Largest gRPC message accepted: far above any legitimate request
@@ -117,7 +117,7 @@ pub async fn run(
 
     let (dataplane, supervisor) = Supervisor::start(DataPlaneConfig {
         bin: config.s2ds_bin(),
-        args: config.s2ds_args.clone(),
+        args: config.s2ds_argv(),
         socket_path: state_dir.join("s2ds.sock"),
         call_timeout: Duration::from_secs(20),
     })
@@ -128,6 +128,9 @@ pub async fn run(
         Timing {
             hello_timeout: config.hello_timeout,
             hello_grace: config.hello_grace,
+        },
+        Limits {
+            max_rate_bps: config.max_rate,
         },
         dataplane,
     ));

@@ -35,6 +35,13 @@ pub struct Timing {
     pub hello_grace: Duration,
 }
 
+/// Admission limits.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Highest rate a request may ask for, bits per second.
+    pub max_rate_bps: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingHello,
@@ -81,6 +88,7 @@ pub struct Registry {
     /// Fired whenever a session starts waiting for its hello.
     new_session: Notify,
     timing: Timing,
+    limits: Limits,
     dataplane: DataPlane,
 }
 
@@ -178,7 +186,7 @@ impl Drop for PendingReq<'_> {
 
 impl Registry {
     /// An empty registry handing out ports from `ports`.
-    pub fn new(ports: PortAllocator, timing: Timing, dataplane: DataPlane) -> Self {
+    pub fn new(ports: PortAllocator, timing: Timing, limits: Limits, dataplane: DataPlane) -> Self {
         Registry {
             table: Mutex::new(Table {
                 sessions: BTreeMap::new(),
@@ -186,6 +194,7 @@ impl Registry {
             }),
             new_session: Notify::new(),
             timing,
+            limits,
             dataplane,
         }
     }
@@ -215,6 +224,21 @@ impl Registry {
                 r.rate
             ))
         })?;
+        if let Some(max) = self.limits.max_rate_bps {
+            if rate_kbps == 0 || rate_kbps.saturating_mul(1000) > max {
+                return Err(ControlError::InvalidArgument(format!(
+                    "rate {} is above what this gateway allows ({} kbit/s, {}); ask for at most {} kbit/s",
+                    if rate_kbps == 0 {
+                        "0 (no cap)".to_string()
+                    } else {
+                        format!("{rate_kbps} kbit/s")
+                    },
+                    max / 1000,
+                    scistream_protocol::units::format_rate(max as f64),
+                    max / 1000
+                )));
+            }
+        }
         let key = SessionKey {
             uid: r.uid.clone(),
             role,

@@ -498,3 +498,37 @@ async fn a_client_that_goes_away_mid_req_leaks_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn max_rate_bounds_what_a_request_may_ask_for() {
+    let gw = Gw::start(None, 4, &["--hello-timeout", "2s", "--max-rate", "100Mbit"]);
+    let c = client(&gw).await;
+    let mut cc = c.clone();
+    let too_much = Request {
+        uid: "fast".into(),
+        role: "PROD".into(),
+        num_conn: 1,
+        rate: 200_000,
+    };
+    assert_code(
+        cc.req(too_much).await,
+        Code::InvalidArgument,
+        "at most 100000 kbit/s",
+    );
+    let uncapped = Request {
+        uid: "fast".into(),
+        role: "PROD".into(),
+        num_conn: 1,
+        rate: 0,
+    };
+    assert_code(cc.req(uncapped).await, Code::InvalidArgument, "0 (no cap)");
+    let fine = Request {
+        uid: "ok".into(),
+        role: "PROD".into(),
+        num_conn: 1,
+        rate: 100_000,
+    };
+    let (r, h) = req_with_hello(&c, fine, hello("ok", "PROD", &["127.0.0.1:9"])).await;
+    r.unwrap();
+    h.unwrap();
+}

@@ -86,6 +86,8 @@ impl SessionSpec {
 /// Counters of one connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnStats {
+    /// The worker (core) that owns it for its whole life.
+    pub worker: u32,
     /// Index of the listener that accepted it.
     pub listener: usize,
     /// The accepted client.

@@ -70,8 +70,12 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     };
     raise_nofile_limit();
     let (engine, why) = reactor::choose(config.engine).map_err(StartError::Engine)?;
-    if let Some(why) = why {
-        tracing::warn!(reason = %why, "running the epoll engine");
+    match (why, config.engine) {
+        (Some(why), reactor::EngineChoice::Auto) => {
+            tracing::warn!(reason = %why, "running the epoll engine")
+        }
+        (Some(why), _) => tracing::info!(reason = %why, "running the epoll engine"),
+        (None, _) => {}
     }
     let options = worker::WorkerOptions {
         pipe_size: config.pipe_size,

@@ -421,6 +421,7 @@ impl Worker {
                         }
                     };
                     s.connections.push(ConnStats {
+                        worker: self.id as u32,
                         listener: c.listener,
                         peer: c.peer,
                         target: c.target_addr,

@@ -1,115 +1,18 @@
-//! `s2ds` on its own, driven over its control socket the way `s2cs` drives
-//! it: sessions added with listening sockets, forwarding, counters,
+//! `s2ds` on its own, driven over its control socket the way `s2cs`
+//! drives it: sessions added with listening sockets, forwarding, counters,
 //! re-targeting, removal, and bad commands.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, Command};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use scistream_protocol::Role;
-use scistream_protocol::handoff::{
-    self, Command as Cmd, FromDataPlane, Outcome, Receiver, Request, SessionKey, SessionSpec,
-};
-use scistream_testkit::{EchoServer, bin};
-
-struct DataPlane {
-    child: Child,
-    sock: OwnedFd,
-    rx: Receiver,
-    next: u64,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl DataPlane {
-    fn start(args: &[&str]) -> DataPlane {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s2ds.sock");
-        let listener = handoff::listen(&path).unwrap();
-        let child = Command::new(bin("s2ds"))
-            .arg("--control-stdin")
-            .args(args)
-            .stdin(std::process::Stdio::from(listener))
-            .spawn()
-            .unwrap();
-        let sock = handoff::connect(&path).unwrap();
-        let mut rx = Receiver::default();
-        let (hello, _): (FromDataPlane, _) = rx.recv(&sock).unwrap().unwrap();
-        assert!(
-            matches!(hello, FromDataPlane::Hello { version: handoff::HANDOFF_VERSION, ref sessions, .. } if sessions.is_empty()),
-            "{hello:?}"
-        );
-        DataPlane {
-            child,
-            sock,
-            rx,
-            next: 1,
-            path,
-            _dir: dir,
-        }
-    }
-
-    fn call(&mut self, command: Cmd, fds: &[&OwnedFd]) -> Outcome {
-        let id = self.next;
-        self.next += 1;
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        handoff::send(&self.sock, &Request { id, command }, &borrowed).unwrap();
-        let (reply, _): (FromDataPlane, _) = self.rx.recv(&self.sock).unwrap().unwrap();
-        match reply {
-            FromDataPlane::Reply { id: got, outcome } => {
-                assert_eq!(got, id);
-                outcome
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-}
-
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn key(uid: &str) -> SessionKey {
-    SessionKey {
-        uid: uid.into(),
-        role: Role::Prod,
-    }
-}
-
-fn listener() -> (OwnedFd, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    (OwnedFd::from(l), a)
-}
-
-fn echo_once(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(msg).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
-    back
-}
-
-fn stats(dp: &mut DataPlane) -> Vec<scistream_protocol::handoff::SessionStats> {
-    match dp.call(Cmd::Stats, &[]) {
-        Outcome::Stats { sessions } => sessions,
-        other => panic!("{other:?}"),
-    }
-}
+use common::{DataPlane, echo_once, key, listener, stats};
+use scistream_protocol::handoff::{self, Command as Cmd, FromDataPlane, Outcome, SessionSpec};
+use scistream_testkit::EchoServer;
 
 #[test]
 fn forwards_counts_retargets_and_removes() {

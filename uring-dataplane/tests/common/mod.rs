@@ -1,0 +1,142 @@
+//! A harness that drives `s2ds` over its control socket the way `s2cs`
+//! does, and the engines to run each scenario on.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use scistream_protocol::Role;
+use scistream_protocol::handoff::{
+    self, Command as Cmd, FromDataPlane, Outcome, Receiver, Request, SessionKey, SessionSpec,
+};
+use scistream_testkit::bin;
+
+/// The engines to test on this host: epoll always, io_uring when the kernel allows it.
+pub fn engines(test: &str) -> Vec<&'static str> {
+    let mut v = vec!["epoll"];
+    match scistream_dataplane::reactor::choose(scistream_dataplane::reactor::EngineChoice::IoUring)
+    {
+        Ok(_) => v.push("io_uring"),
+        Err(e) => eprintln!("SKIP {test} on io_uring: {e}"),
+    }
+    v
+}
+
+pub struct DataPlane {
+    pub child: Child,
+    pub sock: OwnedFd,
+    pub rx: Receiver,
+    pub next: u64,
+    pub path: std::path::PathBuf,
+    pub _dir: tempfile::TempDir,
+}
+
+impl DataPlane {
+    pub fn start(args: &[&str]) -> DataPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s2ds.sock");
+        let listener = handoff::listen(&path).unwrap();
+        let child = Command::new(bin("s2ds"))
+            .arg("--control-stdin")
+            .args(args)
+            .stdin(std::process::Stdio::from(listener))
+            .spawn()
+            .unwrap();
+        let sock = handoff::connect(&path).unwrap();
+        let mut rx = Receiver::default();
+        let (hello, _): (FromDataPlane, _) = rx.recv(&sock).unwrap().unwrap();
+        assert!(
+            matches!(hello, FromDataPlane::Hello { version: handoff::HANDOFF_VERSION, ref sessions, .. } if sessions.is_empty()),
+            "{hello:?}"
+        );
+        DataPlane {
+            child,
+            sock,
+            rx,
+            next: 1,
+            path,
+            _dir: dir,
+        }
+    }
+
+    pub fn call(&mut self, command: Cmd, fds: &[&OwnedFd]) -> Outcome {
+        let id = self.next;
+        self.next += 1;
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        handoff::send(&self.sock, &Request { id, command }, &borrowed).unwrap();
+        let (reply, _): (FromDataPlane, _) = self.rx.recv(&self.sock).unwrap().unwrap();
+        match reply {
+            FromDataPlane::Reply { id: got, outcome } => {
+                assert_eq!(got, id);
+                outcome
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn key(uid: &str) -> SessionKey {
+    SessionKey {
+        uid: uid.into(),
+        role: Role::Prod,
+    }
+}
+
+pub fn listener() -> (OwnedFd, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (OwnedFd::from(l), a)
+}
+
+pub fn echo_once(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(msg).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    back
+}
+
+pub fn stats(dp: &mut DataPlane) -> Vec<scistream_protocol::handoff::SessionStats> {
+    match dp.call(Cmd::Stats, &[]) {
+        Outcome::Stats { sessions } => sessions,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A session over `n` fresh listeners forwarding to `target`; returns the listeners' addresses.
+pub fn add_session(
+    dp: &mut DataPlane,
+    uid: &str,
+    n: usize,
+    target: SocketAddr,
+    rate_kbps: u64,
+) -> (Vec<SocketAddr>, Vec<OwnedFd>) {
+    let (fds, addrs): (Vec<OwnedFd>, Vec<SocketAddr>) = (0..n).map(|_| listener()).unzip();
+    let spec = SessionSpec {
+        key: key(uid),
+        listeners: addrs.clone(),
+        targets: vec![target; n],
+        rate_kbps,
+    };
+    let refs: Vec<&OwnedFd> = fds.iter().collect();
+    assert_eq!(dp.call(Cmd::AddSession(spec), &refs), Outcome::Done);
+    (addrs, fds)
+}
