@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod idle;
 pub mod receive;
 pub mod report;
 pub mod send;

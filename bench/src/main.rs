@@ -43,11 +43,28 @@ enum Cmd {
     Detector(DetectorArgs),
     /// Measure direct TCP, the SciStream tunnel and peer proxies side by side.
     Compare(CompareArgs),
+    /// Measure what idle connections through a tunnel cost s2ds (memory, descriptors).
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Idle connections to hold, cumulative steps, e.g. 100,1000.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000", value_parser = positive_usize)]
+    conns: Vec<usize>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The s2cs binary (default: next to s2bench).
+    #[arg(long = "s2cs-bin")]
+    s2cs_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 struct CompareArgs {
-    /// Topologies to run, comma-separated: direct, scistream, haproxy, stunnel, socat, nginx.
+    /// Topologies to run, comma-separated: direct, scistream, haproxy, stunnel,
+    /// socat, nginx; and data-plane variants scistream-epoll, scistream-copy,
+    /// scistream-pipe64k.
     #[arg(long, value_delimiter = ',', default_value = "direct,scistream,haproxy,stunnel,socat,nginx", value_parser = topology)]
     only: Vec<scistream_bench::compare::topology::Kind>,
     /// Parallel connections; a list measures each, e.g. 1,4.
@@ -319,10 +336,29 @@ fn run_source(c: &Common, cfg: SourceConfig) -> anyhow::Result<bool> {
     Ok(reverse.is_none_or(|s| s.ok))
 }
 
+/// Raises the open-file limit to its hard limit: a source or sink with
+/// thousands of connections needs one descriptor each.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
 fn main() -> ExitCode {
+    raise_nofile_limit();
     let result = match Cli::parse().command {
         Cmd::Sink(a) => run_sink(a),
         Cmd::Compare(a) => run_compare(a),
+        Cmd::Idle(a) => (|| {
+            let mut steps = a.conns.clone();
+            steps.sort_unstable();
+            let report =
+                scistream_bench::idle::run(&steps, a.s2cs_bin).map_err(anyhow::Error::msg)?;
+            print!("{}", report.table());
+            write_json(&a.json, &serde_json::to_value(&report)?)?;
+            Ok(true)
+        })(),
         Cmd::Source(a) => check_msg(a.msg_size, "--msg-size").and_then(|msg_size| {
             let stop = match (a.bytes, a.common.duration) {
                 (Some(b), _) => Stop::Bytes(b),

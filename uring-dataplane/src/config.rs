@@ -45,6 +45,11 @@ pub struct Config {
     #[arg(long = "no-nodelay")]
     pub no_nodelay: bool,
 
+    /// How plaintext legs are forwarded: `splice` through a pipe (no copy in
+    /// user space), or `copy` through a buffer of --pipe-size bytes.
+    #[arg(long, value_enum, default_value = "splice")]
+    pub forward: Forward,
+
     /// Do not pin workers to cores.
     #[arg(long = "no-pin")]
     pub no_pin: bool,
@@ -52,6 +57,15 @@ pub struct Config {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// How plaintext legs are forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Forward {
+    /// splice(2) through a per-connection pipe.
+    Splice,
+    /// read/write through a per-connection buffer.
+    Copy,
 }
 
 fn parse_pipe_size(s: &str) -> Result<usize, String> {

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+pub mod copy;
 pub mod reactor;
 pub mod relay;
 pub mod sys;
@@ -82,6 +83,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         sndbuf: config.sndbuf,
         rcvbuf: config.rcvbuf,
         nodelay: !config.no_nodelay,
+        forward: config.forward,
     };
     let cpus = allowed_cpus();
     let n = config.workers.unwrap_or(cpus.len()).max(1);

@@ -226,6 +226,41 @@ fn pump(
     Ok(Turn::MoreWork)
 }
 
+/// How a connection's bytes are moved.
+#[derive(Debug)]
+pub enum Relay {
+    /// Through a pipe with `splice` (zero copies in user space).
+    Splice(SpliceRelay),
+    /// Through a user-space buffer with `read`/`write`.
+    Copy(crate::copy::CopyRelay),
+}
+
+impl Relay {
+    /// See [`SpliceRelay::turn`].
+    pub fn turn(&mut self, client: &OwnedFd, target: &OwnedFd) -> Result<Turn, RelayError> {
+        match self {
+            Relay::Splice(r) => r.turn(client, target),
+            Relay::Copy(r) => r.turn(client, target),
+        }
+    }
+
+    /// Bytes delivered (to the target, to the client).
+    pub fn delivered(&self) -> (u64, u64) {
+        match self {
+            Relay::Splice(r) => r.delivered(),
+            Relay::Copy(r) => r.delivered(),
+        }
+    }
+
+    /// `splice` or `copy`, for counters.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Relay::Splice(_) => "splice",
+            Relay::Copy(_) => "copy",
+        }
+    }
+}
+
 /// Makes the next close of `fd` send a reset instead of a FIN.
 pub fn set_reset_on_close(fd: &OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));

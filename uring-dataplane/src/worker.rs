@@ -20,8 +20,10 @@ use slab::Slab;
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
+use crate::config::Forward;
+use crate::copy::CopyRelay;
 use crate::reactor::{Engine, Event, Reactor, Token};
-use crate::relay::{SpliceRelay, Turn, set_reset_on_close};
+use crate::relay::{Relay, SpliceRelay, Turn, set_reset_on_close};
 
 /// Connections accepted per listener per wake-up before others get a turn.
 const ACCEPT_BATCH: usize = 64;
@@ -78,6 +80,8 @@ pub struct WorkerOptions {
     pub rcvbuf: Option<usize>,
     /// TCP_NODELAY on forwarded sockets.
     pub nodelay: bool,
+    /// splice or copy.
+    pub forward: Forward,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
@@ -138,10 +142,7 @@ struct Listener {
 #[derive(Debug)]
 enum ConnState {
     Connecting,
-    Relaying {
-        relay: SpliceRelay,
-        counted: (u64, u64),
-    },
+    Relaying { relay: Relay, counted: (u64, u64) },
 }
 
 #[derive(Debug)]
@@ -417,7 +418,7 @@ impl Worker {
                         ConnState::Connecting => (0, 0, "connecting"),
                         ConnState::Relaying { relay, .. } => {
                             let (u, d) = relay.delivered();
-                            (u, d, "splice")
+                            (u, d, relay.mode())
                         }
                     };
                     s.connections.push(ConnStats {
@@ -582,28 +583,36 @@ impl Worker {
                     self.close_conn(slot, true);
                     return;
                 }
-                ConnectResult::Connected => match SpliceRelay::new(self.options.pipe_size) {
-                    Ok((relay, sized)) => {
-                        if !sized && !self.warned_pipe_size {
-                            self.warned_pipe_size = true;
-                            warn!(
-                                worker = self.id,
-                                pipe_size = self.options.pipe_size,
-                                "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
-                            );
+                ConnectResult::Connected => {
+                    let relay = match self.options.forward {
+                        Forward::Copy => Ok(Relay::Copy(CopyRelay::new(self.options.pipe_size))),
+                        Forward::Splice => SpliceRelay::new(self.options.pipe_size).map(|(relay, sized)| {
+                            if !sized && !self.warned_pipe_size {
+                                self.warned_pipe_size = true;
+                                warn!(
+                                    worker = self.id,
+                                    pipe_size = self.options.pipe_size,
+                                    "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
+                                );
+                            }
+                            Relay::Splice(relay)
+                        }),
+                    };
+                    match relay {
+                        Ok(relay) => {
+                            c.state = ConnState::Relaying {
+                                relay,
+                                counted: (0, 0),
+                            }
                         }
-                        c.state = ConnState::Relaying {
-                            relay,
-                            counted: (0, 0),
-                        };
+                        Err(e) => {
+                            bump(&c.counters.errors, 1);
+                            warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
+                            self.close_conn(slot, true);
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        bump(&c.counters.errors, 1);
-                        warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
-                        self.close_conn(slot, true);
-                        return;
-                    }
-                },
+                }
             }
         }
         let ConnState::Relaying { relay, counted } = &mut c.state else {

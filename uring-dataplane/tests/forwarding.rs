@@ -20,10 +20,18 @@ fn start(engine: &str, workers: &str) -> DataPlane {
     DataPlane::start(&["--engine", engine, "--workers", workers])
 }
 
+/// Engines, plus the copying relay (on epoll) where a scenario covers it too.
+fn engines_and_copy(test: &str) -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<_> = engines(test).into_iter().map(|e| (e, "splice")).collect();
+    v.push(("epoll", "copy"));
+    v
+}
+
 #[test]
 fn a_gigabyte_arrives_byte_exact() {
-    for engine in engines("a_gigabyte_arrives_byte_exact") {
-        let mut dp = start(engine, "2");
+    for (engine, forward) in engines_and_copy("a_gigabyte_arrives_byte_exact") {
+        let mut dp =
+            DataPlane::start(&["--engine", engine, "--workers", "2", "--forward", forward]);
         let receiver = DigestReceiver::start();
         let (addrs, _fds) = add_session(&mut dp, "gb", 1, receiver.addr, 0);
         let sent = send_stream(&addrs[0].to_string(), 11, 1 << 30);
@@ -79,8 +87,9 @@ fn sixty_four_connections_over_four_listeners() {
 
 #[test]
 fn half_close_lets_the_reply_through() {
-    for engine in engines("half_close_lets_the_reply_through") {
-        let mut dp = start(engine, "1");
+    for (engine, forward) in engines_and_copy("half_close_lets_the_reply_through") {
+        let mut dp =
+            DataPlane::start(&["--engine", engine, "--workers", "1", "--forward", forward]);
         // A service that answers only once the request is complete (EOF).
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let service = l.local_addr().unwrap();
@@ -98,7 +107,7 @@ fn half_close_lets_the_reply_through() {
         c.shutdown(std::net::Shutdown::Write).unwrap();
         let mut reply = String::new();
         c.read_to_string(&mut reply).unwrap();
-        assert_eq!(reply, "got 100000 bytes", "{engine}");
+        assert_eq!(reply, "got 100000 bytes", "{engine}/{forward}");
     }
 }
 

@@ -274,7 +274,7 @@ impl Report {
             scistream_protocol::units::format_size(self.workload["msg_size"].as_u64().unwrap_or(0))
         );
         out += &format!(
-            "{:<10} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>13}\n",
+            "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>13}\n",
             "topology", "conns", "median", "min", "max", "CPU s/GiB", "x direct", "scistream/it"
         );
         for s in &self.series {
@@ -289,7 +289,7 @@ impl Report {
                 _ => "-".into(),
             };
             out += &format!(
-                "{:<10} {:>5} {:>10.2} {:>10.2} {:>10.2} {:>12} {:>9} {:>13}{}\n",
+                "{:<18} {:>5} {:>10.2} {:>10.2} {:>10.2} {:>12} {:>9} {:>13}{}\n",
                 s.topology,
                 s.conns,
                 s.median_gbps,

@@ -18,6 +18,12 @@ pub enum Kind {
     Direct,
     /// Two SciStream gateways (plaintext data channel).
     Scistream,
+    /// The same, data plane forced onto epoll.
+    ScistreamEpoll,
+    /// The same, forwarding by read/write copies instead of splice.
+    ScistreamCopy,
+    /// The same, with 64 KiB pipes (the kernel default) instead of 1 MiB.
+    ScistreamPipe64k,
     /// Two HAProxy hops.
     Haproxy,
     /// Two stunnel hops, TLS 1.3 between them.
@@ -39,11 +45,21 @@ impl Kind {
         Kind::Nginx,
     ];
 
+    /// Variants of the SciStream tunnel, for measuring the data plane's choices.
+    pub const VARIANTS: [Kind; 3] = [
+        Kind::ScistreamEpoll,
+        Kind::ScistreamCopy,
+        Kind::ScistreamPipe64k,
+    ];
+
     /// Short name (for `--only` and tables).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Scistream => "scistream",
+            Kind::ScistreamEpoll => "scistream-epoll",
+            Kind::ScistreamCopy => "scistream-copy",
+            Kind::ScistreamPipe64k => "scistream-pipe64k",
             Kind::Haproxy => "haproxy",
             Kind::Stunnel => "stunnel",
             Kind::Socat => "socat",
@@ -58,6 +74,11 @@ impl Kind {
             Kind::Scistream => {
                 "s2cs+s2ds outbound gateway -> s2cs+s2ds inbound gateway, set up with inbound/outbound requests over gRPC; plaintext data channel"
             }
+            Kind::ScistreamEpoll => "scistream, data plane on epoll (--engine epoll)",
+            Kind::ScistreamCopy => {
+                "scistream, forwarding by read/write through 1 MiB buffers (s2ds --forward copy)"
+            }
+            Kind::ScistreamPipe64k => "scistream, 64 KiB pipes (--pipe-size 64KiB)",
             Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
             Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
             Kind::Socat => "socat -> socat, fork per connection",
@@ -67,7 +88,10 @@ impl Kind {
 
     /// Parses a name.
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::VARIANTS)
+            .find(|k| k.name() == s)
     }
 }
 
@@ -145,12 +169,20 @@ pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<
         Kind::Stunnel => {
             peers::stunnel(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
         }
-        Kind::Scistream => scistream(env, sink_port, max_conns),
+        Kind::Scistream => scistream(env, sink_port, max_conns, &[]),
+        Kind::ScistreamEpoll => scistream(env, sink_port, max_conns, &["--engine=epoll"]),
+        Kind::ScistreamCopy => scistream(env, sink_port, max_conns, &["--s2ds-arg=--forward=copy"]),
+        Kind::ScistreamPipe64k => scistream(env, sink_port, max_conns, &["--pipe-size=64KiB"]),
     }
 }
 
 /// Two gateways and a tunnel through them, set up as a user would.
-pub fn scistream(env: &Env, sink_port: u16, conns: usize) -> Result<Running, String> {
+pub fn scistream(
+    env: &Env,
+    sink_port: u16,
+    conns: usize,
+    s2cs_args: &[&str],
+) -> Result<Running, String> {
     let s2cs = env
         .s2cs
         .clone()
@@ -163,10 +195,14 @@ pub fn scistream(env: &Env, sink_port: u16, conns: usize) -> Result<Running, Str
         tls: Some((env.cert.clone(), env.key.clone())),
         state_dir: env.dir.join(format!("{name}-state")),
         log: Some(env.dir.join(format!("{name}-s2cs.log"))),
-        extra_args: Vec::new(),
+        extra_args: s2cs_args.iter().map(|a| a.to_string()).collect(),
     };
-    let hpc = LocalGateway::start(&gateway("hpc", (35100, 35299)))?;
-    let inst = LocalGateway::start(&gateway("inst", (36100, 36299)))?;
+    // Each variant gets its own state directories (and ports from the ranges).
+    let tag = s2cs_args
+        .join("")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let hpc = LocalGateway::start(&gateway(&format!("hpc{tag}"), (35100, 35299)))?;
+    let inst = LocalGateway::start(&gateway(&format!("inst{tag}"), (36100, 36299)))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
