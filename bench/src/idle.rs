@@ -31,6 +31,8 @@ pub struct Step {
 pub struct IdleReport {
     /// Where.
     pub machine: Machine,
+    /// The data channel was TLS.
+    pub data_tls: bool,
     /// s2ds resident memory with the tunnel set up and no connection.
     pub baseline_rss: u64,
     /// Each step.
@@ -51,7 +53,11 @@ fn fds(pid: u32) -> usize {
 }
 
 /// Opens idle connections in steps (`counts`, cumulative) and measures.
-pub fn run(counts: &[usize], s2cs: Option<std::path::PathBuf>) -> Result<IdleReport, String> {
+pub fn run(
+    counts: &[usize],
+    s2cs: Option<std::path::PathBuf>,
+    data_tls: bool,
+) -> Result<IdleReport, String> {
     let dir = tempfile::Builder::new()
         .prefix("s2bench-idle-")
         .tempdir()
@@ -69,7 +75,8 @@ pub fn run(counts: &[usize], s2cs: Option<std::path::PathBuf>) -> Result<IdleRep
             held.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let tunnel = scistream(&env, port, 4, &[])?;
+    let args: &[&str] = if data_tls { &[] } else { &["--data-tls=off"] };
+    let tunnel = scistream(&env, port, 4, args)?;
     let pids = s2ds_pids(&tunnel.pids);
     if pids.len() != 2 {
         return Err(format!("expected two s2ds processes, found {pids:?}"));
@@ -111,6 +118,7 @@ pub fn run(counts: &[usize], s2cs: Option<std::path::PathBuf>) -> Result<IdleRep
     drop(tunnel);
     Ok(IdleReport {
         machine: Machine::read(),
+        data_tls,
         baseline_rss,
         steps,
     })
@@ -120,7 +128,8 @@ impl IdleReport {
     /// The table for people.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "s2ds resident memory, both gateways together (baseline with the tunnel set up: {})\n{:>8} {:>12} {:>16} {:>10}\n",
+            "s2ds resident memory, both gateways together, {} data channel (baseline with the tunnel set up: {})\n{:>8} {:>12} {:>16} {:>10}\n",
+            if self.data_tls { "TLS" } else { "plaintext" },
             scistream_protocol::units::format_size(self.baseline_rss),
             "conns",
             "s2ds RSS",

@@ -52,6 +52,9 @@ struct IdleArgs {
     /// Idle connections to hold, cumulative steps, e.g. 100,1000.
     #[arg(long, value_delimiter = ',', default_value = "100,1000", value_parser = positive_usize)]
     conns: Vec<usize>,
+    /// Data channel of the tunnel: on (TLS, the default) or off (plaintext, splice).
+    #[arg(long = "data-tls", default_value = "on", value_parser = ["on", "off"])]
+    data_tls: String,
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -63,8 +66,8 @@ struct IdleArgs {
 #[derive(Debug, Args)]
 struct CompareArgs {
     /// Topologies to run, comma-separated: direct, scistream, haproxy, stunnel,
-    /// socat, nginx; and data-plane variants scistream-epoll, scistream-copy,
-    /// scistream-pipe64k.
+    /// socat, nginx; and data-plane variants scistream-plain, scistream-epoll,
+    /// scistream-copy, scistream-pipe64k.
     #[arg(long, value_delimiter = ',', default_value = "direct,scistream,haproxy,stunnel,socat,nginx", value_parser = topology)]
     only: Vec<scistream_bench::compare::topology::Kind>,
     /// Parallel connections; a list measures each, e.g. 1,4.
@@ -353,8 +356,8 @@ fn main() -> ExitCode {
         Cmd::Idle(a) => (|| {
             let mut steps = a.conns.clone();
             steps.sort_unstable();
-            let report =
-                scistream_bench::idle::run(&steps, a.s2cs_bin).map_err(anyhow::Error::msg)?;
+            let report = scistream_bench::idle::run(&steps, a.s2cs_bin, a.data_tls == "on")
+                .map_err(anyhow::Error::msg)?;
             print!("{}", report.table());
             write_json(&a.json, &serde_json::to_value(&report)?)?;
             Ok(true)

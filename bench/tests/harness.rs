@@ -403,28 +403,35 @@ fn compare_runs_the_peer_chains_that_are_installed() {
 
 #[test]
 fn idle_connections_are_measured() {
-    let out = Command::new(bin("s2bench"))
-        .args(["idle", "--conns", "5,20"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with(char::is_numeric))
-        .collect();
-    assert_eq!(rows.len(), 2, "{stdout}");
-    // Two gateways, six descriptors per connection each, on top of their base.
-    let fds = |row: &str| {
-        row.split_whitespace()
-            .last()
-            .unwrap()
-            .parse::<usize>()
-            .unwrap()
-    };
-    assert_eq!(fds(rows[1]) - fds(rows[0]), 15 * 12, "{stdout}");
+    // Descriptors per connection and gateway: plaintext splices through two
+    // pipes (2 sockets + 4 pipe ends), TLS in user space needs no pipe.
+    for (tls, per_conn) in [("off", 12), ("on", 4)] {
+        let out = Command::new(bin("s2bench"))
+            .args(["idle", "--conns", "5,20", "--data-tls", tls])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .collect();
+        assert_eq!(rows.len(), 2, "{stdout}");
+        let fds = |row: &str| {
+            row.split_whitespace()
+                .last()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        };
+        assert_eq!(
+            fds(rows[1]) - fds(rows[0]),
+            15 * per_conn,
+            "data-tls {tls}: {stdout}"
+        );
+    }
 }

@@ -102,19 +102,35 @@ fn sender(
     })
 }
 
-/// Runs the demo; `Ok(())` only when every byte arrived intact.
+/// Runs the demo; `Ok(())` only when every byte arrived intact. On failure
+/// the working directory (certificates, gateway logs) is kept and named.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("scistream-demo-")
+        .tempdir()
+        .context("cannot create a working directory")?;
+    let result = run_in(&opts, dir.path()).await;
+    if result.is_err() || opts.keep {
+        let kept = dir.keep();
+        match &result {
+            Err(_) => eprintln!(
+                "working directory kept for inspection (gateway logs: *-s2cs.log): {}",
+                kept.display()
+            ),
+            Ok(()) => println!("working directory kept: {}", kept.display()),
+        }
+    }
+    result
+}
+
+async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()> {
     let s2cs = match &opts.s2cs_bin {
         Some(p) => p.clone(),
         None => sibling_binary("s2cs").context(
             "s2cs was not found next to s2uc; build the whole workspace first: cargo build --release",
         )?,
     };
-    let dir = tempfile::Builder::new()
-        .prefix("scistream-demo-")
-        .tempdir()
-        .context("cannot create a working directory")?;
-    let work = dir.path().to_path_buf();
+    let work = work.to_path_buf();
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     say("generating a throwaway facility CA and gateway certificates");
@@ -134,7 +150,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tls: Some((cert.cert.clone(), cert.key.clone())),
         state_dir: work.join(format!("{name}-state")),
         log: Some(work.join(format!("{name}-s2cs.log"))),
-        extra_args: Vec::new(),
+        extra_args: vec!["--peer-ca".into(), ca_path.display().to_string()],
     };
     let hpc = LocalGateway::start(&gateway("hpc", (5100, 5199), &hpc_cert))
         .map_err(anyhow::Error::msg)?;
@@ -249,9 +265,5 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "OK: every byte arrived intact (byte counts and XXH3 checksums match on all {n} streams)"
     );
-    if opts.keep {
-        let kept = dir.keep();
-        println!("working directory kept: {}", kept.display());
-    }
     Ok(())
 }

@@ -32,7 +32,7 @@ fn round_trip(c: &mut Criterion) {
         tls: Some((cert.cert, cert.key)),
         state_dir: dir.path().join("state"),
         log: Some(dir.path().join("s2cs.log")),
-        extra_args: Vec::new(),
+        extra_args: vec!["--peer-ca".into(), ca_path.display().to_string()],
     })
     .expect("s2cs starts");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -79,6 +79,37 @@ pub struct Config {
     #[arg(long = "s2ds-arg", alias = "s2ds_arg", allow_hyphen_values = true)]
     pub s2ds_args: Vec<String>,
 
+    /// Data channel between gateways: `on` (TLS 1.3, the default) or `off`
+    /// (plaintext: only inside one facility, or for measurement). Both
+    /// gateways of a tunnel must agree.
+    #[arg(long = "data-tls", alias = "data_tls", default_value = "on", value_parser = ["on", "off"])]
+    pub data_tls: String,
+
+    /// Certificate chain (PEM) this gateway presents on the data channel.
+    /// Default: --server_crt.
+    #[arg(long = "data-cert", alias = "data_cert")]
+    pub data_cert: Option<PathBuf>,
+
+    /// Key of --data-cert. Default: --server_key.
+    #[arg(long = "data-key", alias = "data_key")]
+    pub data_key: Option<PathBuf>,
+
+    /// PEM bundle of the CAs (or gateway certificates) of the peer facilities:
+    /// what this gateway trusts when it connects to an inbound gateway, and
+    /// checks client certificates against with --require-client-cert.
+    #[arg(long = "peer-ca", alias = "peer_ca")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// As the inbound gateway, require a client certificate from the
+    /// outbound gateway (mutual TLS), verified against --peer-ca.
+    #[arg(long = "require-client-cert", alias = "require_client_cert")]
+    pub require_client_cert: bool,
+
+    /// How long a data connection between gateways may take to finish its
+    /// handshake and preamble before it is closed.
+    #[arg(long = "handshake-timeout", alias = "handshake_timeout", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Highest rate a request may ask for, e.g. 10Gbit; requests above it,
     /// or without a cap (rate 0), get INVALID_ARGUMENT. Default: no bound.
     #[arg(long = "max-rate", alias = "max_rate", value_parser = parse_rate)]
@@ -148,6 +179,17 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
+/// The data channel's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataTls {
+    /// Certificate chain this gateway presents.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The peer facilities' CAs.
+    pub peer_ca: PathBuf,
+}
+
 /// Parses a rate (`10Gbit`, `1.5Gb/s`), bits per second, above zero.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     match scistream_protocol::units::parse_rate(s) {
@@ -192,9 +234,53 @@ impl Config {
         base.join("scistream").join(leaf)
     }
 
+    /// The data channel's TLS files, checked: `Ok(None)` for a plaintext
+    /// channel (asked for, or forced by --insecure without certificates,
+    /// with the warning to log).
+    pub fn data_tls(&self) -> Result<(Option<DataTls>, Option<String>), String> {
+        if self.data_tls == "off" {
+            if self.require_client_cert {
+                return Err(
+                    "--require-client-cert needs the TLS data channel; remove --data-tls off"
+                        .into(),
+                );
+            }
+            return Ok((None, Some("the data channel between gateways is PLAINTEXT (--data-tls off): use only inside one facility".into())));
+        }
+        let cert = self
+            .data_cert
+            .clone()
+            .unwrap_or_else(|| self.server_crt.clone());
+        let key = self
+            .data_key
+            .clone()
+            .unwrap_or_else(|| self.server_key.clone());
+        if self.insecure && (!cert.is_file() || !key.is_file() || self.peer_ca.is_none()) {
+            return Ok((None, Some("--insecure without --data-cert/--data-key and --peer-ca: the data channel between gateways is PLAINTEXT".into())));
+        }
+        let Some(peer_ca) = self.peer_ca.clone() else {
+            return Err("the TLS data channel needs --peer-ca FILE: the CA (or gateway certificates) of the peer \
+                        facilities this gateway connects to or accepts from; or --data-tls off inside one facility"
+                .into());
+        };
+        Ok((Some(DataTls { cert, key, peer_ca }), None))
+    }
+
     /// The arguments s2ds gets: the data-plane options, then `--s2ds-arg`s.
     pub fn s2ds_argv(&self) -> Vec<String> {
         let mut v = vec![format!("--engine={}", self.engine)];
+        if let Ok((Some(tls), _)) = self.data_tls() {
+            v.push(format!("--data-cert={}", tls.cert.display()));
+            v.push(format!("--data-key={}", tls.key.display()));
+            v.push(format!("--peer-ca={}", tls.peer_ca.display()));
+            if self.require_client_cert {
+                v.push("--require-client-cert".into());
+            }
+        }
+        v.push(format!(
+            "--handshake-timeout={}ms",
+            self.handshake_timeout.as_millis()
+        ));
         if let Some(n) = self.workers {
             v.push(format!("--workers={n}"));
         }
@@ -275,6 +361,7 @@ mod tests {
             c.s2ds_argv(),
             vec![
                 "--engine=epoll",
+                "--handshake-timeout=10000ms",
                 "--pipe-size=262144",
                 "--sndbuf=8388608",
                 "--no-pin"
@@ -283,6 +370,46 @@ mod tests {
         assert!(Config::try_parse_from(["s2cs", "--engine", "dpdk"]).is_err());
         assert!(Config::try_parse_from(["s2cs", "--max-rate", "fast"]).is_err());
         assert!(Config::try_parse_from(["s2cs", "--sndbuf", "0"]).is_err());
+    }
+
+    #[test]
+    fn data_channel_needs_its_files_or_says_so() {
+        let c = Config::try_parse_from(["s2cs"]).unwrap();
+        let e = c.data_tls().unwrap_err();
+        assert!(
+            e.contains("--peer-ca") && e.contains("--data-tls off"),
+            "{e}"
+        );
+        let c = Config::try_parse_from([
+            "s2cs",
+            "--peer-ca",
+            "ca.pem",
+            "--data-cert",
+            "d.crt",
+            "--data-key",
+            "d.key",
+        ])
+        .unwrap();
+        let (tls, warning) = c.data_tls().unwrap();
+        assert_eq!(tls.unwrap().cert, PathBuf::from("d.crt"));
+        assert!(warning.is_none());
+        let c = Config::try_parse_from(["s2cs", "--peer-ca", "ca.pem"]).unwrap();
+        assert_eq!(
+            c.data_tls().unwrap().0.unwrap().key,
+            PathBuf::from("server.key"),
+            "defaults to the control key"
+        );
+        let c = Config::try_parse_from(["s2cs", "--data-tls", "off"]).unwrap();
+        assert!(c.data_tls().unwrap().1.unwrap().contains("PLAINTEXT"));
+        let c = Config::try_parse_from(["s2cs", "--insecure"]).unwrap();
+        assert!(
+            c.data_tls().unwrap().0.is_none(),
+            "development mode without certificates: plaintext, with a warning"
+        );
+        assert!(Config::try_parse_from(["s2cs", "--data-tls", "maybe"]).is_err());
+        let c =
+            Config::try_parse_from(["s2cs", "--data-tls", "off", "--require-client-cert"]).unwrap();
+        assert!(c.data_tls().is_err());
     }
 
     #[test]

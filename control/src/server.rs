@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::service::{ControlService, InFlight};
-use crate::sessions::{Limits, Registry, Timing};
+use crate::sessions::{Policy, Registry, Timing};
 use crate::tls::{self, TlsError};
 
 /// Largest gRPC message accepted: far above any legitimate request
@@ -38,6 +38,9 @@ pub enum RunError {
     /// Certificate or key problem.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The data channel cannot be set up as configured.
+    #[error("{0}")]
+    DataChannel(String),
     /// State directory problem.
     #[error("state directory {path}: {reason}")]
     StateDir {
@@ -100,6 +103,16 @@ pub async fn run(
         Some(tls::server_config(&config.server_crt, &config.server_key)?)
     };
 
+    let (data_tls, data_warning) = config.data_tls().map_err(RunError::DataChannel)?;
+    if let Some(files) = &data_tls {
+        tls::load_certs("--data-cert", &files.cert)?;
+        tls::load_key("--data-key", &files.key)?;
+        tls::load_certs("--peer-ca", &files.peer_ca)?;
+    }
+    if let Some(w) = &data_warning {
+        warn!("{w}");
+    }
+
     let state_dir = config.state_dir();
     let _lock = prepare_state_dir(&state_dir)?;
 
@@ -129,8 +142,9 @@ pub async fn run(
             hello_timeout: config.hello_timeout,
             hello_grace: config.hello_grace,
         },
-        Limits {
+        Policy {
             max_rate_bps: config.max_rate,
+            data_tls: data_tls.is_some(),
         },
         dataplane,
     ));
@@ -155,6 +169,7 @@ pub async fn run(
     info!(
         control = %local,
         tls = tls.is_some(),
+        data_tls = data_tls.is_some(),
         listener_ip = %config.listener_ip,
         port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),
         state_dir = %state_dir.display(),

@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use scistream_protocol::handoff::{Command, Outcome, SessionKey, SessionSpec};
+use scistream_protocol::handoff::{Command, DataChannel, Outcome, SessionKey, SessionSpec};
 use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, pb, validate_uid};
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
@@ -35,11 +35,13 @@ pub struct Timing {
     pub hello_grace: Duration,
 }
 
-/// Admission limits.
+/// What this gateway allows and how it forwards.
 #[derive(Debug, Clone, Default)]
-pub struct Limits {
+pub struct Policy {
     /// Highest rate a request may ask for, bits per second.
     pub max_rate_bps: Option<u64>,
+    /// The data channel between gateways is TLS 1.3 (else plaintext).
+    pub data_tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,8 @@ struct Session {
     /// Targets per listener, as the user wrote them and as resolved.
     targets: Vec<String>,
     target_addrs: Vec<SocketAddr>,
+    /// Host part of each target, to verify the peer gateway's certificate against.
+    target_names: Vec<String>,
     hello_tx: Option<oneshot::Sender<()>>,
     /// Serialises update/release of this session across awaits.
     op_lock: Arc<tokio::sync::Mutex<()>>,
@@ -88,7 +92,7 @@ pub struct Registry {
     /// Fired whenever a session starts waiting for its hello.
     new_session: Notify,
     timing: Timing,
-    limits: Limits,
+    policy: Policy,
     dataplane: DataPlane,
 }
 
@@ -144,6 +148,14 @@ async fn resolve(e: &Endpoint) -> Result<SocketAddr, ControlError> {
     }
 }
 
+/// The host of an endpoint, as a certificate names it.
+fn host_name(e: &Endpoint) -> String {
+    match &e.host {
+        scistream_protocol::Host::Ip(ip) => ip.to_string(),
+        scistream_protocol::Host::Name(n) => n.clone(),
+    }
+}
+
 fn cycle<T: Clone>(items: &[T], n: usize) -> Vec<T> {
     (0..n).map(|i| items[i % items.len()].clone()).collect()
 }
@@ -186,7 +198,7 @@ impl Drop for PendingReq<'_> {
 
 impl Registry {
     /// An empty registry handing out ports from `ports`.
-    pub fn new(ports: PortAllocator, timing: Timing, limits: Limits, dataplane: DataPlane) -> Self {
+    pub fn new(ports: PortAllocator, timing: Timing, policy: Policy, dataplane: DataPlane) -> Self {
         Registry {
             table: Mutex::new(Table {
                 sessions: BTreeMap::new(),
@@ -194,7 +206,7 @@ impl Registry {
             }),
             new_session: Notify::new(),
             timing,
-            limits,
+            policy,
             dataplane,
         }
     }
@@ -224,7 +236,7 @@ impl Registry {
                 r.rate
             ))
         })?;
-        if let Some(max) = self.limits.max_rate_bps {
+        if let Some(max) = self.policy.max_rate_bps {
             if rate_kbps == 0 || rate_kbps.saturating_mul(1000) > max {
                 return Err(ControlError::InvalidArgument(format!(
                     "rate {} is above what this gateway allows ({} kbit/s, {}); ask for at most {} kbit/s",
@@ -265,6 +277,7 @@ impl Registry {
                 receivers: Vec::new(),
                 targets: Vec::new(),
                 target_addrs: Vec::new(),
+                target_names: Vec::new(),
                 hello_tx: Some(hello_tx),
                 op_lock: Arc::default(),
             };
@@ -437,6 +450,8 @@ impl Registry {
             }
             let targets = cycle(&u.remote_listeners, s.num_conn);
             let target_addrs = cycle(&addrs, s.num_conn);
+            let names: Vec<String> = endpoints.iter().map(host_name).collect();
+            let target_names = cycle(&names, s.num_conn);
             let (command, fds) = if s.phase == Phase::Ready {
                 let fds = s
                     .listeners
@@ -451,6 +466,7 @@ impl Registry {
                     listeners: s.listeners.iter().map(|l| l.addr).collect(),
                     targets: target_addrs.clone(),
                     rate_kbps: s.rate_kbps,
+                    channel: self.channel(key.role, &target_names),
                 };
                 (Command::AddSession(spec), fds)
             } else {
@@ -458,11 +474,17 @@ impl Registry {
                     Command::UpdateTargets {
                         key: key.clone(),
                         targets: target_addrs.clone(),
+                        server_names: target_names.clone(),
                     },
                     Vec::new(),
                 )
             };
-            (command, fds, (targets, target_addrs), s.listener_strings())
+            (
+                command,
+                fds,
+                (targets, target_addrs, target_names),
+                s.listener_strings(),
+            )
         };
         match self
             .dataplane
@@ -482,6 +504,7 @@ impl Registry {
             s.phase = Phase::Forwarding;
             s.targets = targets.0.clone();
             s.target_addrs = targets.1;
+            s.target_names = targets.2;
         }
         info!(uid = %key.uid, role = %key.role, targets = ?targets.0, "updated; forwarding");
         Ok(pb::Response {
@@ -537,6 +560,19 @@ impl Registry {
         Ok(pb::Response::default())
     }
 
+    /// The data channel of a session: an inbound (PROD) gateway receives
+    /// from the peer gateway, an outbound (CONS) gateway sends to it.
+    fn channel(&self, role: Role, target_names: &[String]) -> DataChannel {
+        let tls = self.policy.data_tls;
+        match role {
+            Role::Prod => DataChannel::FromPeer { tls },
+            Role::Cons => DataChannel::ToPeer {
+                tls,
+                server_names: target_names.to_vec(),
+            },
+        }
+    }
+
     /// Sessions the data plane must be forwarding, with duplicates of their
     /// listening sockets, for re-handing to a restarted `s2ds`.
     pub fn forwarding_sessions(&self) -> Vec<(SessionSpec, Vec<OwnedFd>)> {
@@ -559,6 +595,7 @@ impl Registry {
                         listeners: s.listeners.iter().map(|l| l.addr).collect(),
                         targets: s.target_addrs.clone(),
                         rate_kbps: s.rate_kbps,
+                        channel: self.channel(key.role, &s.target_names),
                     },
                     fds,
                 )),

@@ -69,6 +69,35 @@ pub struct SessionSpec {
     /// Rate cap for the whole session in kilobits per second, split evenly
     /// over its connections; 0 means no cap.
     pub rate_kbps: u64,
+    /// What the session's connections carry.
+    #[serde(default)]
+    pub channel: DataChannel,
+}
+
+/// How a session's connections cross between gateways.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataChannel {
+    /// Plain TCP on both sides, no preamble (inside one host or facility,
+    /// and for measurement).
+    #[default]
+    Raw,
+    /// Inbound gateway: accepted connections come from a peer gateway; each
+    /// must present the session's uid in a preamble (inside TLS when `tls`)
+    /// before a connection to the target is made.
+    FromPeer {
+        /// The channel is TLS 1.3 (this side is the server).
+        tls: bool,
+    },
+    /// Outbound gateway: connections to the targets (the inbound gateway's
+    /// listeners) carry a preamble first (inside TLS when `tls`).
+    ToPeer {
+        /// The channel is TLS 1.3 (this side is the client).
+        tls: bool,
+        /// The name to verify each target's certificate against (the host
+        /// the user gave, an IP address or a DNS name), per listener.
+        server_names: Vec<String>,
+    },
 }
 
 impl SessionSpec {
@@ -121,6 +150,10 @@ pub enum Command {
         key: SessionKey,
         /// New target per listener.
         targets: Vec<SocketAddr>,
+        /// For [`DataChannel::ToPeer`] sessions: the names to verify the new
+        /// targets' certificates against, per listener.
+        #[serde(default)]
+        server_names: Vec<String>,
     },
     /// Close the session's listeners and every one of its connections.
     RemoveSession {
@@ -155,6 +188,10 @@ pub struct SessionStats {
     pub bytes_from_target: u64,
     /// Connections that failed: target unreachable, reset, I/O error.
     pub errors: u64,
+    /// Connections refused while being set up: failed TLS handshake, wrong
+    /// or malformed preamble, setup timeout.
+    #[serde(default)]
+    pub rejected: u64,
     /// Open connections, at most [`MAX_LISTED_CONNECTIONS`] of them.
     #[serde(default)]
     pub connections: Vec<ConnStats>,
@@ -388,6 +425,7 @@ mod tests {
             listeners: vec![l1.local_addr().unwrap(), l2.local_addr().unwrap()],
             targets: vec!["127.0.0.1:9".parse().unwrap(); 2],
             rate_kbps: 0,
+            channel: Default::default(),
         };
         let req = Request {
             id: 7,

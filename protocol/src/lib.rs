@@ -14,6 +14,7 @@
 
 pub mod endpoint;
 pub mod handoff;
+pub mod preamble;
 pub mod session;
 pub mod units;
 

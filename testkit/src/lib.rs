@@ -87,9 +87,20 @@ pub struct Gw {
 
 impl Gw {
     /// Starts `s2cs` (with its `s2ds`); `tls` is `None` for `--insecure`.
+    /// With TLS, the `ca.crt` next to the certificate (as [`Pki`] writes it)
+    /// is the peer CA of the data channel.
     pub fn start(tls: Option<(PathBuf, PathBuf)>, range_len: u16, extra: &[&str]) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let range = port_range(range_len);
+        let mut extra_args: Vec<String> = Vec::new();
+        if let Some((cert, _)) = &tls {
+            let ca = cert.with_file_name("ca.crt");
+            if ca.is_file() && !extra.contains(&"--peer-ca") {
+                extra_args.push("--peer-ca".into());
+                extra_args.push(ca.display().to_string());
+            }
+        }
+        extra_args.extend(extra.iter().map(|s| s.to_string()));
         let opts = GatewayOptions {
             s2cs_bin: bin("s2cs"),
             listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -97,7 +108,7 @@ impl Gw {
             tls,
             state_dir: dir.path().join("state"),
             log: Some(dir.path().join("s2cs.log")),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
         };
         let gw = LocalGateway::start(&opts).unwrap_or_else(|e| panic!("{e}"));
         Gw { gw, dir, range }

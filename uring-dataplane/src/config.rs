@@ -50,6 +50,34 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "splice")]
     pub forward: Forward,
 
+    /// Data-channel certificate chain (PEM) this gateway presents to peer gateways.
+    #[arg(long = "data-cert")]
+    pub data_cert: Option<PathBuf>,
+
+    /// Key of --data-cert (PEM).
+    #[arg(long = "data-key")]
+    pub data_key: Option<PathBuf>,
+
+    /// PEM bundle of the peer facilities' CAs or gateway certificates: what an
+    /// outbound gateway trusts, and what an inbound gateway checks client
+    /// certificates against with --require-client-cert.
+    #[arg(long = "peer-ca")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// Inbound: require a client certificate from peer gateways, verified against --peer-ca.
+    #[arg(long = "require-client-cert")]
+    pub require_client_cert: bool,
+
+    /// How long a data connection may take to finish its setup (TLS
+    /// handshake, preamble, answer) before it is closed.
+    #[arg(long = "handshake-timeout", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: std::time::Duration,
+
+    /// Refresh TLS keys (KeyUpdate) after this many records sent on a
+    /// connection. For tests; the default stays far inside AES-GCM's limit.
+    #[arg(long = "rekey-records", default_value_t = crate::tlsrelay::DEFAULT_REKEY_RECORDS, hide = true)]
+    pub rekey_records: u64,
+
     /// Do not pin workers to cores.
     #[arg(long = "no-pin")]
     pub no_pin: bool,
@@ -74,6 +102,14 @@ fn parse_pipe_size(s: &str) -> Result<usize, String> {
         return Err(format!("pipe size {s} is outside 4KiB-256MiB"));
     }
     usize::try_from(n).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match scistream_protocol::units::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_buf(s: &str) -> Result<usize, String> {

@@ -9,11 +9,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use scistream_protocol::handoff::{
-    self, Command, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request, SessionKey,
-    SessionSpec, SessionStats,
+    self, Command, DataChannel, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request,
+    SessionKey, SessionSpec, SessionStats,
 };
 use tracing::{debug, info, warn};
 
+use crate::conn::ListenerChannel;
+use crate::tls::TlsContext;
 use crate::worker::{WorkerCommand, WorkerHandle};
 
 /// How long the control thread waits for a worker's acknowledgement.
@@ -24,6 +26,7 @@ const WORKER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DataPlane {
     workers: Vec<WorkerHandle>,
     engine: &'static str,
+    tls: TlsContext,
     /// Worker index of each listener, per session.
     sessions: HashMap<SessionKey, Vec<usize>>,
     next_worker: usize,
@@ -32,6 +35,20 @@ pub struct DataPlane {
 fn failed(message: impl Into<String>) -> Outcome {
     Outcome::Failed {
         message: message.into(),
+    }
+}
+
+/// The channel of listener `index` of a session.
+fn listener_channel(spec: &SessionSpec, index: usize) -> ListenerChannel {
+    let uid: std::sync::Arc<str> = spec.key.uid.as_str().into();
+    match &spec.channel {
+        DataChannel::Raw => ListenerChannel::Raw,
+        DataChannel::FromPeer { tls } => ListenerChannel::FromPeer { tls: *tls, uid },
+        DataChannel::ToPeer { tls, server_names } => ListenerChannel::ToPeer {
+            tls: *tls,
+            uid,
+            server_name: server_names.get(index).cloned().unwrap_or_default(),
+        },
     }
 }
 
@@ -49,10 +66,11 @@ fn wait_acks(rx: &mpsc::Receiver<Result<(), String>>, n: usize) -> Result<(), St
 
 impl DataPlane {
     /// A data plane over started workers.
-    pub fn new(workers: Vec<WorkerHandle>, engine: &'static str) -> Self {
+    pub fn new(workers: Vec<WorkerHandle>, engine: &'static str, tls: TlsContext) -> Self {
         DataPlane {
             workers,
             engine,
+            tls,
             sessions: HashMap::new(),
             next_worker: 0,
         }
@@ -67,7 +85,11 @@ impl DataPlane {
     pub fn handle(&mut self, command: Command, fds: Vec<OwnedFd>) -> Outcome {
         match command {
             Command::AddSession(spec) => self.add_session(spec, fds),
-            Command::UpdateTargets { key, targets } => self.update_targets(key, targets),
+            Command::UpdateTargets {
+                key,
+                targets,
+                server_names,
+            } => self.update_targets(key, targets, server_names),
             Command::RemoveSession { key } => self.remove_session(&key),
             Command::Stats => self.stats(),
         }
@@ -85,6 +107,9 @@ impl DataPlane {
                 spec.listeners.len(),
                 spec.targets.len()
             ));
+        }
+        if let Err(e) = self.check_channel(&spec) {
+            return failed(format!("session {key}: {e}"));
         }
         for fd in &fds {
             match rustix::net::sockopt::socket_acceptconn(fd) {
@@ -113,6 +138,7 @@ impl DataPlane {
                 fd,
                 target: *target,
                 rate,
+                channel: listener_channel(&spec, index),
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {
@@ -134,7 +160,28 @@ impl DataPlane {
         }
     }
 
-    fn update_targets(&mut self, key: SessionKey, targets: Vec<std::net::SocketAddr>) -> Outcome {
+    /// Refuses sessions this data plane cannot serve, with what is missing.
+    fn check_channel(&self, spec: &SessionSpec) -> Result<(), String> {
+        match &spec.channel {
+            DataChannel::FromPeer { tls: true } if self.tls.server.is_none() => {
+                Err("the TLS data channel needs a certificate: s2cs --data-cert/--data-key (default --server_crt/--server_key)".into())
+            }
+            DataChannel::ToPeer { tls: true, .. } if self.tls.client.is_none() => {
+                Err("the TLS data channel needs the peer facilities' CA: s2cs --peer-ca FILE".into())
+            }
+            DataChannel::ToPeer { server_names, .. } if server_names.len() != spec.targets.len() => {
+                Err(format!("{} certificate names for {} targets", server_names.len(), spec.targets.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn update_targets(
+        &mut self,
+        key: SessionKey,
+        targets: Vec<std::net::SocketAddr>,
+        server_names: Vec<String>,
+    ) -> Outcome {
         let Some(placement) = self.sessions.get(&key) else {
             return failed(format!("no session {key} is being forwarded"));
         };
@@ -153,6 +200,7 @@ impl DataPlane {
             let cmd = WorkerCommand::SetTargets {
                 key: key.clone(),
                 targets: targets.clone(),
+                server_names: server_names.clone(),
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {
@@ -211,6 +259,7 @@ impl DataPlane {
                 m.bytes_to_target += s.bytes_to_target;
                 m.bytes_from_target += s.bytes_from_target;
                 m.errors += s.errors;
+                m.rejected += s.rejected;
                 m.connections.extend(s.connections);
             }
         }

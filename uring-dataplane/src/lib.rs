@@ -7,11 +7,15 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod copy;
 pub mod reactor;
 pub mod relay;
+pub mod setup;
 pub mod sys;
+pub mod tls;
+pub mod tlsrelay;
 pub mod worker;
 
 use std::io;
@@ -42,6 +46,9 @@ pub enum StartError {
     /// The control socket could not be set up.
     #[error("control socket: {0}")]
     Control(io::Error),
+    /// A data-channel TLS file is unusable.
+    #[error("data-channel TLS: {0}")]
+    Tls(tls::TlsFileError),
     /// The engine asked for cannot run here.
     #[error("{0}")]
     Engine(io::Error),
@@ -78,7 +85,17 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         (Some(why), _) => tracing::info!(reason = %why, "running the epoll engine"),
         (None, _) => {}
     }
+    let tls = tls::TlsContext::load(&tls::TlsFiles {
+        cert: config.data_cert.clone(),
+        key: config.data_key.clone(),
+        peer_ca: config.peer_ca.clone(),
+        require_client_cert: config.require_client_cert,
+    })
+    .map_err(StartError::Tls)?;
     let options = worker::WorkerOptions {
+        tls: tls.clone(),
+        handshake_timeout: config.handshake_timeout,
+        rekey_records: config.rekey_records,
         pipe_size: config.pipe_size,
         sndbuf: config.sndbuf,
         rcvbuf: config.rcvbuf,
@@ -106,7 +123,8 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         pid = std::process::id(),
         "s2ds started"
     );
-    control::run(listener, control::DataPlane::new(workers, engine)).map_err(StartError::Control)
+    control::run(listener, control::DataPlane::new(workers, engine, tls))
+        .map_err(StartError::Control)
 }
 
 /// Raises the open-file limit to its hard limit: every forwarded

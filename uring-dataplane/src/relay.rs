@@ -233,6 +233,8 @@ pub enum Relay {
     Splice(SpliceRelay),
     /// Through a user-space buffer with `read`/`write`.
     Copy(crate::copy::CopyRelay),
+    /// A TLS leg handled by rustls in user space.
+    Tls(Box<crate::tlsrelay::TlsRelay>),
 }
 
 impl Relay {
@@ -241,6 +243,7 @@ impl Relay {
         match self {
             Relay::Splice(r) => r.turn(client, target),
             Relay::Copy(r) => r.turn(client, target),
+            Relay::Tls(r) => r.turn(client, target),
         }
     }
 
@@ -249,14 +252,16 @@ impl Relay {
         match self {
             Relay::Splice(r) => r.delivered(),
             Relay::Copy(r) => r.delivered(),
+            Relay::Tls(r) => r.delivered(),
         }
     }
 
-    /// `splice` or `copy`, for counters.
+    /// `splice`, `copy` or `tls-user`, for counters.
     pub fn mode(&self) -> &'static str {
         match self {
             Relay::Splice(_) => "splice",
             Relay::Copy(_) => "copy",
+            Relay::Tls(_) => "tls-user",
         }
     }
 }

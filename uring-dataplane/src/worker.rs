@@ -4,7 +4,8 @@
 //! no locks. Commands from the control thread arrive on a channel, with an
 //! eventfd to wake the worker.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,13 +18,14 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use scistream_protocol::handoff::{ConnStats, MAX_LISTED_CONNECTIONS, SessionKey, SessionStats};
 use slab::Slab;
-use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
 use crate::config::Forward;
-use crate::copy::CopyRelay;
+use crate::conn::{Conn, ConnState, ListenerChannel, tune};
 use crate::reactor::{Engine, Event, Reactor, Token};
-use crate::relay::{Relay, SpliceRelay, Turn, set_reset_on_close};
+use crate::relay::set_reset_on_close;
+use crate::setup::Inbound;
+use crate::tls::TlsContext;
 
 /// Connections accepted per listener per wake-up before others get a turn.
 const ACCEPT_BATCH: usize = 64;
@@ -43,6 +45,8 @@ pub enum WorkerCommand {
         target: SocketAddr,
         /// Pacing of each connection, bytes per second.
         rate: Option<u64>,
+        /// What its connections carry.
+        channel: ListenerChannel,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
@@ -52,6 +56,8 @@ pub enum WorkerCommand {
         key: SessionKey,
         /// Target per listener index.
         targets: Vec<SocketAddr>,
+        /// Certificate name per listener index (outbound TLS sessions).
+        server_names: Vec<String>,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
@@ -82,18 +88,24 @@ pub struct WorkerOptions {
     pub nodelay: bool,
     /// splice or copy.
     pub forward: Forward,
+    /// Data-channel TLS configurations.
+    pub tls: TlsContext,
+    /// Longest setup (handshake, preamble, answer) of a data connection.
+    pub handshake_timeout: Duration,
+    /// Refresh TLS keys after this many records sent.
+    pub rekey_records: u64,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Waker = 0,
     Listener = 1,
     Client = 2,
     Target = 3,
 }
 
-fn token(kind: Kind, slot: usize, generation: u32) -> Token {
+pub(crate) fn token(kind: Kind, slot: usize, generation: u32) -> Token {
     ((kind as u64) << 60)
         | (u64::from(generation & 0x0fff_ffff) << 32)
         | (slot as u64 & 0xffff_ffff)
@@ -116,15 +128,16 @@ fn untoken(t: Token) -> (Option<Kind>, usize, u32) {
 
 /// Counters of one session on this worker. Plain cells: only this thread touches them.
 #[derive(Debug, Default)]
-struct Counters {
-    conns_open: std::cell::Cell<u64>,
-    conns_total: std::cell::Cell<u64>,
-    bytes_to_target: std::cell::Cell<u64>,
-    bytes_from_target: std::cell::Cell<u64>,
-    errors: std::cell::Cell<u64>,
+pub struct Counters {
+    pub(crate) conns_open: std::cell::Cell<u64>,
+    pub(crate) conns_total: std::cell::Cell<u64>,
+    pub(crate) bytes_to_target: std::cell::Cell<u64>,
+    pub(crate) bytes_from_target: std::cell::Cell<u64>,
+    pub(crate) errors: std::cell::Cell<u64>,
+    pub(crate) rejected: std::cell::Cell<u64>,
 }
 
-fn bump(c: &std::cell::Cell<u64>, by: u64) {
+pub(crate) fn bump(c: &std::cell::Cell<u64>, by: u64) {
     c.set(c.get().wrapping_add(by));
 }
 
@@ -135,46 +148,30 @@ struct Listener {
     fd: OwnedFd,
     target: SocketAddr,
     rate: Option<u64>,
-    generation: u32,
-    counters: Rc<Counters>,
-}
-
-#[derive(Debug)]
-enum ConnState {
-    Connecting,
-    Relaying { relay: Relay, counted: (u64, u64) },
-}
-
-#[derive(Debug)]
-struct Conn {
-    key: SessionKey,
-    listener: usize,
-    accepted: Instant,
-    client: OwnedFd,
-    target: OwnedFd,
-    peer: SocketAddr,
-    target_addr: SocketAddr,
-    state: ConnState,
+    channel: ListenerChannel,
     generation: u32,
     counters: Rc<Counters>,
 }
 
 /// The worker's state; lives on its thread.
-struct Worker {
-    id: usize,
-    reactor: Box<dyn Reactor>,
+#[allow(missing_debug_implementations)]
+pub struct Worker {
+    pub(crate) id: usize,
+    pub(crate) reactor: Box<dyn Reactor>,
     waker: Arc<OwnedFd>,
     commands: mpsc::Receiver<WorkerCommand>,
-    options: WorkerOptions,
+    pub(crate) options: WorkerOptions,
     listeners: Slab<Listener>,
-    conns: Slab<Conn>,
+    pub(crate) conns: Slab<Conn>,
     sessions: HashMap<SessionKey, Rc<Counters>>,
     generation: u32,
     /// Tokens with work left over from their last turn.
-    again: Vec<Token>,
+    pub(crate) again: Vec<Token>,
     /// Listeners paused after an accept error (descriptor exhaustion), with when to retry.
     paused: Vec<(Token, Instant)>,
-    warned_pipe_size: bool,
+    /// Setup deadlines of connections.
+    timers: BinaryHeap<Reverse<(Instant, Token)>>,
+    pub(crate) warned_pipe_size: bool,
 }
 
 /// The control thread's handle on a worker.
@@ -253,6 +250,7 @@ pub fn spawn(
             generation: 0,
             again: Vec::new(),
             paused: Vec::new(),
+            timers: BinaryHeap::new(),
             warned_pipe_size: false,
         };
         w.run();
@@ -286,13 +284,16 @@ impl Worker {
         }
         let mut events = Vec::with_capacity(256);
         loop {
+            let now = Instant::now();
             let timeout = if !self.again.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 self.paused
                     .iter()
-                    .map(|(_, at)| at.saturating_duration_since(Instant::now()))
+                    .map(|(_, at)| *at)
+                    .chain(self.timers.peek().map(|Reverse((at, _))| *at))
                     .min()
+                    .map(|at| at.saturating_duration_since(now))
             };
             events.clear();
             if let Err(e) = self.reactor.wait(&mut events, timeout) {
@@ -317,6 +318,7 @@ impl Worker {
                     writable: true,
                 });
             }
+            self.expire();
             if !self.paused.is_empty() {
                 let now = Instant::now();
                 let (due, later): (Vec<_>, Vec<_>) =
@@ -352,6 +354,7 @@ impl Worker {
                 fd,
                 target,
                 rate,
+                channel,
                 done,
             } => {
                 let counters = self.sessions.entry(key.clone()).or_default().clone();
@@ -370,6 +373,7 @@ impl Worker {
                         fd,
                         target,
                         rate,
+                        channel,
                         generation,
                         counters,
                     });
@@ -378,10 +382,20 @@ impl Worker {
                 }
                 let _ = done.send(result);
             }
-            WorkerCommand::SetTargets { key, targets, done } => {
+            WorkerCommand::SetTargets {
+                key,
+                targets,
+                server_names,
+                done,
+            } => {
                 for (_, l) in self.listeners.iter_mut().filter(|(_, l)| l.key == key) {
                     if let Some(t) = targets.get(l.index) {
                         l.target = *t;
+                    }
+                    if let (ListenerChannel::ToPeer { server_name, .. }, Some(n)) =
+                        (&mut l.channel, server_names.get(l.index))
+                    {
+                        *server_name = n.clone();
                     }
                 }
                 let _ = done.send(Ok(()));
@@ -402,6 +416,7 @@ impl Worker {
                             bytes_to_target: c.bytes_to_target.get(),
                             bytes_from_target: c.bytes_from_target.get(),
                             errors: c.errors.get(),
+                            rejected: c.rejected.get(),
                             connections: Vec::new(),
                         };
                         (key, s)
@@ -414,13 +429,11 @@ impl Worker {
                     if s.connections.len() >= MAX_LISTED_CONNECTIONS {
                         continue;
                     }
-                    let (up, down, mode) = match &c.state {
-                        ConnState::Connecting => (0, 0, "connecting"),
-                        ConnState::Relaying { relay, .. } => {
-                            let (u, d) = relay.delivered();
-                            (u, d, relay.mode())
-                        }
+                    let (up, down) = match &c.state {
+                        ConnState::Relaying { relay, .. } => relay.delivered(),
+                        _ => (0, 0),
                     };
+                    let mode = c.state.mode();
                     s.connections.push(ConnStats {
                         worker: self.id as u32,
                         listener: c.listener,
@@ -517,8 +530,14 @@ impl Worker {
         let Some(l) = self.listeners.get(listener_slot) else {
             return;
         };
-        let (key, target_addr, counters, index, rate) =
-            (l.key.clone(), l.target, l.counters.clone(), l.index, l.rate);
+        let (key, target_addr, counters, index, rate, channel) = (
+            l.key.clone(),
+            l.target,
+            l.counters.clone(),
+            l.index,
+            l.rate,
+            l.channel.clone(),
+        );
         let peer = rustix::net::getpeername(&client)
             .ok()
             .flatten()
@@ -526,195 +545,109 @@ impl Worker {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         tune(&client, &self.options, rate);
         bump(&counters.conns_total, 1);
-        let target = match connect_nonblocking(target_addr, &self.options, rate) {
-            Ok(t) => t,
-            Err(e) => {
-                bump(&counters.errors, 1);
-                warn!(worker = self.id, %key, index, %peer, target = %target_addr, error = %e, "cannot connect to target; closing the client");
-                set_reset_on_close(&client);
-                return;
+        let (state, deadline) = match &channel {
+            ListenerChannel::FromPeer { tls, .. } => {
+                let config = if *tls {
+                    match &self.options.tls.server {
+                        Some(c) => Some(c),
+                        None => {
+                            bump(&counters.rejected, 1);
+                            warn!(worker = self.id, %key, %peer, "TLS data channel asked for, but this gateway has no --data-cert; closing");
+                            set_reset_on_close(&client);
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                match Inbound::new(config) {
+                    Ok(inbound) => (
+                        ConnState::Preamble(Box::new(inbound)),
+                        Some(Instant::now() + self.options.handshake_timeout),
+                    ),
+                    Err(e) => {
+                        bump(&counters.errors, 1);
+                        warn!(worker = self.id, %key, error = %e, "cannot start TLS; closing");
+                        set_reset_on_close(&client);
+                        return;
+                    }
+                }
             }
+            ListenerChannel::ToPeer { .. } => (
+                ConnState::Connecting(None),
+                Some(Instant::now() + self.options.handshake_timeout),
+            ),
+            ListenerChannel::Raw => (ConnState::Connecting(None), None),
         };
         let generation = self.next_generation();
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        let registered = self
+        if let Err(e) = self
             .reactor
             .register(client.as_fd(), token(Kind::Client, slot, generation))
-            .and_then(|()| {
-                self.reactor
-                    .register(target.as_fd(), token(Kind::Target, slot, generation))
-            });
-        if let Err(e) = registered {
+        {
             bump(&counters.errors, 1);
             warn!(worker = self.id, %key, error = %e, "cannot watch a new connection; closing it");
-            self.reactor.deregister(client.as_fd(), 0);
             set_reset_on_close(&client);
             return;
         }
         bump(&counters.conns_open, 1);
         debug!(worker = self.id, %key, index, %peer, target = %target_addr, "connection accepted");
+        let from_peer = matches!(channel, ListenerChannel::FromPeer { .. });
         entry.insert(Conn {
             key,
             listener: index,
             accepted: Instant::now(),
             client,
-            target,
+            target: None,
             peer,
             target_addr,
-            state: ConnState::Connecting,
+            state,
             generation,
             counters,
+            rate,
+            channel,
+            deadline,
         });
-        // The connect may have completed already (loopback); find out now.
+        if let Some(at) = deadline {
+            self.timers
+                .push(Reverse((at, token(Kind::Client, slot, generation))));
+        }
+        if !from_peer {
+            // Raw and outbound connections connect to their target at once.
+            if let Err(e) = self.connect_target(slot) {
+                if let Some(c) = self.conns.get(slot) {
+                    bump(&c.counters.errors, 1);
+                    warn!(worker = self.id, key = %c.key, target = %c.target_addr, error = %e, "cannot connect to target; closing the client");
+                }
+                self.close_conn(slot, true);
+                return;
+            }
+        }
+        // The peer may have sent already, or the connect completed at once (loopback).
         self.drive(slot);
     }
 
-    fn drive(&mut self, slot: usize) {
-        let Some(c) = self.conns.get_mut(slot) else {
-            return;
-        };
-        if matches!(c.state, ConnState::Connecting) {
-            match connect_result(&c.target) {
-                ConnectResult::Pending => return,
-                ConnectResult::Failed(e) => {
-                    bump(&c.counters.errors, 1);
-                    warn!(worker = self.id, key = %c.key, peer = %c.peer, target = %c.target_addr, error = %e, "target refused or unreachable; closing the client");
-                    self.close_conn(slot, true);
-                    return;
-                }
-                ConnectResult::Connected => {
-                    let relay = match self.options.forward {
-                        Forward::Copy => Ok(Relay::Copy(CopyRelay::new(self.options.pipe_size))),
-                        Forward::Splice => SpliceRelay::new(self.options.pipe_size).map(|(relay, sized)| {
-                            if !sized && !self.warned_pipe_size {
-                                self.warned_pipe_size = true;
-                                warn!(
-                                    worker = self.id,
-                                    pipe_size = self.options.pipe_size,
-                                    "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
-                                );
-                            }
-                            Relay::Splice(relay)
-                        }),
-                    };
-                    match relay {
-                        Ok(relay) => {
-                            c.state = ConnState::Relaying {
-                                relay,
-                                counted: (0, 0),
-                            }
-                        }
-                        Err(e) => {
-                            bump(&c.counters.errors, 1);
-                            warn!(worker = self.id, key = %c.key, error = %e, "cannot create pipes; closing the connection");
-                            self.close_conn(slot, true);
-                            return;
-                        }
-                    }
-                }
+    /// Closes connections whose setup outlived its deadline.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, t))) = self.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let (_, slot, generation) = untoken(t);
+            let expired = self.conns.get(slot).is_some_and(|c| {
+                c.generation == generation && c.deadline.is_some_and(|d| d <= now)
+            });
+            if expired {
+                let secs = self.options.handshake_timeout.as_secs_f32();
+                self.reject(
+                    slot,
+                    &format!("setup did not finish within {secs} s (handshake timeout)"),
+                );
             }
         }
-        let ConnState::Relaying { relay, counted } = &mut c.state else {
-            return;
-        };
-        let result = relay.turn(&c.client, &c.target);
-        let (up, down) = relay.delivered();
-        bump(&c.counters.bytes_to_target, up - counted.0);
-        bump(&c.counters.bytes_from_target, down - counted.1);
-        *counted = (up, down);
-        match result {
-            Ok(Turn::Idle) => {}
-            Ok(Turn::MoreWork) => self.again.push(token(Kind::Client, slot, c.generation)),
-            Ok(Turn::Finished) => {
-                debug!(worker = self.id, key = %c.key, peer = %c.peer, bytes_to_target = up, bytes_from_target = down, "connection finished");
-                self.close_conn(slot, false);
-            }
-            Err(e) => {
-                bump(&c.counters.errors, 1);
-                debug!(worker = self.id, key = %c.key, peer = %c.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
-                self.close_conn(slot, true);
-            }
-        }
-    }
-
-    /// Closes a connection; with `reset`, both peers get a reset.
-    fn close_conn(&mut self, slot: usize, reset: bool) {
-        if !self.conns.contains(slot) {
-            return;
-        }
-        let c = self.conns.remove(slot);
-        self.reactor
-            .deregister(c.client.as_fd(), token(Kind::Client, slot, c.generation));
-        self.reactor
-            .deregister(c.target.as_fd(), token(Kind::Target, slot, c.generation));
-        if reset {
-            set_reset_on_close(&c.client);
-            set_reset_on_close(&c.target);
-        }
-        let open = c.counters.conns_open.get();
-        c.counters.conns_open.set(open.saturating_sub(1));
-    }
-}
-
-/// Applies the socket options of a forwarded socket. Failures are logged,
-/// not fatal: a connection without a tuned buffer still works.
-fn tune(fd: &OwnedFd, o: &WorkerOptions, rate: Option<u64>) {
-    if o.nodelay {
-        let _ = rustix::net::sockopt::set_tcp_nodelay(fd, true);
-    }
-    if let Some(n) = o.sndbuf {
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, n);
-    }
-    if let Some(n) = o.rcvbuf {
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, n);
-    }
-    if let Some(r) = rate {
-        if let Err(e) = crate::sys::sockopt::set_max_pacing_rate(fd, r) {
-            warn!(error = %e, rate_bytes_per_s = r, "cannot set SO_MAX_PACING_RATE; the connection is not rate-capped");
-        }
-    }
-}
-
-/// Starts a non-blocking connect, with the socket options set first (the
-/// receive buffer must be known when the window scale is negotiated).
-fn connect_nonblocking(
-    addr: SocketAddr,
-    o: &WorkerOptions,
-    rate: Option<u64>,
-) -> io::Result<OwnedFd> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    let fd = OwnedFd::from(socket);
-    tune(&fd, o, rate);
-    let socket = Socket::from(fd);
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(Errno::INPROGRESS.raw_os_error()) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(socket.into())
-}
-
-enum ConnectResult {
-    Pending,
-    Connected,
-    Failed(io::Error),
-}
-
-fn connect_result(fd: &OwnedFd) -> ConnectResult {
-    match rustix::net::sockopt::socket_error(fd) {
-        Ok(Err(e)) => return ConnectResult::Failed(e.into()),
-        Err(e) => return ConnectResult::Failed(e.into()),
-        Ok(Ok(())) => {}
-    }
-    match rustix::net::getpeername(fd) {
-        Ok(_) => ConnectResult::Connected,
-        Err(Errno::NOTCONN) => ConnectResult::Pending,
-        Err(e) => ConnectResult::Failed(e.into()),
     }
 }
 

@@ -209,6 +209,7 @@ fn a_refusing_target_closes_the_client_and_the_session_survives() {
             Cmd::UpdateTargets {
                 key: key("refused"),
                 targets: vec![dead, echo.addr],
+                server_names: Vec::new(),
             },
             &[],
         );

@@ -26,6 +26,7 @@ fn forwards_counts_retargets_and_removes() {
         listeners: vec![a0, a1],
         targets: vec![echo_a.addr, echo_a.addr],
         rate_kbps: 0,
+        channel: Default::default(),
     };
     assert_eq!(
         dp.call(Cmd::AddSession(spec.clone()), &[&l0, &l1]),
@@ -55,6 +56,7 @@ fn forwards_counts_retargets_and_removes() {
         Cmd::UpdateTargets {
             key: key("s1"),
             targets: vec![echo_a.addr, echo_b.addr],
+            server_names: Vec::new(),
         },
         &[],
     );
@@ -95,6 +97,7 @@ fn a_target_that_refuses_closes_the_client_and_counts_an_error() {
         listeners: vec![a0, a1],
         targets: vec![dead, echo.addr],
         rate_kbps: 0,
+        channel: Default::default(),
     };
     assert_eq!(dp.call(Cmd::AddSession(spec), &[&l0, &l1]), Outcome::Done);
     let mut s = TcpStream::connect(a0).unwrap();
@@ -120,6 +123,7 @@ fn malformed_commands_are_refused_without_harm() {
         listeners: vec![a0, a0],
         targets: vec![a0, a0],
         rate_kbps: 0,
+        channel: Default::default(),
     };
     assert!(matches!(
         dp.call(Cmd::AddSession(spec), &[&l0]),
@@ -132,6 +136,7 @@ fn malformed_commands_are_refused_without_harm() {
         listeners: vec![a0],
         targets: vec![a0],
         rate_kbps: 0,
+        channel: Default::default(),
     };
     match dp.call(Cmd::AddSession(spec), &[&connected]) {
         Outcome::Failed { message } => {
@@ -144,7 +149,8 @@ fn malformed_commands_are_refused_without_harm() {
         dp.call(
             Cmd::UpdateTargets {
                 key: key("nope"),
-                targets: vec![a0]
+                targets: vec![a0],
+                server_names: Vec::new(),
             },
             &[]
         ),
@@ -163,6 +169,7 @@ fn malformed_commands_are_refused_without_harm() {
         listeners: vec![a1],
         targets: vec![echo.addr],
         rate_kbps: 0,
+        channel: Default::default(),
     };
     assert_eq!(dp.call(Cmd::AddSession(spec), &[&l1]), Outcome::Done);
     rustix::net::send(&dp.sock, b"\xff not json", rustix::net::SendFlags::empty()).unwrap();

@@ -16,8 +16,10 @@ use super::peers;
 pub enum Kind {
     /// Source straight to sink.
     Direct,
-    /// Two SciStream gateways (plaintext data channel).
+    /// Two SciStream gateways, TLS 1.3 data channel (the default).
     Scistream,
+    /// The same, plaintext data channel (`--data-tls off`).
+    ScistreamPlain,
     /// The same, data plane forced onto epoll.
     ScistreamEpoll,
     /// The same, forwarding by read/write copies instead of splice.
@@ -57,6 +59,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Scistream => "scistream",
+            Kind::ScistreamPlain => "scistream-plain",
             Kind::ScistreamEpoll => "scistream-epoll",
             Kind::ScistreamCopy => "scistream-copy",
             Kind::ScistreamPipe64k => "scistream-pipe64k",
@@ -72,13 +75,14 @@ impl Kind {
         match self {
             Kind::Direct => "source to sink over loopback TCP, no proxy",
             Kind::Scistream => {
-                "s2cs+s2ds outbound gateway -> s2cs+s2ds inbound gateway, set up with inbound/outbound requests over gRPC; plaintext data channel"
+                "s2cs+s2ds outbound gateway -> s2cs+s2ds inbound gateway, set up with inbound/outbound requests over gRPC; TLS 1.3 data channel (kTLS when the kernel has it)"
             }
-            Kind::ScistreamEpoll => "scistream, data plane on epoll (--engine epoll)",
+            Kind::ScistreamPlain => "scistream with a plaintext data channel (--data-tls off)",
+            Kind::ScistreamEpoll => "scistream-plain on epoll (--engine epoll)",
             Kind::ScistreamCopy => {
-                "scistream, forwarding by read/write through 1 MiB buffers (s2ds --forward copy)"
+                "scistream-plain forwarding by read/write through 1 MiB buffers (s2ds --forward copy)"
             }
-            Kind::ScistreamPipe64k => "scistream, 64 KiB pipes (--pipe-size 64KiB)",
+            Kind::ScistreamPipe64k => "scistream-plain with 64 KiB pipes (--pipe-size 64KiB)",
             Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
             Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
             Kind::Socat => "socat -> socat, fork per connection",
@@ -170,9 +174,25 @@ pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<
             peers::stunnel(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
         }
         Kind::Scistream => scistream(env, sink_port, max_conns, &[]),
-        Kind::ScistreamEpoll => scistream(env, sink_port, max_conns, &["--engine=epoll"]),
-        Kind::ScistreamCopy => scistream(env, sink_port, max_conns, &["--s2ds-arg=--forward=copy"]),
-        Kind::ScistreamPipe64k => scistream(env, sink_port, max_conns, &["--pipe-size=64KiB"]),
+        Kind::ScistreamPlain => scistream(env, sink_port, max_conns, &["--data-tls=off"]),
+        Kind::ScistreamEpoll => scistream(
+            env,
+            sink_port,
+            max_conns,
+            &["--data-tls=off", "--engine=epoll"],
+        ),
+        Kind::ScistreamCopy => scistream(
+            env,
+            sink_port,
+            max_conns,
+            &["--data-tls=off", "--s2ds-arg=--forward=copy"],
+        ),
+        Kind::ScistreamPipe64k => scistream(
+            env,
+            sink_port,
+            max_conns,
+            &["--data-tls=off", "--pipe-size=64KiB"],
+        ),
     }
 }
 
@@ -195,7 +215,10 @@ pub fn scistream(
         tls: Some((env.cert.clone(), env.key.clone())),
         state_dir: env.dir.join(format!("{name}-state")),
         log: Some(env.dir.join(format!("{name}-s2cs.log"))),
-        extra_args: s2cs_args.iter().map(|a| a.to_string()).collect(),
+        extra_args: [format!("--peer-ca={}", env.ca.display())]
+            .into_iter()
+            .chain(s2cs_args.iter().map(|a| a.to_string()))
+            .collect(),
     };
     // Each variant gets its own state directories (and ports from the ranges).
     let tag = s2cs_args

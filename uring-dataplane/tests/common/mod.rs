@@ -135,6 +135,7 @@ pub fn add_session(
         listeners: addrs.clone(),
         targets: vec![target; n],
         rate_kbps,
+        channel: Default::default(),
     };
     let refs: Vec<&OwnedFd> = fds.iter().collect();
     assert_eq!(dp.call(Cmd::AddSession(spec), &refs), Outcome::Done);

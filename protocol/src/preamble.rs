@@ -1,0 +1,279 @@
+//! The data-channel preamble: the first bytes an outbound gateway sends on
+//! every connection to an inbound gateway (inside TLS when the channel is
+//! encrypted), and the one-byte answer.
+//!
+//! ```text
+//! preamble  "S2PA" | version u8 | flags u8 | conn index u16 (BE) | uid len u8 | uid
+//! answer    0x06 (accepted)   or   0x15 | reason u8 (refused, then close)
+//! ```
+//!
+//! The uid is the session's capability: the inbound gateway compares it, in
+//! constant time, with the uid of the session bound to the listener the
+//! connection arrived on, and connects to the receiver only if they match.
+//! The outbound gateway sends nothing more until it has the answer, so no
+//! stream starts towards a receiver that is not there, and a TLS record
+//! boundary follows both messages (which lets kTLS take over cleanly).
+
+use crate::session::{MAX_UID_LEN, validate_uid};
+
+/// Preamble magic.
+pub const MAGIC: [u8; 4] = *b"S2PA";
+/// Version of this preamble.
+pub const VERSION: u8 = 1;
+/// Fixed header before the uid.
+pub const HEADER_LEN: usize = 9;
+/// Longest preamble.
+pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN;
+/// Flag: the channel is TLS.
+pub const FLAG_TLS: u8 = 1;
+/// The answer byte for "accepted".
+pub const ACCEPTED: u8 = 0x06;
+/// The answer byte for "refused", followed by a [`Refusal`] code.
+pub const REFUSED: u8 = 0x15;
+
+/// A decoded preamble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preamble {
+    /// Flags ([`FLAG_TLS`]).
+    pub flags: u8,
+    /// Index of the outbound listener (connection *i* goes to inbound listener *i*).
+    pub conn_index: u16,
+    /// The session uid.
+    pub uid: String,
+}
+
+/// Why a preamble was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreambleError {
+    /// The first bytes are not the magic: not a SciStream gateway (a TLS
+    /// ClientHello on a plaintext channel shows up here too).
+    #[error("not a SciStream preamble (first bytes {0:02x?})")]
+    Magic([u8; 4]),
+    /// A version this gateway does not speak.
+    #[error("preamble version {0}; this gateway speaks version 1")]
+    Version(u8),
+    /// The uid is empty, too long, or has characters a uid cannot have.
+    #[error("malformed uid in preamble")]
+    Uid,
+}
+
+impl PreambleError {
+    /// The refusal code to send back.
+    pub fn refusal(self) -> Refusal {
+        match self {
+            PreambleError::Version(_) => Refusal::Version,
+            PreambleError::Magic(_) | PreambleError::Uid => Refusal::Malformed,
+        }
+    }
+}
+
+/// Why an inbound gateway refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Refusal {
+    /// The uid is not the session bound to this listener.
+    WrongSession = 1,
+    /// The receiver could not be reached.
+    ReceiverUnreachable = 2,
+    /// The preamble was malformed.
+    Malformed = 3,
+    /// The preamble version is not supported.
+    Version = 4,
+}
+
+impl Refusal {
+    /// Decodes a refusal code.
+    pub fn from_code(c: u8) -> Option<Refusal> {
+        Some(match c {
+            1 => Refusal::WrongSession,
+            2 => Refusal::ReceiverUnreachable,
+            3 => Refusal::Malformed,
+            4 => Refusal::Version,
+            _ => return None,
+        })
+    }
+
+    /// For logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::WrongSession => "the uid is not the session of that listener",
+            Refusal::ReceiverUnreachable => "its receiver could not be reached",
+            Refusal::Malformed => "the preamble was malformed",
+            Refusal::Version => "it does not speak this preamble version",
+        }
+    }
+}
+
+impl Preamble {
+    /// Encodes. The uid must be valid (it came from a validated request).
+    pub fn encode(&self) -> Vec<u8> {
+        let uid = self.uid.as_bytes();
+        let len = uid.len().min(MAX_UID_LEN);
+        let mut out = Vec::with_capacity(HEADER_LEN + len);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.flags);
+        out.extend_from_slice(&self.conn_index.to_be_bytes());
+        out.push(len as u8);
+        out.extend_from_slice(&uid[..len]);
+        out
+    }
+
+    /// How many bytes the preamble starting in `buf` needs in total, once
+    /// enough is there to know (the header). Lets a reader take exactly the
+    /// preamble off a socket and nothing after it.
+    pub fn wanted(buf: &[u8]) -> usize {
+        if buf.len() < HEADER_LEN {
+            HEADER_LEN
+        } else {
+            HEADER_LEN + usize::from(buf[8])
+        }
+    }
+
+    /// Decodes from the start of `buf`: `Ok(None)` when more bytes are
+    /// needed, `Ok(Some((preamble, used)))`, or the reason it can never be
+    /// a valid preamble (checked as early as the bytes allow).
+    pub fn parse(buf: &[u8]) -> Result<Option<(Preamble, usize)>, PreambleError> {
+        let have = buf.len().min(4);
+        if buf[..have] != MAGIC[..have] {
+            let mut first = [0u8; 4];
+            first[..have].copy_from_slice(&buf[..have]);
+            return Err(PreambleError::Magic(first));
+        }
+        if buf.len() > 4 && buf[4] != VERSION {
+            return Err(PreambleError::Version(buf[4]));
+        }
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = usize::from(buf[8]);
+        if len == 0 || len > MAX_UID_LEN {
+            return Err(PreambleError::Uid);
+        }
+        if buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let uid = std::str::from_utf8(&buf[HEADER_LEN..HEADER_LEN + len])
+            .map_err(|_| PreambleError::Uid)?;
+        validate_uid(uid).map_err(|_| PreambleError::Uid)?;
+        Ok(Some((
+            Preamble {
+                flags: buf[5],
+                conn_index: u16::from_be_bytes([buf[6], buf[7]]),
+                uid: uid.to_owned(),
+            },
+            HEADER_LEN + len,
+        )))
+    }
+}
+
+/// Compares a presented uid with the session's in constant time (for equal
+/// lengths; a length mismatch is not a secret: uids of one kind have one length).
+pub fn uid_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Preamble {
+        Preamble {
+            flags: FLAG_TLS,
+            conn_index: 3,
+            uid: "4f1c2a9e-3b7d-4c1e-9f00-123456789abc".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_exact_length() {
+        let p = sample();
+        let bytes = p.encode();
+        assert_eq!(Preamble::wanted(&bytes[..4]), HEADER_LEN);
+        assert_eq!(Preamble::wanted(&bytes), bytes.len());
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                Preamble::parse(&bytes[..cut]),
+                Ok(None),
+                "prefix of {cut} bytes"
+            );
+        }
+        let mut with_payload = bytes.clone();
+        with_payload.extend_from_slice(b"payload after");
+        assert_eq!(Preamble::parse(&with_payload), Ok(Some((p, bytes.len()))));
+    }
+
+    #[test]
+    fn rejections_come_as_early_as_possible() {
+        assert!(
+            matches!(
+                Preamble::parse(b"\x16\x03\x01"),
+                Err(PreambleError::Magic(_))
+            ),
+            "a TLS ClientHello"
+        );
+        assert!(matches!(
+            Preamble::parse(b"GET / HTTP/1.1"),
+            Err(PreambleError::Magic(_))
+        ));
+        assert_eq!(Preamble::parse(b"S2PA\x02"), Err(PreambleError::Version(2)));
+        assert_eq!(
+            Preamble::parse(b"S2PA\x01\x00\x00\x00\x00"),
+            Err(PreambleError::Uid)
+        );
+        assert_eq!(
+            Preamble::parse(b"S2PA\x01\x00\x00\x00\x03a/b"),
+            Err(PreambleError::Uid)
+        );
+        assert_eq!(
+            Preamble::parse(b"S2PA\x01\x00\x00\x00\x81"),
+            Err(PreambleError::Uid)
+        );
+    }
+
+    #[test]
+    fn uid_comparison() {
+        assert!(uid_matches("abc", "abc"));
+        assert!(!uid_matches("abd", "abc"));
+        assert!(!uid_matches("ab", "abc"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Arbitrary bytes never panic the parser, and anything it accepts is
+        /// a well-formed preamble that re-encodes to exactly the bytes it used.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(Some((p, used))) = Preamble::parse(&bytes) {
+                prop_assert!(validate_uid(&p.uid).is_ok());
+                prop_assert_eq!(p.encode(), bytes[..used].to_vec());
+            }
+        }
+
+        /// A valid preamble with any byte changed inside its uid is never
+        /// taken for the original session.
+        #[test]
+        fn a_changed_uid_never_matches(pos in 0usize..36, byte in any::<u8>()) {
+            let p = sample();
+            let mut bytes = p.encode();
+            let i = HEADER_LEN + pos;
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            if let Ok(Some((q, _))) = Preamble::parse(&bytes) {
+                prop_assert!(!uid_matches(&q.uid, &p.uid));
+            }
+        }
+
+        /// Structured fuzzing: valid headers with arbitrary uids and flags.
+        #[test]
+        fn valid_shapes_round_trip(flags in any::<u8>(), idx in any::<u16>(), uid in "[A-Za-z0-9._-]{1,128}") {
+            let p = Preamble { flags, conn_index: idx, uid };
+            let bytes = p.encode();
+            prop_assert_eq!(Preamble::parse(&bytes), Ok(Some((p, bytes.len()))));
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! TLS 1.3 for the data channel: rustls configurations built from the files
+//! `s2cs` names, and socket I/O adapters for rustls on non-blocking sockets.
+//!
+//! Suites: TLS 1.3 only, with aws-lc-rs, whose TLS 1.3 suites are all AEAD
+//! (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305). Session tickets and
+//! resumption are off (every connection is a fresh handshake, and the
+//! secrets can move to the kernel with no ticket traffic in flight).
+
+use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// ALPN name of the data channel: a peer that is not a SciStream gateway
+/// (or speaks another version) fails the handshake with a clear reason.
+pub const ALPN: &[u8] = b"scistream-data/1";
+
+/// Files for the data channel.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// Certificate chain this gateway presents (as inbound server, and as
+    /// outbound client when the peer asks for one).
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// PEM bundle of the peer facilities' CAs (or certificates).
+    pub peer_ca: Option<PathBuf>,
+    /// Inbound: require and verify a client certificate (mutual TLS).
+    pub require_client_cert: bool,
+}
+
+/// The configurations, when the files allow them.
+#[derive(Debug, Clone, Default)]
+pub struct TlsContext {
+    /// For `FromPeer` sessions (needs cert and key).
+    pub server: Option<Arc<ServerConfig>>,
+    /// For `ToPeer` sessions (needs the peer CA).
+    pub client: Option<Arc<ClientConfig>>,
+}
+
+/// A problem with the TLS files.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {reason}")]
+pub struct TlsFileError {
+    what: &'static str,
+    path: PathBuf,
+    reason: String,
+}
+
+fn file_err(what: &'static str, path: &Path, reason: impl ToString) -> TlsFileError {
+    TlsFileError {
+        what,
+        path: path.into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(what, path, e))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(what, path, format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(what, path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
+    let mut store = RootCertStore::empty();
+    for c in certs("--peer-ca", path)? {
+        store.add(c).map_err(|e| file_err("--peer-ca", path, e))?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TlsContext {
+    /// Builds what the files allow; an unreadable or inconsistent file is an error.
+    pub fn load(files: &TlsFiles) -> Result<TlsContext, TlsFileError> {
+        let identity = match (&files.cert, &files.key) {
+            (Some(c), Some(k)) => {
+                let chain = certs("--data-cert", c)?;
+                let bytes = std::fs::read(k).map_err(|e| file_err("--data-key", k, e))?;
+                let key = PrivateKeyDer::from_pem_slice(&bytes)
+                    .map_err(|e| file_err("--data-key", k, format!("no usable PEM key ({e})")))?;
+                Some((chain, key))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(file_err(
+                    "--data-cert/--data-key",
+                    Path::new("(one of them)"),
+                    "give both or neither",
+                ));
+            }
+        };
+        let roots = files.peer_ca.as_deref().map(roots).transpose()?;
+        let versions = &[&rustls::version::TLS13];
+        let server = match &identity {
+            Some((chain, key)) => {
+                let builder = ServerConfig::builder_with_provider(provider())
+                    .with_protocol_versions(versions)
+                    .map_err(|e| file_err("--data-cert", Path::new(""), e))?;
+                let builder = if files.require_client_cert {
+                    let roots = roots.clone().ok_or_else(|| {
+                        file_err(
+                            "--require-client-cert",
+                            Path::new("(no --peer-ca)"),
+                            "needs --peer-ca to verify client certificates",
+                        )
+                    })?;
+                    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        roots,
+                        provider(),
+                    )
+                    .build()
+                    .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
+                    builder.with_client_cert_verifier(verifier)
+                } else {
+                    builder.with_no_client_auth()
+                };
+                let path = files.cert.clone().unwrap_or_default();
+                let mut config = builder
+                    .with_single_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| file_err("--data-cert/--data-key", &path, e))?;
+                config.alpn_protocols = vec![ALPN.to_vec()];
+                config.send_tls13_tickets = 0;
+                config.enable_secret_extraction = true;
+                config.max_early_data_size = 0;
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
+        let client = match &roots {
+            Some(roots) => {
+                let builder = ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(versions)
+                    .map_err(|e| file_err("--peer-ca", Path::new(""), e))?
+                    .with_root_certificates(roots.clone());
+                let mut config = match &identity {
+                    Some((chain, key)) => builder
+                        .with_client_auth_cert(chain.clone(), key.clone_key())
+                        .map_err(|e| file_err("--data-cert/--data-key", Path::new(""), e))?,
+                    None => builder.with_no_client_auth(),
+                };
+                config.alpn_protocols = vec![ALPN.to_vec()];
+                config.resumption = rustls::client::Resumption::disabled();
+                config.enable_secret_extraction = true;
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
+        Ok(TlsContext { server, client })
+    }
+}
+
+/// `Read`/`Write` on a borrowed non-blocking socket (`EAGAIN` is `WouldBlock`).
+#[derive(Debug)]
+pub struct FdIo<'a>(pub BorrowedFd<'a>);
+
+impl Read for FdIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(rustix::io::read(self.0, buf)?)
+    }
+}
+
+impl Write for FdIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(
+            self.0,
+            buf,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        Ok(rustix::io::writev(self.0, bufs)?)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a TLS byte stream without ever crossing a record boundary: it
+/// reads the 5-byte record header, then at most the record's body. During
+/// setup this keeps every byte after the last setup record in the kernel,
+/// where kTLS (or the user-space relay) takes it from.
+#[derive(Debug, Default)]
+pub struct RecordReader {
+    header: [u8; 5],
+    have: usize,
+    body_left: usize,
+    /// The first header seen, for diagnosing a peer that is not speaking TLS.
+    pub first: Option<[u8; 5]>,
+}
+
+impl RecordReader {
+    /// Reads into `buf` from `fd`, stopping at the current record's end.
+    pub fn read(&mut self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.body_left == 0 {
+            let want = (5 - self.have).min(buf.len());
+            let n = rustix::io::read(fd, &mut buf[..want])?;
+            self.header[self.have..self.have + n].copy_from_slice(&buf[..n]);
+            self.have += n;
+            if self.have == 5 {
+                self.first.get_or_insert(self.header);
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.have = 0;
+            }
+            return Ok(n);
+        }
+        let want = self.body_left.min(buf.len());
+        let n = rustix::io::read(fd, &mut buf[..want])?;
+        self.body_left -= n;
+        Ok(n)
+    }
+
+    /// True between records: nothing of a started record is left unread.
+    pub fn at_boundary(&self) -> bool {
+        self.body_left == 0 && self.have == 0
+    }
+
+    /// Why a peer failed the handshake, in words, from its first bytes.
+    pub fn diagnose(&self) -> Option<&'static str> {
+        let first = self.first?;
+        if first[..4] == scistream_protocol::preamble::MAGIC {
+            Some(
+                "the peer sent a plaintext SciStream preamble: it runs with --data-tls off while this gateway requires TLS",
+            )
+        } else if first[0] != 0x16 && first[0] != 0x15 && first[0] != 0x17 {
+            Some("the peer is not speaking TLS")
+        } else {
+            None
+        }
+    }
+}
+
+/// Adapts a [`RecordReader`] to `Read` for rustls's `read_tls`.
+#[derive(Debug)]
+pub struct RecordRead<'a, 'b>(pub &'a mut RecordReader, pub BorrowedFd<'b>);
+
+impl Read for RecordRead<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(self.1, buf)
+    }
+}
