@@ -192,6 +192,9 @@ pub struct SessionStats {
     /// or malformed preamble, setup timeout.
     #[serde(default)]
     pub rejected: u64,
+    /// TLS key updates this gateway sent on the session's connections.
+    #[serde(default)]
+    pub key_updates: u64,
     /// Open connections, at most [`MAX_LISTED_CONNECTIONS`] of them.
     #[serde(default)]
     pub connections: Vec<ConnStats>,

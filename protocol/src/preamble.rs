@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! preamble  "S2PA" | version u8 | flags u8 | conn index u16 (BE) | uid len u8 | uid
-//! answer    0x06 (accepted)   or   0x15 | reason u8 (refused, then close)
+//! answer    0x06 (accepted)   or   0x7f | reason u8 (refused, then close)
 //! ```
 //!
 //! The uid is the session's capability: the inbound gateway compares it, in
@@ -28,8 +28,10 @@ pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN;
 pub const FLAG_TLS: u8 = 1;
 /// The answer byte for "accepted".
 pub const ACCEPTED: u8 = 0x06;
-/// The answer byte for "refused", followed by a [`Refusal`] code.
-pub const REFUSED: u8 = 0x15;
+/// The answer byte for "refused", followed by a [`Refusal`] code. Not a TLS
+/// record type (0x14-0x18), so a plaintext gateway can tell a refusal from a
+/// TLS peer's alert.
+pub const REFUSED: u8 = 0x7f;
 
 /// A decoded preamble.
 #[derive(Debug, Clone, PartialEq, Eq)]

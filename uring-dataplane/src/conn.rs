@@ -60,7 +60,8 @@ pub enum ConnState {
         /// How.
         relay: Relay,
         /// Bytes already added to the session counters.
-        counted: (u64, u64),
+        /// Bytes (to target, from target) and key updates already added to the session counters.
+        counted: (u64, u64, u64),
     },
 }
 
@@ -251,6 +252,11 @@ impl Worker {
                     self.reject(slot, &reason);
                     Next::Wait
                 }
+                Step::Refuse(code, reason) => {
+                    let _ = inbound.answer(c.client.as_fd(), Some(code));
+                    self.reject(slot, &reason);
+                    Next::Wait
+                }
                 Step::Done((preamble, early)) => self.verify(slot, inbound, preamble, early),
             },
             ConnState::Connecting(inbound) => {
@@ -284,7 +290,7 @@ impl Worker {
                         c.state = ConnState::Offering(outbound);
                         Next::Wait
                     }
-                    Step::Failed(reason) => {
+                    Step::Failed(reason) | Step::Refuse(_, reason) => {
                         let reason = format!("to the inbound gateway: {reason}");
                         self.reject(slot, &reason);
                         Next::Wait
@@ -309,12 +315,14 @@ impl Worker {
                 };
                 let result = relay.turn(&c.client, target);
                 let (up, down) = relay.delivered();
+                let key_updates = relay.key_updates();
                 bump(&c.counters.bytes_to_target, up - counted.0);
                 bump(&c.counters.bytes_from_target, down - counted.1);
+                bump(&c.counters.key_updates, key_updates - counted.2);
                 let generation = c.generation;
                 c.state = ConnState::Relaying {
                     relay,
-                    counted: (up, down),
+                    counted: (up, down, key_updates),
                 };
                 match result {
                     Ok(Turn::Idle) => Next::Wait,
@@ -466,7 +474,7 @@ impl Worker {
                 c.deadline = None;
                 c.state = ConnState::Relaying {
                     relay,
-                    counted: (0, 0),
+                    counted: (0, 0, 0),
                 };
                 Next::Again
             }

@@ -260,6 +260,7 @@ impl DataPlane {
                 m.bytes_from_target += s.bytes_from_target;
                 m.errors += s.errors;
                 m.rejected += s.rejected;
+                m.key_updates += s.key_updates;
                 m.connections.extend(s.connections);
             }
         }

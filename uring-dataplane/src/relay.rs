@@ -256,6 +256,14 @@ impl Relay {
         }
     }
 
+    /// TLS key updates sent (0 for plaintext relays).
+    pub fn key_updates(&self) -> u64 {
+        match self {
+            Relay::Tls(r) => r.rekeys,
+            _ => 0,
+        }
+    }
+
     /// `splice`, `copy` or `tls-user`, for counters.
     pub fn mode(&self) -> &'static str {
         match self {

@@ -26,6 +26,8 @@ pub enum Step<T> {
     Done(T),
     /// Failed; the reason is for one log line (no secrets in it).
     Failed(String),
+    /// The peer must be told it is refused (with this code), then closed.
+    Refuse(Refusal, String),
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -152,7 +154,7 @@ impl Inbound {
                                 .into(),
                         );
                     }
-                    Err(e) => return Step::Failed(format!("bad preamble: {e}")),
+                    Err(e) => return Step::Refuse(e.refusal(), format!("bad preamble: {e}")),
                 }
             }
             if let Some(conn) = self.tls.as_mut() {
@@ -242,6 +244,10 @@ impl Outbound {
     fn check_answer(&self) -> Option<Step<Vec<u8>>> {
         match self.answer.first()? {
             &ACCEPTED => Some(Step::Done(self.answer[1..].to_vec())),
+            // A TLS record (alert 0x15, handshake 0x16) on a plaintext channel.
+            0x14..=0x18 if self.tls.is_none() => Some(Step::Failed(
+                "the inbound gateway answered with TLS: it requires TLS while this gateway runs with --data-tls off".into(),
+            )),
             &REFUSED => {
                 let code = *self.answer.get(1)?;
                 Some(Step::Failed(match Refusal::from_code(code) {

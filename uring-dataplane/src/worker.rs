@@ -135,6 +135,7 @@ pub struct Counters {
     pub(crate) bytes_from_target: std::cell::Cell<u64>,
     pub(crate) errors: std::cell::Cell<u64>,
     pub(crate) rejected: std::cell::Cell<u64>,
+    pub(crate) key_updates: std::cell::Cell<u64>,
 }
 
 pub(crate) fn bump(c: &std::cell::Cell<u64>, by: u64) {
@@ -417,6 +418,7 @@ impl Worker {
                             bytes_from_target: c.bytes_from_target.get(),
                             errors: c.errors.get(),
                             rejected: c.rejected.get(),
+                            key_updates: c.key_updates.get(),
                             connections: Vec::new(),
                         };
                         (key, s)

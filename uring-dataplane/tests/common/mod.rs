@@ -39,10 +39,13 @@ impl DataPlane {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s2ds.sock");
         let listener = handoff::listen(&path).unwrap();
+        // Its log goes to a file the test can read (and prints on failure).
+        let log = std::fs::File::create(dir.path().join("s2ds.log")).unwrap();
         let child = Command::new(bin("s2ds"))
             .arg("--control-stdin")
             .args(args)
             .stdin(std::process::Stdio::from(listener))
+            .stderr(log)
             .spawn()
             .unwrap();
         let sock = handoff::connect(&path).unwrap();
@@ -74,6 +77,27 @@ impl DataPlane {
                 outcome
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Everything s2ds logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("s2ds.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (up to 10 s).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s2ds never logged {needle:?}; its log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -139,5 +163,31 @@ pub fn add_session(
     };
     let refs: Vec<&OwnedFd> = fds.iter().collect();
     assert_eq!(dp.call(Cmd::AddSession(spec), &refs), Outcome::Done);
+    (addrs, fds)
+}
+
+/// A session with an explicit data channel over `n` fresh listeners, each forwarding to `targets[i]`.
+pub fn add_channel_session(
+    dp: &mut DataPlane,
+    uid: &str,
+    role: Role,
+    targets: Vec<SocketAddr>,
+    channel: scistream_protocol::handoff::DataChannel,
+) -> (Vec<SocketAddr>, Vec<OwnedFd>) {
+    let (fds, addrs): (Vec<OwnedFd>, Vec<SocketAddr>) =
+        (0..targets.len()).map(|_| listener()).unzip();
+    let spec = SessionSpec {
+        key: SessionKey {
+            uid: uid.into(),
+            role,
+        },
+        listeners: addrs.clone(),
+        targets,
+        rate_kbps: 0,
+        channel,
+    };
+    let refs: Vec<&OwnedFd> = fds.iter().collect();
+    let outcome = dp.call(Cmd::AddSession(spec), &refs);
+    assert_eq!(outcome, Outcome::Done, "{}", dp.log());
     (addrs, fds)
 }
