@@ -95,7 +95,10 @@ struct CompareArgs {
 
 fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String> {
     scistream_bench::compare::topology::Kind::parse(s.trim()).ok_or_else(|| {
-        format!("unknown topology '{s}': use direct, scistream, haproxy, stunnel, socat, nginx")
+        format!(
+            "unknown topology '{s}': use {}",
+            scistream_bench::compare::topology::Kind::names()
+        )
     })
 }
 

@@ -71,7 +71,7 @@ pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs("--server_crt", cert)?;
     let private_key = load_key("--server_key", key)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| TlsError::Pair {

@@ -78,6 +78,20 @@ pub struct Config {
     #[arg(long = "rekey-records", default_value_t = crate::tlsrelay::DEFAULT_REKEY_RECORDS, hide = true)]
     pub rekey_records: u64,
 
+    /// Offer ChaCha20-Poly1305 first even without kTLS. For tests.
+    #[arg(long = "prefer-chacha", hide = true)]
+    pub prefer_chacha: bool,
+
+    /// Refresh keys every --rekey-records records whatever the suite
+    /// (normally only suites with a per-key limit). For tests.
+    #[arg(long = "rekey-any-suite", hide = true)]
+    pub rekey_any_suite: bool,
+
+    /// Kernel TLS: `auto` offloads connections to the kernel where it can
+    /// (see the crate README for which), `off` keeps TLS in user space.
+    #[arg(long, value_enum, default_value = "auto", env = "S2DS_KTLS")]
+    pub ktls: crate::ktls::KtlsChoice,
+
     /// Do not pin workers to cores.
     #[arg(long = "no-pin")]
     pub no_pin: bool,

@@ -212,6 +212,67 @@ impl Worker {
         }
     }
 
+    /// A relay for a set-up TLS session: the kernel's (kTLS, then splice)
+    /// when this host offloads the session's suite and setup ended cleanly
+    /// (at a record boundary, nothing buffered either way); else rustls in
+    /// user space.
+    fn tls_relay(
+        &mut self,
+        slot: usize,
+        tls: rustls::Connection,
+        tls_on_client: bool,
+        clean: bool,
+        early: Vec<u8>,
+    ) -> io::Result<Relay> {
+        let eligible = tls
+            .negotiated_cipher_suite()
+            .is_some_and(|s| self.options.ktls.offloads(self.options.ktls_choice, s));
+        let rekey = self.options.rekey_records;
+        if !(eligible && clean && early.is_empty() && !tls.wants_write()) {
+            return Ok(Relay::Tls(Box::new(TlsRelay::new(
+                tls,
+                tls_on_client,
+                early,
+                rekey,
+                self.options.rekey_any_suite,
+            ))));
+        }
+        let Some(c) = self.conns.get(slot) else {
+            return Err(io::Error::other("connection vanished"));
+        };
+        let fd = if tls_on_client {
+            c.client.as_fd()
+        } else {
+            match c.target.as_ref() {
+                Some(t) => t.as_fd(),
+                None => return Err(io::Error::other("no target socket")),
+            }
+        };
+        match crate::ktls::offload(fd, tls) {
+            crate::ktls::Offload::Done => {
+                debug!(worker = self.id, key = %c.key, peer = %c.peer, "connection offloaded to kTLS");
+                let (relay, _) = SpliceRelay::new(self.options.pipe_size)?;
+                Ok(Relay::Splice(relay.with_ktls(tls_on_client)))
+            }
+            crate::ktls::Offload::Declined(tls, reason) => {
+                debug!(
+                    worker = self.id,
+                    reason, "kTLS not used for this connection; TLS stays in user space"
+                );
+                Ok(Relay::Tls(Box::new(TlsRelay::new(
+                    *tls,
+                    tls_on_client,
+                    early,
+                    rekey,
+                    self.options.rekey_any_suite,
+                ))))
+            }
+            crate::ktls::Offload::Failed(reason) => Err(io::Error::other(format!(
+                "moving the TLS keys to the kernel failed: {reason}"
+            ))),
+        }
+    }
+
     /// Refuses a connection during setup: counted, one log line without
     /// secrets (never the uid presented), reset.
     pub(crate) fn reject(&mut self, slot: usize, reason: &str) {
@@ -296,13 +357,9 @@ impl Worker {
                         Next::Wait
                     }
                     Step::Done(early) => {
+                        let clean = outbound.at_record_boundary() && early.is_empty();
                         let relay = match outbound.into_tls() {
-                            Some(tls) => Ok(Relay::Tls(Box::new(TlsRelay::new(
-                                tls,
-                                false,
-                                early,
-                                self.options.rekey_records,
-                            )))),
+                            Some(tls) => self.tls_relay(slot, tls, false, clean, early),
                             None => self.plain_relay(),
                         };
                         self.start_relay(slot, relay)
@@ -403,13 +460,9 @@ impl Worker {
                     warn!(worker = self.id, key = %c.key, peer = %c.peer, error = %e, "cannot accept the peer gateway's connection");
                     return Next::Close { reset: true };
                 }
+                let clean = inbound.at_record_boundary();
                 let relay = match inbound.into_tls() {
-                    Some(tls) => Ok(Relay::Tls(Box::new(TlsRelay::new(
-                        tls,
-                        true,
-                        Vec::new(),
-                        self.options.rekey_records,
-                    )))),
+                    Some(tls) => self.tls_relay(slot, tls, true, clean, Vec::new()),
                     None => self.plain_relay(),
                 };
                 self.start_relay(slot, relay)
@@ -480,7 +533,7 @@ impl Worker {
             }
             Err(e) => {
                 bump(&c.counters.errors, 1);
-                warn!(worker = self.id, key = %c.key, error = %e, "cannot set up forwarding (pipes); closing the connection");
+                warn!(worker = self.id, key = %c.key, error = %e, "cannot set up forwarding; closing the connection");
                 Next::Close { reset: true }
             }
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod copy;
+pub mod ktls;
 pub mod reactor;
 pub mod relay;
 pub mod setup;
@@ -85,17 +86,23 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         (Some(why), _) => tracing::info!(reason = %why, "running the epoll engine"),
         (None, _) => {}
     }
+    let ktls_support = ktls::KtlsSupport::probe();
+    ktls_support.log(config.ktls);
     let tls = tls::TlsContext::load(&tls::TlsFiles {
         cert: config.data_cert.clone(),
         key: config.data_key.clone(),
         peer_ca: config.peer_ca.clone(),
         require_client_cert: config.require_client_cert,
+        prefer_chacha: ktls_support.prefers_chacha(config.ktls) || config.prefer_chacha,
     })
     .map_err(StartError::Tls)?;
     let options = worker::WorkerOptions {
         tls: tls.clone(),
+        ktls: ktls_support,
+        ktls_choice: config.ktls,
         handshake_timeout: config.handshake_timeout,
         rekey_records: config.rekey_records,
+        rekey_any_suite: config.rekey_any_suite,
         pipe_size: config.pipe_size,
         sndbuf: config.sndbuf,
         rcvbuf: config.rcvbuf,

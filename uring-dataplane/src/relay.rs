@@ -59,6 +59,12 @@ struct Direction {
     shut: bool,
     /// Bytes delivered to the destination.
     delivered: u64,
+    /// The source is a kTLS socket: non-data records stop `splice`.
+    src_ktls: bool,
+    /// The destination is a kTLS socket: it gets a close_notify before FIN.
+    dst_ktls: bool,
+    /// A kTLS source sent close_notify (its EOF is clean).
+    close_notify: bool,
 }
 
 /// What a turn achieved.
@@ -98,6 +104,7 @@ pub enum RelayError {
 pub struct SpliceRelay {
     to_target: Direction,
     to_client: Direction,
+    ktls: bool,
 }
 
 impl SpliceRelay {
@@ -111,14 +118,38 @@ impl SpliceRelay {
             eof: false,
             shut: false,
             delivered: 0,
+            src_ktls: false,
+            dst_ktls: false,
+            close_notify: false,
         };
         Ok((
             SpliceRelay {
                 to_target: dir(a),
                 to_client: dir(b),
+                ktls: false,
             },
             ok_a && ok_b,
         ))
+    }
+
+    /// Marks one side as a kTLS socket (`on_client`: the accepted socket,
+    /// else the target): records that are not data are handled, and the
+    /// other side's EOF becomes a close_notify then a FIN.
+    pub fn with_ktls(mut self, on_client: bool) -> Self {
+        self.ktls = true;
+        let (from, to) = if on_client {
+            (&mut self.to_target, &mut self.to_client)
+        } else {
+            (&mut self.to_client, &mut self.to_target)
+        };
+        from.src_ktls = true;
+        to.dst_ktls = true;
+        self
+    }
+
+    /// One side is kTLS.
+    pub fn is_ktls(&self) -> bool {
+        self.ktls
     }
 
     /// Bytes delivered (to the target, to the client).
@@ -167,6 +198,15 @@ fn pump(
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
             ) {
                 Ok(0) => {
+                    if d.src_ktls && !d.close_notify {
+                        return Err(RelayError::Read {
+                            side: sides.0,
+                            source: io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the peer closed without close_notify (truncation)",
+                            ),
+                        });
+                    }
                     d.eof = true;
                     progressed = true;
                 }
@@ -175,6 +215,11 @@ fn pump(
                     progressed = true;
                 }
                 Err(e) if would_block(e) => {}
+                // kTLS: splice stops at a record that is not application data.
+                Err(Errno::INVAL | Errno::IO) if d.src_ktls => {
+                    control_record(d, src, sides.0)?;
+                    progressed = true;
+                }
                 Err(e) => {
                     return Err(RelayError::Read {
                         side: sides.0,
@@ -207,6 +252,15 @@ fn pump(
             }
         }
         if d.eof && d.pipe.filled == 0 {
+            if d.dst_ktls {
+                // TLS: close_notify (warning, close_notify), then FIN.
+                crate::sys::ktls::send_record(dst.as_fd(), 21, &[1, 0]).map_err(|source| {
+                    RelayError::Write {
+                        side: sides.1,
+                        source,
+                    }
+                })?;
+            }
             match rustix::net::shutdown(dst, Shutdown::Write) {
                 Ok(()) | Err(Errno::NOTCONN) => {}
                 Err(e) => {
@@ -267,9 +321,36 @@ impl Relay {
     /// `splice`, `copy` or `tls-user`, for counters.
     pub fn mode(&self) -> &'static str {
         match self {
+            Relay::Splice(r) if r.is_ktls() => "ktls",
             Relay::Splice(_) => "splice",
             Relay::Copy(_) => "copy",
             Relay::Tls(_) => "tls-user",
+        }
+    }
+}
+
+/// Reads the record that stopped `splice` on a kTLS source and acts on it.
+fn control_record(d: &mut Direction, src: &OwnedFd, side: &'static str) -> Result<(), RelayError> {
+    let mut buf = [0u8; 512];
+    let (record_type, n) = crate::sys::ktls::recv_record(src.as_fd(), &mut buf)
+        .map_err(|source| RelayError::Read { side, source })?;
+    match crate::ktls::classify(record_type, &buf[..n]) {
+        crate::ktls::ControlRecord::CloseNotify => {
+            d.close_notify = true;
+            d.eof = true;
+            Ok(())
+        }
+        crate::ktls::ControlRecord::Data => Err(RelayError::Read {
+            side,
+            source: io::Error::other(
+                "kTLS returned application data where splice saw a control record",
+            ),
+        }),
+        crate::ktls::ControlRecord::Alert(why) | crate::ktls::ControlRecord::Handshake(why) => {
+            Err(RelayError::Read {
+                side,
+                source: io::Error::new(io::ErrorKind::ConnectionAborted, why),
+            })
         }
     }
 }

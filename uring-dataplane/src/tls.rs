@@ -1,7 +1,8 @@
 //! TLS 1.3 for the data channel: rustls configurations built from the files
 //! `s2cs` names, and socket I/O adapters for rustls on non-blocking sockets.
 //!
-//! Suites: TLS 1.3 only, with aws-lc-rs, whose TLS 1.3 suites are all AEAD
+//! Suites: TLS 1.3 only, with ring (measured faster than aws-lc-rs on the
+//! record path here: see BENCHMARKING.md), whose TLS 1.3 suites are all AEAD
 //! (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305). Session tickets and
 //! resumption are off (every connection is a fresh handshake, and the
 //! secrets can move to the kernel with no ticket traffic in flight).
@@ -31,6 +32,8 @@ pub struct TlsFiles {
     pub peer_ca: Option<PathBuf>,
     /// Inbound: require and verify a client certificate (mutual TLS).
     pub require_client_cert: bool,
+    /// Offer ChaCha20-Poly1305 first (a host that can offload only that suite to kTLS).
+    pub prefer_chacha: bool,
 }
 
 /// The configurations, when the files allow them.
@@ -78,13 +81,20 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
     Ok(Arc::new(store))
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+/// ring's TLS 1.3 suites, ChaCha20-Poly1305 first when asked.
+fn provider_for(prefer_chacha: bool) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if prefer_chacha {
+        p.cipher_suites
+            .sort_by_key(|s| !format!("{:?}", s.suite()).contains("CHACHA20"));
+    }
+    Arc::new(p)
 }
 
 impl TlsContext {
     /// Builds what the files allow; an unreadable or inconsistent file is an error.
     pub fn load(files: &TlsFiles) -> Result<TlsContext, TlsFileError> {
+        let provider = || provider_for(files.prefer_chacha);
         let identity = match (&files.cert, &files.key) {
             (Some(c), Some(k)) => {
                 let chain = certs("--data-cert", c)?;

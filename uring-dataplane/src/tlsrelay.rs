@@ -43,6 +43,8 @@ pub struct TlsRelay {
     tls_on_client: bool,
     rekey_after: u64,
     records_since_rekey: u64,
+    /// The suite has a per-key limit (AES-GCM): keys must be refreshed.
+    limited: bool,
     /// Key updates sent.
     pub rekeys: u64,
     /// Plaintext read from the plain leg (allocated once, on first use).
@@ -75,16 +77,24 @@ impl std::fmt::Debug for TlsRelay {
 impl TlsRelay {
     /// Wraps a set-up TLS session. `early` is plaintext that arrived during
     /// setup and belongs to the plain leg.
+    /// `rekey_after` records between key updates; `rekey_any` refreshes
+    /// keys on every suite, not only those with a per-key limit (tests).
     pub fn new(
         mut tls: rustls::Connection,
         tls_on_client: bool,
         early: Vec<u8>,
         rekey_after: u64,
+        rekey_any: bool,
     ) -> TlsRelay {
         // The relay bounds what it hands rustls (one chunk, and only once the
         // previous ciphertext is out), so rustls's own cap would only get in the way.
         tls.set_buffer_limit(None);
+        let limited = rekey_any
+            || tls
+                .negotiated_cipher_suite()
+                .is_none_or(crate::ktls::has_key_limit);
         TlsRelay {
+            limited,
             tls,
             tls_on_client,
             rekey_after: rekey_after.max(1),
@@ -205,7 +215,7 @@ impl TlsRelay {
                     })?;
                 self.to_tls += n as u64;
                 self.records_since_rekey += n.div_ceil(RECORD) as u64;
-                if self.records_since_rekey >= self.rekey_after {
+                if self.records_since_rekey >= self.rekey_after && self.limited {
                     self.tls
                         .refresh_traffic_keys()
                         .map_err(|e| RelayError::Write {

@@ -90,10 +90,16 @@ pub struct WorkerOptions {
     pub forward: Forward,
     /// Data-channel TLS configurations.
     pub tls: TlsContext,
+    /// What the kernel offers for TLS.
+    pub ktls: crate::ktls::KtlsSupport,
+    /// Whether to use it.
+    pub ktls_choice: crate::ktls::KtlsChoice,
     /// Longest setup (handshake, preamble, answer) of a data connection.
     pub handshake_timeout: Duration,
     /// Refresh TLS keys after this many records sent.
     pub rekey_records: u64,
+    /// ...on every suite, not only those with a per-key limit (tests).
+    pub rekey_any_suite: bool,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).

@@ -48,7 +48,8 @@ impl Kind {
     ];
 
     /// Variants of the SciStream tunnel, for measuring the data plane's choices.
-    pub const VARIANTS: [Kind; 3] = [
+    pub const VARIANTS: [Kind; 4] = [
+        Kind::ScistreamPlain,
         Kind::ScistreamEpoll,
         Kind::ScistreamCopy,
         Kind::ScistreamPipe64k,
@@ -96,6 +97,36 @@ impl Kind {
             .into_iter()
             .chain(Kind::VARIANTS)
             .find(|k| k.name() == s)
+    }
+
+    /// Every name, comma-separated, for messages.
+    pub fn names() -> String {
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::VARIANTS)
+            .map(Kind::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topology_parses_by_its_name() {
+        let all: Vec<Kind> = Kind::ALL.into_iter().chain(Kind::VARIANTS).collect();
+        assert_eq!(
+            all.len(),
+            10,
+            "a new Kind must be listed in ALL or VARIANTS"
+        );
+        for k in all {
+            assert_eq!(Kind::parse(k.name()), Some(k));
+            assert!(Kind::names().contains(k.name()));
+        }
+        assert_eq!(Kind::parse("squid"), None);
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`uring`]: an io_uring used purely for readiness (multishot `POLL_ADD`,
 //!   `POLL_REMOVE`); no buffer is ever handed to the kernel;
-//! - [`sockopt`]: the `SO_MAX_PACING_RATE` socket option.
+//! - [`sockopt`]: the `SO_MAX_PACING_RATE` socket option;
+//! - [`ktls`]: attaching the `tls` ULP, installing keys, TLS record types.
 #![allow(unsafe_code)]
 
+pub mod ktls;
 pub mod sockopt;
 pub mod uring;
