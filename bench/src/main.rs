@@ -91,6 +91,10 @@ struct CompareArgs {
     /// The s2cs binary (default: next to s2bench).
     #[arg(long = "s2cs-bin")]
     s2cs_bin: Option<PathBuf>,
+    /// Extra argument for every SciStream gateway (repeatable), e.g.
+    /// --s2cs-arg=--s2ds-arg=--no-pin or --s2cs-arg=--ktls-off.
+    #[arg(long = "s2cs-arg", allow_hyphen_values = true)]
+    s2cs_args: Vec<String>,
 }
 
 fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String> {
@@ -111,6 +115,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
         duration: a.duration,
         rounds: a.rounds,
         s2cs: a.s2cs_bin,
+        s2cs_args: a.s2cs_args,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = scistream_bench::compare::run(&cfg).map_err(anyhow::Error::msg)?;

@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long = "handshake-timeout", alias = "handshake_timeout", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Kernel TLS for the data channel: `auto` moves connections into the
+    /// kernel where it is safe (kTLS present, and a suite that needs no key
+    /// updates or a kernel that takes new keys), `off` keeps TLS in user space.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    pub ktls: String,
+
     /// Highest rate a request may ask for, e.g. 10Gbit; requests above it,
     /// or without a cap (rate 0), get INVALID_ARGUMENT. Default: no bound.
     #[arg(long = "max-rate", alias = "max_rate", value_parser = parse_rate)]
@@ -268,7 +274,10 @@ impl Config {
 
     /// The arguments s2ds gets: the data-plane options, then `--s2ds-arg`s.
     pub fn s2ds_argv(&self) -> Vec<String> {
-        let mut v = vec![format!("--engine={}", self.engine)];
+        let mut v = vec![
+            format!("--engine={}", self.engine),
+            format!("--ktls={}", self.ktls),
+        ];
         if let Ok((Some(tls), _)) = self.data_tls() {
             v.push(format!("--data-cert={}", tls.cert.display()));
             v.push(format!("--data-key={}", tls.key.display()));
@@ -361,6 +370,7 @@ mod tests {
             c.s2ds_argv(),
             vec![
                 "--engine=epoll",
+                "--ktls=auto",
                 "--handshake-timeout=10000ms",
                 "--pipe-size=262144",
                 "--sndbuf=8388608",

@@ -35,6 +35,8 @@ pub struct CompareConfig {
     pub rounds: usize,
     /// `s2cs` to use (default: next to s2bench).
     pub s2cs: Option<PathBuf>,
+    /// More arguments for every SciStream gateway.
+    pub s2cs_args: Vec<String>,
     /// Progress bar on stderr.
     pub progress: bool,
 }
@@ -137,7 +139,8 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
         .prefix("s2bench-compare-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let env = Env::create(dir.path(), cfg.s2cs.clone())?;
+    let mut env = Env::create(dir.path(), cfg.s2cs.clone())?;
+    env.s2cs_args = cfg.s2cs_args.clone();
     let sink = Sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .map_err(|e| format!("cannot start the sink: {e}"))?;
     let max_conns = cfg.conns.iter().copied().max().unwrap_or(1);

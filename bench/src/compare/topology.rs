@@ -143,6 +143,8 @@ pub struct Env {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// More arguments for every SciStream gateway (`s2bench compare --s2cs-arg`).
+    pub s2cs_args: Vec<String>,
 }
 
 impl Env {
@@ -163,6 +165,7 @@ impl Env {
             ca: ca_path,
             cert: w.cert,
             key: w.key,
+            s2cs_args: Vec::new(),
         })
     }
 }
@@ -246,10 +249,17 @@ pub fn scistream(
         tls: Some((env.cert.clone(), env.key.clone())),
         state_dir: env.dir.join(format!("{name}-state")),
         log: Some(env.dir.join(format!("{name}-s2cs.log"))),
-        extra_args: [format!("--peer-ca={}", env.ca.display())]
-            .into_iter()
-            .chain(s2cs_args.iter().map(|a| a.to_string()))
-            .collect(),
+        // Both gateways share this one host here; pinned, both would put
+        // connection 0 on core 0. Real gateways are separate hosts, and the
+        // peer proxies are not pinned either.
+        extra_args: [
+            format!("--peer-ca={}", env.ca.display()),
+            "--s2ds-arg=--no-pin".to_owned(),
+        ]
+        .into_iter()
+        .chain(env.s2cs_args.iter().cloned())
+        .chain(s2cs_args.iter().map(|a| a.to_string()))
+        .collect(),
     };
     // Each variant gets its own state directories (and ports from the ranges).
     let tag = s2cs_args
