@@ -56,6 +56,9 @@ done
 [ -n "$order" ] || { echo "could not resolve kernel modules (is kmod installed?)" >&2; exit 69; }
 copy_with_libs() {
   cp "$1" "$root/bin/"
+  # Debug builds carry ~100 MB of debug info each; the initramfs lives in the
+  # VM's memory, so keep only the code.
+  command -v strip >/dev/null && strip --strip-debug "$root/bin/$(basename "$1")" 2>/dev/null
   ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"
   done

@@ -8,9 +8,10 @@ use crate::reactor::EngineChoice;
 
 /// SciStream data server: forwards the TCP streams of the sessions that
 /// s2cs hands it. Normally started and supervised by s2cs; pass extra
-/// options with `s2cs --s2ds-arg=...`.
+/// options with `s2cs --s2ds-arg=...` (a repeated option: the last one wins,
+/// so `--s2ds-arg` overrides what s2cs derives from its own flags).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "s2ds", version, about, long_about = None)]
+#[command(name = "s2ds", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Take the control socket (a listening Unix seqpacket socket) from
     /// standard input. This is how s2cs starts s2ds.

@@ -124,7 +124,7 @@ fn a_key_update_on_a_ktls_connection_ends_it_cleanly() {
     // 64 records; the HPC gateway runs kTLS on a kernel that cannot take new
     // keys: it must end those connections (never decrypt with stale keys).
     let inst = [
-        "--s2ds-arg=--ktls=off",
+        "--ktls=off",
         "--s2ds-arg=--prefer-chacha",
         "--s2ds-arg=--rekey-any-suite",
         "--s2ds-arg=--rekey-records=64",
