@@ -41,6 +41,9 @@ pub enum ClientError {
         /// The trust root file.
         trust: String,
     },
+    /// Talking to the authorization server failed.
+    #[error("{0}")]
+    Auth(String),
     /// The S2CS answered with an error status.
     #[error("s2cs at {addr} refused {rpc}: {code}: {message}")]
     Status {

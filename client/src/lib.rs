@@ -10,6 +10,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod error;

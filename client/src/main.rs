@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use scistream_client::auth::store::TokenStore;
+use scistream_client::config::ClientConfig;
 use scistream_client::error::ClientError;
 use scistream_client::tunnel::{parse_listeners, parse_ports, receiver_endpoints};
 use scistream_client::{Auth, RequestOptions, Trust, Tunnel, connect, demo};
@@ -22,6 +24,11 @@ struct Cli {
     /// More log output on stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Configuration file (auth server, client id, S2CS-to-scope map).
+    /// Default: ~/.config/scistream/s2uc.toml when it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Cmd,
@@ -48,6 +55,33 @@ enum Cmd {
     Demo(DemoArgs),
     /// Write a throwaway CA and gateway certificates, for trying SciStream out.
     Certs(CertsArgs),
+    /// Log in to the authorization server (Globus Auth by default) and store tokens for a scope.
+    Login(LoginArgs),
+    /// Say whether a valid token is stored for a scope (never prints the token).
+    #[command(name = "check-auth", visible_alias = "check_auth")]
+    CheckAuth(CheckAuthArgs),
+    /// Revoke every stored token and delete the token store.
+    Logout,
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The scope to log in for: a Globus scope id, or a full scope string.
+    #[arg(long)]
+    scope: String,
+    /// Authorization server (default: the config file's, else Globus Auth).
+    #[arg(long = "auth-server", alias = "auth_server")]
+    auth_server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckAuthArgs {
+    /// The scope to check.
+    #[arg(long, required_unless_present = "ip")]
+    scope: Option<String>,
+    /// Look the scope up from the config file's map, by S2CS host.
+    #[arg(long)]
+    ip: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -65,7 +99,8 @@ struct ControlArgs {
     /// Talk to an `s2cs --insecure` without TLS (development only).
     #[arg(long)]
     insecure: bool,
-    /// Globus Auth scope whose token to send (see `s2uc login`, coming with authentication).
+    /// Scope whose stored token to send (see `s2uc login`). Default: the
+    /// scope the config file maps this S2CS's host to; without one, no token.
     #[arg(long)]
     scope: Option<String>,
 }
@@ -208,12 +243,120 @@ fn print_tunnel(t: &Tunnel, json: bool, s2cs: &str) {
     }
 }
 
+async fn auth(config: &ClientConfig, c: &ControlArgs) -> Result<Auth, ClientError> {
+    scistream_client::auth::bearer_for(
+        config,
+        c.scope.as_deref(),
+        &c.s2cs,
+        &TokenStore::default_path(),
+    )
+    .await
+}
+
 async fn run(cli: Cli) -> Result<(), anyhow::Error> {
+    let mut config = ClientConfig::load(cli.config.as_deref())?;
     match cli.command {
+        Cmd::Login(a) => {
+            if let Some(server) = a.auth_server {
+                config.auth_server = server;
+            }
+            let stdin = std::io::stdin();
+            // Prompts go to stderr when stdout carries JSON.
+            let token = if cli.json {
+                scistream_client::auth::login(
+                    &config,
+                    &a.scope,
+                    &TokenStore::default_path(),
+                    stdin.lock(),
+                    std::io::stderr(),
+                )
+                .await?
+            } else {
+                scistream_client::auth::login(
+                    &config,
+                    &a.scope,
+                    &TokenStore::default_path(),
+                    stdin.lock(),
+                    std::io::stdout(),
+                )
+                .await?
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"logged_in": true, "identity": token.identity, "expires_at": token.expires_at})
+                );
+            }
+        }
+        Cmd::CheckAuth(a) => {
+            let scope = match (&a.scope, &a.ip) {
+                (Some(s), _) => s.clone(),
+                (None, Some(ip)) => config.scope_for(ip).map(str::to_owned).ok_or_else(|| {
+                    ClientError::Input(format!(
+                        "no scope is configured for {ip}: add it under [scopes] in the config file"
+                    ))
+                })?,
+                (None, None) => {
+                    return Err(ClientError::Input("give --scope SCOPE or --ip HOST".into()).into());
+                }
+            };
+            let st = scistream_client::auth::check(&config, &scope, &TokenStore::default_path())?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else if !st.stored {
+                println!(
+                    "No token stored for scope {}. Run: s2uc login --scope {scope}",
+                    st.scope
+                );
+            } else {
+                println!(
+                    "Token for scope {}: {}{}{}",
+                    st.scope,
+                    if st.valid {
+                        "valid"
+                    } else if st.refreshable {
+                        "expired (it will be refreshed on next use)"
+                    } else {
+                        "expired; run s2uc login again"
+                    },
+                    st.expires_at
+                        .as_ref()
+                        .map(|e| format!(", expires at {e}"))
+                        .unwrap_or_default(),
+                    st.identity
+                        .as_ref()
+                        .map(|i| format!(", identity {i}"))
+                        .unwrap_or_default()
+                );
+            }
+            if !st.valid && !st.refreshable {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Logout => {
+            let (revoked, failures) =
+                scistream_client::auth::logout(&config, &TokenStore::default_path()).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"logged_out": true, "revoked": revoked, "failures": failures})
+                );
+            } else {
+                println!("Logged out: {revoked} token(s) revoked, token store deleted.");
+                for f in &failures {
+                    eprintln!("  could not revoke {f}");
+                }
+            }
+        }
         Cmd::InboundRequest(a) => {
             let ports = parse_ports(&a.receiver_ports)?;
             receiver_endpoints(&a.remote_ip, &ports)?;
-            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
@@ -230,7 +373,12 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 (Some(ip), Some(ports)) => receiver_endpoints(ip, &parse_ports(ports)?)?,
                 _ => Vec::new(),
             };
-            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
@@ -243,7 +391,12 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
         Cmd::Release(a) => {
             scistream_protocol::validate_uid(&a.uid)
                 .map_err(|e| ClientError::Input(format!("UID: {e}")))?;
-            let conn = connect(&a.control.s2cs, &trust(&a.control), Auth::none()).await?;
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
             scistream_client::release(&conn, &a.uid).await?;
             if cli.json {
                 println!(
@@ -334,6 +487,16 @@ fn main() -> ExitCode {
                 );
             }
             eprintln!("s2uc: {e:#}");
+            match client.and_then(|c| c.grpc_code()) {
+                Some(tonic::Code::Unauthenticated) => eprintln!(
+                    "  The gateway needs a valid token: run s2uc login --scope SCOPE (its scope), or pass \
+                     --scope / map the gateway to its scope in ~/.config/scistream/s2uc.toml; s2uc check-auth shows what is stored."
+                ),
+                Some(tonic::Code::PermissionDenied) => eprintln!(
+                    "  Your identity is known but not allowed to do this here: ask the gateway's administrators."
+                ),
+                _ => {}
+            }
             ExitCode::from(if matches!(client, Some(ClientError::Input(_))) {
                 2
             } else {

@@ -147,6 +147,93 @@ pub struct Config {
     #[arg(long = "no-nodelay", alias = "no_nodelay")]
     pub no_nodelay: bool,
 
+    /// How calls are authenticated: `none` (every call accepted; only for
+    /// development or a closed network), `introspect` (OAuth2 token
+    /// introspection at --introspect-url, Globus Auth by default, with
+    /// --client_id and a secret) or `tokens` (static tokens, --tokens-file).
+    /// Default: introspect when --client_id is given, tokens when
+    /// --tokens-file is, else none.
+    #[arg(long, value_parser = ["none", "introspect", "tokens"], help_heading = "Authentication")]
+    pub auth: Option<String>,
+
+    /// This gateway's OAuth2 client id (at Globus Auth: the id of its
+    /// registered resource server, also the id in its scope).
+    #[arg(
+        long = "client_id",
+        alias = "client-id",
+        help_heading = "Authentication"
+    )]
+    pub client_id: Option<String>,
+
+    /// The client secret. Visible in process listings: prefer
+    /// --client_secret-file or the S2CS_CLIENT_SECRET environment variable.
+    #[arg(
+        long = "client_secret",
+        alias = "client-secret",
+        help_heading = "Authentication"
+    )]
+    pub client_secret: Option<String>,
+
+    /// File holding the client secret (its first line).
+    #[arg(long = "client_secret-file", aliases = ["client-secret-file", "client_secret_file"], help_heading = "Authentication")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// RFC 7662 token introspection endpoint.
+    #[arg(long = "introspect-url", alias = "introspect_url", default_value = scistream_oauth::GLOBUS_INTROSPECT, help_heading = "Authentication")]
+    pub introspect_url: String,
+
+    /// The scope tokens must carry. Default at Globus Auth:
+    /// https://auth.globus.org/scopes/CLIENT_ID/scistream (SciStream's);
+    /// required with another server.
+    #[arg(
+        long = "required-scope",
+        alias = "required_scope",
+        help_heading = "Authentication"
+    )]
+    pub required_scope: Option<String>,
+
+    /// Bound on one introspection round trip; past it the call gets UNAVAILABLE.
+    #[arg(long = "introspect-timeout", alias = "introspect_timeout", default_value = "5s", value_parser = parse_duration, help_heading = "Authentication")]
+    pub introspect_timeout: Duration,
+
+    /// Longest an introspected token is trusted before asking again (also
+    /// how long a revoked token may still work here).
+    #[arg(long = "introspect-cache", alias = "introspect_cache", default_value = "60s", value_parser = parse_duration, help_heading = "Authentication")]
+    pub introspect_cache: Duration,
+
+    /// Extra CA certificate (PEM) for the introspection endpoint.
+    #[arg(long = "auth-ca", alias = "auth_ca", help_heading = "Authentication")]
+    pub auth_ca: Option<PathBuf>,
+
+    /// Static tokens: lines of `IDENTITY TOKEN`, mode 0600, re-read on SIGHUP.
+    #[arg(
+        long = "tokens-file",
+        alias = "tokens_file",
+        help_heading = "Authentication"
+    )]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Only the identities in this file (ids or usernames, one per line,
+    /// re-read on SIGHUP) may create sessions.
+    #[arg(
+        long = "allow-identities",
+        alias = "allow_identities",
+        help_heading = "Authorization"
+    )]
+    pub allow_identities: Option<PathBuf>,
+
+    /// Identities (ids or usernames, comma-separated) that may update and
+    /// release any session, not only their own.
+    #[arg(long, value_delimiter = ',', help_heading = "Authorization")]
+    pub admins: Vec<String>,
+
+    /// Targets this gateway may forward to: CIDR ranges with optional
+    /// ports, comma-separated or repeated, e.g. 10.0.0.0/8:5000-6000,
+    /// [fd00::/8]:7000. Without it every target is allowed (a warning says
+    /// so at start): the gateway is then an open relay.
+    #[arg(long = "allow-targets", alias = "allow_targets", value_delimiter = ',', value_parser = crate::access::parse_target_rule, help_heading = "Authorization")]
+    pub allow_targets: Vec<crate::access::TargetRule>,
+
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -156,9 +243,13 @@ const AFTER_HELP: &str = "\
 Every option with an underscore or a hyphen takes both spellings
 (--server_crt / --server-crt, --port-range / --port_range).
 
-Example (HPC gateway):
-  s2cs --listener-ip 10.0.1.1 --port 5000 --port-range 5100-5200 \\
-       --server_crt hpc.crt --server_key hpc.key";
+Example (HPC gateway, tokens checked at Globus Auth):
+  S2CS_CLIENT_SECRET=... s2cs --listener-ip 10.0.1.1 --port 5000 \\
+       --port-range 5100-5200 --server_crt hpc.crt --server_key hpc.key \\
+       --peer-ca facilities-ca.pem --client_id ID \\
+       --allow-targets 10.0.1.0/24:7000-7100
+
+SIGHUP re-reads --tokens-file and --allow-identities.";
 
 /// Parses `FIRST-LAST`.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {

@@ -31,6 +31,12 @@ pub enum ControlError {
     /// The data plane is not answering (`UNAVAILABLE`); retrying may help.
     #[error("{0}")]
     Unavailable(String),
+    /// No valid token (`UNAUTHENTICATED`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but not allowed (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A fault on this gateway (`INTERNAL`).
     #[error("{0}")]
     Internal(String),
@@ -48,6 +54,8 @@ impl ControlError {
             ControlError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ControlError::Aborted(_) => Code::Aborted,
             ControlError::Unavailable(_) => Code::Unavailable,
+            ControlError::Unauthenticated(_) => Code::Unauthenticated,
+            ControlError::PermissionDenied(_) => Code::PermissionDenied,
             ControlError::Internal(_) => Code::Internal,
         }
     }

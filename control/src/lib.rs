@@ -6,6 +6,8 @@
 //! process that it hands listening sockets to ([`dataplane`]).
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod auth;
 pub mod config;
 pub mod dataplane;
 pub mod error;

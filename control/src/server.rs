@@ -25,6 +25,10 @@ use crate::tls::{self, TlsError};
 /// (128 listeners of 260 bytes), far below what could hurt.
 const MAX_MESSAGE: usize = 256 * 1024;
 
+/// Largest header block (metadata) a call may carry: room for any real
+/// token, refusing megabytes of garbage before it is buffered.
+const MAX_HEADERS: u32 = 64 * 1024;
+
 /// How long calls in flight may take to finish once a stop was asked for.
 const GRACEFUL_STOP: Duration = Duration::from_secs(5);
 
@@ -41,6 +45,9 @@ pub enum RunError {
     /// The data channel cannot be set up as configured.
     #[error("{0}")]
     DataChannel(String),
+    /// Authentication or authorization options are unusable.
+    #[error("{0}")]
+    Auth(String),
     /// State directory problem.
     #[error("state directory {path}: {reason}")]
     StateDir {
@@ -113,6 +120,16 @@ pub async fn run(
         warn!("{w}");
     }
 
+    let (auth, auth_warnings) =
+        crate::auth::setup::authenticator(&config).map_err(RunError::Auth)?;
+    let (access, access_warnings) =
+        crate::auth::setup::access(&config, auth.mode()).map_err(RunError::Auth)?;
+    for w in auth_warnings.iter().chain(&access_warnings) {
+        warn!("{w}");
+    }
+    let auth = Arc::new(auth);
+    let access = Arc::new(access);
+
     let state_dir = config.state_dir();
     let _lock = prepare_state_dir(&state_dir)?;
 
@@ -145,6 +162,7 @@ pub async fn run(
         Policy {
             max_rate_bps: config.max_rate,
             data_tls: data_tls.is_some(),
+            access: access.clone(),
         },
         dataplane,
     ));
@@ -158,24 +176,32 @@ pub async fn run(
     let supervisor = tokio::spawn(supervisor.run(resync, stop_rx));
 
     let in_flight = Arc::new(InFlight::default());
-    let service = ControlServer::new(ControlService::new(registry.clone(), in_flight.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let service = ControlServer::new(ControlService::new(
+        registry.clone(),
+        in_flight.clone(),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_max_header_list_size(MAX_HEADERS)
         .add_service(service);
 
     info!(
         control = %local,
         tls = tls.is_some(),
         data_tls = data_tls.is_some(),
+        auth = auth.mode(),
+        target_policy = access.targets.is_some(),
         listener_ip = %config.listener_ip,
         port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),
         state_dir = %state_dir.display(),
         "s2cs ready"
     );
     on_listening(local);
+    let _reload = AbortOnDrop(tokio::spawn(reload_on_sighup(auth.clone(), access.clone())));
 
     // Graceful stop: on the signal, tonic stops taking new calls and lets
     // calls in flight finish; idle clients may keep their connections open
@@ -236,6 +262,23 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = supervisor.await;
     result.map_err(RunError::Serve)
+}
+
+/// Re-reads the tokens and identities files on each SIGHUP.
+async fn reload_on_sighup(
+    auth: Arc<crate::auth::Authenticator>,
+    access: Arc<crate::access::Access>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot catch SIGHUP: files are read at start only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: re-reading the tokens and identities files");
+        auth.reload();
+        access.reload();
+    }
 }
 
 /// Aborts a task when dropped (also when the future holding it is dropped).

@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 use scistream_protocol::pb;
 use scistream_protocol::pb::control_server::Control;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
+use crate::auth::{Authenticator, Identity};
 use crate::error::ControlError;
 use crate::sessions::Registry;
 
@@ -58,32 +59,71 @@ impl InFlight {
 pub struct ControlService {
     registry: Arc<Registry>,
     in_flight: Arc<InFlight>,
+    auth: Arc<Authenticator>,
 }
 
 impl ControlService {
-    /// A service over `registry`, counting its calls in `in_flight`.
-    pub fn new(registry: Arc<Registry>, in_flight: Arc<InFlight>) -> Self {
+    /// A service over `registry`, checking callers with `auth` and
+    /// counting its calls in `in_flight`.
+    pub fn new(
+        registry: Arc<Registry>,
+        in_flight: Arc<InFlight>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
         ControlService {
             registry,
             in_flight,
+            auth,
         }
+    }
+
+    /// One call: authenticate, run `op` as that caller, log the outcome.
+    async fn call<M, T, F>(
+        &self,
+        rpc: &'static str,
+        request: Request<M>,
+        uid_of: fn(&M) -> &str,
+        op: impl FnOnce(Identity, M) -> F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: std::future::Future<Output = Result<T, ControlError>>,
+    {
+        let _call = self.in_flight.enter();
+        let started = Instant::now();
+        let who = self.auth.authenticate(request.metadata()).await;
+        let m = request.into_inner();
+        let uid = loggable(uid_of(&m));
+        let (who, r) = match who {
+            Ok(who) => (Some(who.clone()), op(who, m).await),
+            Err(e) => (None, Err(e)),
+        };
+        finish(rpc, &uid, who.as_ref(), self.auth.mode(), started, r)
     }
 }
 
 fn finish<T>(
     rpc: &'static str,
     uid: &str,
+    who: Option<&Identity>,
+    auth: &'static str,
     started: Instant,
     r: Result<T, ControlError>,
 ) -> Result<Response<T>, Status> {
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let caller = who.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+    // With --auth none every line says so: nobody was checked.
+    let auth = if auth == "none" {
+        "NONE (unauthenticated)"
+    } else {
+        auth
+    };
     match r {
         Ok(v) => {
-            debug!(rpc, uid, elapsed_ms, "ok");
+            info!(rpc, uid, caller, auth, elapsed_ms, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
-            warn!(rpc, uid, elapsed_ms, code = ?e.code(), error = %e, "call failed");
+            warn!(rpc, uid, caller, auth, elapsed_ms, code = ?e.code(), error = %e, "call failed");
             Err(e.into())
         }
     }
@@ -100,43 +140,51 @@ fn loggable(uid: &str) -> String {
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
-        let _call = self.in_flight.enter();
-        let started = Instant::now();
-        let r = request.into_inner();
-        let uid = loggable(&r.uid);
-        finish("req", &uid, started, self.registry.req(r).await)
+        self.call(
+            "req",
+            request,
+            |m| &m.uid,
+            |who, m| async move { self.registry.req(&who, m).await },
+        )
+        .await
     }
 
     async fn update(
         &self,
         request: Request<pb::UpdateTargets>,
     ) -> Result<Response<pb::Response>, Status> {
-        let _call = self.in_flight.enter();
-        let started = Instant::now();
-        let r = request.into_inner();
-        let uid = loggable(&r.uid);
-        finish("update", &uid, started, self.registry.update(r).await)
+        self.call(
+            "update",
+            request,
+            |m| &m.uid,
+            |who, m| async move { self.registry.update(&who, m).await },
+        )
+        .await
     }
 
     async fn release(
         &self,
         request: Request<pb::Release>,
     ) -> Result<Response<pb::Response>, Status> {
-        let _call = self.in_flight.enter();
-        let started = Instant::now();
-        let r = request.into_inner();
-        let uid = loggable(&r.uid);
-        finish("release", &uid, started, self.registry.release(r).await)
+        self.call(
+            "release",
+            request,
+            |m| &m.uid,
+            |who, m| async move { self.registry.release(&who, m).await },
+        )
+        .await
     }
 
     async fn hello(
         &self,
         request: Request<pb::Hello>,
     ) -> Result<Response<pb::AppResponse>, Status> {
-        let _call = self.in_flight.enter();
-        let started = Instant::now();
-        let r = request.into_inner();
-        let uid = loggable(&r.uid);
-        finish("hello", &uid, started, self.registry.hello(r).await)
+        self.call(
+            "hello",
+            request,
+            |m| &m.uid,
+            |who, m| async move { self.registry.hello(&who, m).await },
+        )
+        .await
     }
 }

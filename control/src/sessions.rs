@@ -22,6 +22,8 @@ use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, pb, validate
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
 
+use crate::access::Access;
+use crate::auth::Identity;
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::error::ControlError;
 use crate::ports::{BoundPort, PortAllocator, PortError};
@@ -42,6 +44,8 @@ pub struct Policy {
     pub max_rate_bps: Option<u64>,
     /// The data channel between gateways is TLS 1.3 (else plaintext).
     pub data_tls: bool,
+    /// Who may create sessions, administer them, and which targets are allowed.
+    pub access: Arc<Access>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct Session {
+    /// Who created it: only they (or an administrator) may change it.
+    owner: Identity,
     num_conn: usize,
     rate_kbps: u64,
     listeners: Vec<BoundPort>,
@@ -218,8 +224,9 @@ impl Registry {
     }
 
     /// `req`: allocate listeners and wait for the hello.
-    pub async fn req(&self, r: pb::Request) -> Result<pb::Response, ControlError> {
+    pub async fn req(&self, who: &Identity, r: pb::Request) -> Result<pb::Response, ControlError> {
         check_uid(&r.uid)?;
+        self.policy.access.check_creator(who)?;
         let role = parse_role(&r.role)?;
         let num_conn = usize::try_from(r.num_conn)
             .ok()
@@ -269,6 +276,7 @@ impl Registry {
                 PortError::Bind { .. } => ControlError::Internal(e.to_string()),
             })?;
             let session = Session {
+                owner: who.clone(),
                 num_conn,
                 rate_kbps,
                 listeners: bound,
@@ -291,7 +299,7 @@ impl Registry {
             armed: true,
         };
         self.new_session.notify_waiters();
-        info!(uid = %key.uid, role = %role, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
+        info!(uid = %key.uid, role = %role, owner = %who, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
 
         let waited = tokio::time::timeout(self.timing.hello_timeout, hello_rx).await;
         let table = self.lock();
@@ -329,7 +337,11 @@ impl Registry {
     }
 
     /// `hello`: bind an application's announcement to the `req` waiting for it.
-    pub async fn hello(&self, h: pb::Hello) -> Result<pb::AppResponse, ControlError> {
+    pub async fn hello(
+        &self,
+        who: &Identity,
+        h: pb::Hello,
+    ) -> Result<pb::AppResponse, ControlError> {
         check_uid(&h.uid)?;
         // The role in a hello is only a hint: SciStream's clients send "PROD"
         // for both ends, so the session's role comes from its `req`.
@@ -357,6 +369,11 @@ impl Registry {
                     let Some(session) = table.sessions.get_mut(&key) else {
                         return Err(ControlError::Internal("session vanished under lock".into()));
                     };
+                    self.policy.access.check_owner(
+                        who,
+                        &session.owner,
+                        &format!("session {key}"),
+                    )?;
                     session.phase = Phase::Ready;
                     session.receivers = h.prod_listeners.clone();
                     if let Some(tx) = session.hello_tx.take() {
@@ -418,7 +435,11 @@ impl Registry {
     }
 
     /// `update`: set the targets and start (or re-point) forwarding.
-    pub async fn update(&self, u: pb::UpdateTargets) -> Result<pb::Response, ControlError> {
+    pub async fn update(
+        &self,
+        who: &Identity,
+        u: pb::UpdateTargets,
+    ) -> Result<pb::Response, ControlError> {
         check_uid(&u.uid)?;
         let role = parse_role_hint(&u.role)?;
         if u.remote_listeners.is_empty() {
@@ -432,6 +453,13 @@ impl Registry {
             addrs.push(resolve(e).await?);
         }
         let key = self.find_key(&u.uid, role)?;
+        let field = match key.role {
+            Role::Prod => "receiver",
+            Role::Cons => "remote listener",
+        };
+        for a in &addrs {
+            self.policy.access.check_target(field, a)?;
+        }
         let op_lock = self
             .op_lock(&key)
             .ok_or_else(|| ControlError::NotFound(format!("no session {key}")))?;
@@ -443,6 +471,9 @@ impl Registry {
                 .sessions
                 .get(&key)
                 .ok_or_else(|| ControlError::NotFound(format!("session {key} was released")))?;
+            self.policy
+                .access
+                .check_owner(who, &s.owner, &format!("session {key}"))?;
             if s.phase == Phase::AwaitingHello {
                 return Err(ControlError::FailedPrecondition(format!(
                     "session {key} is still waiting for its hello; update after the request returned"
@@ -514,15 +545,24 @@ impl Registry {
     }
 
     /// `release`: close every session of a uid and free its ports.
-    pub async fn release(&self, r: pb::Release) -> Result<pb::Response, ControlError> {
+    pub async fn release(
+        &self,
+        who: &Identity,
+        r: pb::Release,
+    ) -> Result<pb::Response, ControlError> {
         check_uid(&r.uid)?;
-        let keys: Vec<SessionKey> = self
-            .lock()
-            .sessions
-            .keys()
-            .filter(|k| k.uid == r.uid)
-            .cloned()
-            .collect();
+        let keys: Vec<SessionKey> = {
+            let table = self.lock();
+            let mut keys = Vec::new();
+            for (k, s) in table.sessions.iter().filter(|(k, _)| k.uid == r.uid) {
+                // Every session of the uid must be the caller's before any is released.
+                self.policy
+                    .access
+                    .check_owner(who, &s.owner, &format!("session {k}"))?;
+                keys.push(k.clone());
+            }
+            keys
+        };
         if keys.is_empty() {
             return Err(ControlError::NotFound(format!(
                 "no session with uid {} to release",
@@ -555,7 +595,7 @@ impl Registry {
             let ports: Vec<u16> = session.listeners.iter().map(|l| l.addr.port()).collect();
             drop(session);
             self.lock().ports.free(ports);
-            info!(uid = %key.uid, role = %key.role, "released");
+            info!(uid = %key.uid, role = %key.role, by = %who, "released");
         }
         Ok(pb::Response::default())
     }
