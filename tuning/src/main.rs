@@ -1,39 +1,287 @@
-//! `s2tune`: network tuning for SciStream gateways.
+//! `s2tune`: what limits a SciStream gateway on this host, and the fix.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
-use scistream_protocol::units::{format_size, parse_duration, parse_rate};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// Network tuning for SciStream gateways and endpoints.
+use clap::{Args, Parser, Subcommand};
+use scistream_protocol::units::{parse_duration, parse_rate};
+use scistream_tuning::apply::{self, DEFAULT_STATE};
+use scistream_tuning::check::{self, Status};
+use scistream_tuning::host::{Facts, Root};
+use scistream_tuning::rtt;
+use scistream_tuning::target::{Target, format_ms};
+use serde_json::json;
+
+/// Network tuning for SciStream gateways and endpoints: checks this host
+/// against the path it must fill, shows the arithmetic, and applies (and
+/// reverts) the sysctl fixes.
 #[derive(Debug, Parser)]
-#[command(name = "s2tune", version, about)]
+#[command(name = "s2tune", version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
+    /// Read /proc and /sys under DIR (DIR/proc, DIR/sys) instead of the
+    /// host's: a copy of another host's tree, or a test tree.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// One JSON object on stdout, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Cmd,
 }
 
+const AFTER_HELP: &str = "\
+A gateway for 100 Gbit/s over a 50 ms WAN:
+  s2tune rtt peer-gw.example.org:5000          # measure the RTT
+  s2tune check --rate 100Gbit --rtt 50ms       # what is wrong, and the fixes
+  s2tune apply --rate 100Gbit --rtt 50ms       # the sysctl fixes as a diff
+  sudo s2tune apply --rate 100Gbit --rtt 50ms --yes --persist /etc/sysctl.d/90-scistream.conf
+  sudo s2tune revert                           # back to the values before";
+
+#[derive(Debug, Clone, Copy, Args)]
+struct PathArgs {
+    /// Rate the path must carry, e.g. 100Gbit, 10Gb/s, 1.5Gbit.
+    #[arg(long, default_value = "100Gbit", value_parser = rate)]
+    rate: u64,
+    /// Round-trip time of the path, e.g. 50ms, 250us (see `s2tune rtt`).
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    rtt: Duration,
+}
+
+impl PathArgs {
+    fn target(&self) -> Target {
+        Target {
+            rate_bps: self.rate,
+            rtt: self.rtt,
+        }
+    }
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    match parse_rate(s) {
+        Ok(0) => Err(format!("rate '{s}' must be above zero")),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("'{s}' must be above zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Bandwidth-delay product: how many bytes must be in flight to fill a path.
-    Bdp {
-        /// Path rate, e.g. 100Gbit, 10Gb/s.
-        #[arg(long, value_parser = |s: &str| parse_rate(s).map_err(|e| e.to_string()))]
-        rate: u64,
-        /// Round-trip time, e.g. 50ms.
-        #[arg(long, value_parser = |s: &str| parse_duration(s).map_err(|e| e.to_string()))]
-        rtt: std::time::Duration,
+    /// Inspect this host: one line per item (ok / warn / FAIL / ?), the
+    /// current and recommended values, why it matters and the fix. Exit
+    /// status 1 when an item fails.
+    Check(PathArgs),
+    /// Bandwidth-delay product and the buffer sizes (and s2cs flags) it implies.
+    Bdp(PathArgs),
+    /// Measure the round-trip time to HOST:PORT by timed TCP connects (an
+    /// open or a closed port both answer within one round trip).
+    Rtt {
+        /// HOST:PORT (a peer gateway's control port, for example).
+        target: String,
+        /// Connects to time.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Bound on each connect.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Show the sysctl fixes as a diff; with --yes apply them, saving the
+    /// previous values for `s2tune revert`.
+    Apply {
+        #[command(flatten)]
+        path: PathArgs,
+        /// Apply (without it: a dry run that only shows the diff).
+        #[arg(long)]
+        yes: bool,
+        /// Also write the values to this sysctl.d file, to survive reboots.
+        #[arg(long, value_name = "PATH")]
+        persist: Option<PathBuf>,
+        /// Only these sysctls (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Where the previous values are saved.
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+    },
+    /// Restore the values saved by `s2tune apply --yes`, and remove the
+    /// file it persisted.
+    Revert {
+        /// The file `apply` saved the values in.
+        #[arg(long, default_value = DEFAULT_STATE)]
+        state: PathBuf,
     },
 }
 
-fn main() {
-    match Cli::parse().command {
-        Cmd::Bdp { rate, rtt } => {
-            let bdp = (rate as f64 / 8.0 * rtt.as_secs_f64()).round() as u64;
-            println!(
-                "{rate} bit/s x {:.3} ms / 8 = {bdp} bytes ({}) must be in flight",
-                rtt.as_secs_f64() * 1e3,
-                format_size(bdp)
-            );
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                println!("{}", json!({"error": e.to_string()}));
+            }
+            eprintln!("s2tune: {e:#}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, anyhow::Error> {
+    let root = cli.root.as_deref().map(Root::under).unwrap_or_default();
+    match cli.command {
+        Cmd::Bdp(p) => {
+            let t = p.target();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(),
+                           "buffer_max_bytes": t.buffer(), "netdev_max_backlog": t.backlog()})
+                );
+            } else {
+                println!("{}", t.explain());
+            }
+        }
+        Cmd::Check(p) => {
+            let t = p.target();
+            let items = check::evaluate(&Facts::gather(&root), &t);
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"target": {"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp()},
+                           "items": items})
+                );
+            } else {
+                print!("{}", check::render(&items, &t));
+            }
+            if items.iter().any(|i| i.status == Status::Fail) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Rtt {
+            target,
+            count,
+            timeout,
+        } => {
+            if count == 0 {
+                anyhow::bail!("--count must be at least 1");
+            }
+            let quiet = cli.json;
+            let report = rtt::measure(
+                &target,
+                count,
+                timeout,
+                Duration::from_millis(100),
+                |n, s| {
+                    if !quiet {
+                        match s {
+                            Some(d) => eprintln!("  connect {n}/{count}: {}", format_ms(d)),
+                            None => eprintln!("  connect {n}/{count}: no answer"),
+                        }
+                    }
+                },
+            )?;
+            let (Some(median), Some(min), Some(max)) =
+                (report.median(), report.min(), report.max())
+            else {
+                anyhow::bail!("no sample");
+            };
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"addr": report.addr.to_string(), "median_s": median.as_secs_f64(),
+                           "min_s": min.as_secs_f64(), "max_s": max.as_secs_f64(),
+                           "samples": report.samples.len(), "timeouts": report.timeouts})
+                );
+            } else {
+                println!(
+                    "rtt to {}: median {} (min {}, max {}, {} of {count} connects answered)",
+                    report.addr,
+                    format_ms(median),
+                    format_ms(min),
+                    format_ms(max),
+                    report.samples.len()
+                );
+                println!(
+                    "next: s2tune bdp --rate RATE --rtt {}",
+                    format_ms(median).replace(' ', "")
+                );
+            }
+        }
+        Cmd::Apply {
+            path,
+            yes,
+            persist,
+            only,
+            state,
+        } => {
+            let t = path.target();
+            let items = check::evaluate(&Facts::gather(&root), &t);
+            let known: Vec<&str> = scistream_tuning::host::SYSCTLS.to_vec();
+            if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
+                anyhow::bail!(
+                    "--only {bad}: not a sysctl s2tune manages ({})",
+                    known.join(", ")
+                );
+            }
+            let changes = apply::plan(&items, &only);
+            if changes.is_empty() {
+                if cli.json {
+                    println!("{}", json!({"changes": [], "applied": false}));
+                } else {
+                    println!(
+                        "Nothing to change: every sysctl s2tune manages already suits {}.",
+                        t.describe()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !cli.json {
+                print!("{}", apply::diff(&changes, &t.describe()));
+            }
+            if yes {
+                apply::apply(&root, &changes, &state, persist.as_deref(), &t.describe())?;
+            }
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"changes": changes, "applied": yes, "state": state})
+                );
+            } else if yes {
+                println!(
+                    "Applied {} change(s); previous values saved in {} (s2tune revert restores them){}.",
+                    changes.len(),
+                    state.display(),
+                    persist
+                        .map(|p| format!("; persisted in {}", p.display()))
+                        .unwrap_or_default()
+                );
+            } else {
+                println!("Dry run: nothing changed. Add --yes to apply (as root).");
+            }
+        }
+        Cmd::Revert { state } => {
+            let restored = apply::revert(&root, &state)?;
+            if cli.json {
+                println!("{}", json!({"restored": restored}));
+            } else {
+                for c in &restored {
+                    println!("{} = {} (was {})", c.name, c.to, c.from);
+                }
+                println!("Reverted {} sysctl(s).", restored.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
