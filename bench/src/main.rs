@@ -175,6 +175,10 @@ struct Common {
     /// No per-second lines.
     #[arg(long, short)]
     quiet: bool,
+    /// SO_SNDBUF of each connection, e.g. 64MiB (default: kernel autotuning,
+    /// bounded by net.ipv4.tcp_wmem; an explicit size is bounded by net.core.wmem_max).
+    #[arg(long, value_parser = size)]
+    sndbuf: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -384,6 +388,7 @@ fn main() -> ExitCode {
                 bidir: a.bidir,
                 detector: None,
                 progress: !a.common.quiet,
+                sndbuf: a.common.sndbuf,
             };
             run_source(&a.common, cfg)
         }),
@@ -406,6 +411,7 @@ fn main() -> ExitCode {
                     frames: a.frames,
                 }),
                 progress: !a.common.quiet,
+                sndbuf: a.common.sndbuf,
             };
             run_source(&a.common, cfg)
         }),

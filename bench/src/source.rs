@@ -42,6 +42,8 @@ pub struct SourceConfig {
     pub detector: Option<Detector>,
     /// Print per-second throughput on stderr.
     pub progress: bool,
+    /// SO_SNDBUF of each connection (default: kernel autotuning).
+    pub sndbuf: Option<u64>,
 }
 
 /// Source failures.
@@ -99,6 +101,16 @@ pub fn run(cfg: &SourceConfig) -> Result<SourceResult, SourceError> {
                 source,
             })?;
         let _ = s.set_nodelay(true);
+        if let Some(n) = cfg.sndbuf {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            rustix::net::sockopt::set_socket_send_buffer_size(&s, n).map_err(|e| {
+                SourceError::Connect {
+                    conn,
+                    addr: addr.clone(),
+                    source: e.into(),
+                }
+            })?;
+        }
         streams.push(s);
     }
     let counter = Arc::new(AtomicU64::new(0));

@@ -73,6 +73,7 @@ fn config(target: SocketAddr, conns: usize, stop: Stop) -> SourceConfig {
         bidir: false,
         detector: None,
         progress: false,
+        sndbuf: None,
     }
 }
 

@@ -21,4 +21,5 @@ pub mod apply;
 pub mod check;
 pub mod host;
 pub mod rtt;
+pub mod sweep;
 pub mod target;

@@ -114,6 +114,10 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
     },
+    /// Run s2bench over a grid of connections and buffer sizes (and TLS
+    /// on/off with --loopback); print a table and the recommended
+    /// --num_conn and buffers; write PREFIX.json and PREFIX.svg.
+    Sweep(SweepArgs),
     /// Restore the values saved by `s2tune apply --yes`, and remove the
     /// file it persisted.
     Revert {
@@ -121,6 +125,119 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// A running `s2bench sink` (HOST:PORT), or the listeners of an
+    /// existing tunnel leading to one, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "loopback",
+        conflicts_with = "loopback"
+    )]
+    connect: Vec<String>,
+    /// Set up a sink and a tunnel (two gateways) on this host for each
+    /// point: measures the gateways themselves.
+    #[arg(long)]
+    loopback: bool,
+    /// Parallel connections to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = conns)]
+    conns: Vec<usize>,
+    /// Socket buffer sizes to try; `auto` is kernel autotuning.
+    #[arg(long, value_delimiter = ',', default_value = "auto,16MiB,64MiB", value_parser = buffer)]
+    buffers: Vec<Option<u64>>,
+    /// Data-channel TLS settings to try (--loopback only).
+    #[arg(long, value_delimiter = ',', default_value = "on,off", value_parser = ["on", "off"])]
+    tls: Vec<String>,
+    /// How long each point runs.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    duration: Duration,
+    /// Message size.
+    #[arg(long = "msg-size", default_value = "1MiB", value_parser = msg_size)]
+    msg_size: u64,
+    /// Write PREFIX.json and PREFIX.svg.
+    #[arg(long, default_value = "s2tune-sweep")]
+    report: PathBuf,
+    /// The s2cs binary for --loopback (default: next to s2tune).
+    #[arg(long = "s2cs-bin")]
+    s2cs_bin: Option<PathBuf>,
+}
+
+fn conns(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=128).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a connection count between 1 and 128")),
+    }
+}
+
+fn buffer(s: &str) -> Result<Option<u64>, String> {
+    if s.trim() == "auto" {
+        return Ok(None);
+    }
+    match scistream_protocol::units::parse_size(s) {
+        Ok(0) => Err(format!("'{s}' must be above zero (or auto)")),
+        Ok(n) if n > i32::MAX as u64 => Err(format!("'{s}' is above the kernel's 2 GiB - 1 limit")),
+        Ok(n) => Ok(Some(n)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn msg_size(s: &str) -> Result<u64, String> {
+    match scistream_protocol::units::parse_size(s) {
+        Ok(n) if (8..=(1 << 30)).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("'{s}': a message is between 8 bytes and 1GiB")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn run_sweep(a: SweepArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
+    use scistream_tuning::sweep::{self, SweepConfig, Through};
+    let msg_size = a.msg_size;
+    let through = if a.loopback {
+        Through::Loopback(a.s2cs_bin.clone())
+    } else {
+        Through::Connect(a.connect.clone())
+    };
+    let cfg = SweepConfig {
+        through,
+        conns: a.conns.clone(),
+        buffers: a.buffers.clone(),
+        tls: a.tls.iter().map(|t| t == "on").collect(),
+        duration: a.duration,
+        msg_size: msg_size as usize,
+        progress: true,
+    };
+    let points = a.conns.len() * a.buffers.len() * if a.loopback { a.tls.len() } else { 1 };
+    eprintln!(
+        "s2tune sweep: {points} point(s) of {}, about {} s",
+        format_ms(a.duration),
+        (points as f64 * (a.duration.as_secs_f64() + 0.5)).ceil()
+    );
+    let report = sweep::run(&cfg).map_err(anyhow::Error::msg)?;
+    let json_path = a.report.with_extension("json");
+    let svg_path = a.report.with_extension("svg");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", json_path.display()))?;
+    scistream_bench::compare::chart::draw(
+        &svg_path,
+        &format!("s2tune sweep ({})", report.mode),
+        &report.bars(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+        println!("{}", report.recommendation());
+        println!("wrote {} and {}", json_path.display(), svg_path.display());
+    }
+    Ok(if report.best.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn main() -> ExitCode {
@@ -271,6 +388,7 @@ fn run(cli: Cli) -> Result<ExitCode, anyhow::Error> {
                 println!("Dry run: nothing changed. Add --yes to apply (as root).");
             }
         }
+        Cmd::Sweep(a) => return run_sweep(a, cli.json),
         Cmd::Revert { state } => {
             let restored = apply::revert(&root, &state)?;
             if cli.json {

@@ -214,6 +214,7 @@ fn measure(round: usize, r: &Running, sink: &Sink, conns: usize, cfg: &CompareCo
         bidir: false,
         detector: None,
         progress: false,
+        sndbuf: None,
     };
     let sent = source::run(&source);
     let outcomes = sink.collect(
