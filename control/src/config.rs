@@ -121,6 +121,29 @@ pub struct Config {
     #[arg(long = "max-rate", alias = "max_rate", value_parser = parse_rate)]
     pub max_rate: Option<u64>,
 
+    /// Most sessions at once; past it requests get RESOURCE_EXHAUSTED.
+    /// Default: as many as the port range holds.
+    #[arg(long = "max-sessions", alias = "max_sessions", value_parser = clap::value_parser!(usize))]
+    pub max_sessions: Option<usize>,
+
+    /// Most connections (listeners) one session may ask for (1-128).
+    #[arg(long = "max-conns-per-session", alias = "max_conns_per_session", default_value_t = 128, value_parser = parse_conns)]
+    pub max_conns_per_session: usize,
+
+    /// Admission control: the sum of the sessions' rates stays within this
+    /// (e.g. 100Gbit); requests past it get RESOURCE_EXHAUSTED saying what is
+    /// left, and uncapped requests (rate 0) are refused. Default: no admission control.
+    #[arg(long, value_parser = parse_rate)]
+    pub capacity: Option<u64>,
+
+    /// Most requests one identity may have waiting for their hello.
+    #[arg(
+        long = "max-pending-per-identity",
+        alias = "max_pending_per_identity",
+        default_value_t = 16
+    )]
+    pub max_pending_per_identity: usize,
+
     /// Data-plane engine: auto (io_uring when the kernel allows it, else
     /// epoll), io_uring, or epoll.
     #[arg(long, default_value = "auto", value_parser = ["auto", "io_uring", "epoll"])]
@@ -293,6 +316,14 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         Ok(0) => Err(format!("rate '{s}' must be above zero")),
         Ok(r) => Ok(r),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a connection count, 1-128.
+pub fn parse_conns(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=scistream_protocol::MAX_LISTENERS_PER_SESSION).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a connection count between 1 and 128")),
     }
 }
 

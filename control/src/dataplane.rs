@@ -84,10 +84,12 @@ pub enum StartError {
     },
 }
 
+type Reply = Result<(Outcome, Vec<OwnedFd>), DataPlaneError>;
+
 struct Call {
     command: Command,
     fds: Vec<OwnedFd>,
-    reply: oneshot::Sender<Result<Outcome, DataPlaneError>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// A handle for sending commands to the data plane; cheap to clone.
@@ -114,6 +116,15 @@ impl DataPlane {
         command: Command,
         fds: Vec<OwnedFd>,
     ) -> Result<Outcome, DataPlaneError> {
+        self.call_fds(command, fds).await.map(|(o, _)| o)
+    }
+
+    /// Like [`DataPlane::call`], also returning the descriptors attached to the reply.
+    pub async fn call_fds(
+        &self,
+        command: Command,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Outcome, Vec<OwnedFd>), DataPlaneError> {
         let (reply, rx) = oneshot::channel();
         let fut = async {
             self.calls
@@ -151,7 +162,7 @@ struct Link {
     fd: UnixStream,
     receiver: handoff::Receiver,
     next_id: u64,
-    pending: HashMap<u64, oneshot::Sender<Result<Outcome, DataPlaneError>>>,
+    pending: HashMap<u64, oneshot::Sender<Reply>>,
 }
 
 fn to_io(e: HandoffError) -> io::Error {
@@ -191,15 +202,15 @@ impl Link {
         }
     }
 
-    /// The next message; `Ok(None)` when `s2ds` closed the socket.
-    async fn recv(&mut self) -> io::Result<Option<FromDataPlane>> {
+    /// The next message and its descriptors; `Ok(None)` when `s2ds` closed the socket.
+    async fn recv(&mut self) -> io::Result<Option<(FromDataPlane, Vec<OwnedFd>)>> {
         loop {
             self.fd.readable().await?;
             let (fd, receiver) = (&self.fd, &mut self.receiver);
             match fd.try_io(Interest::READABLE, || {
                 receiver.recv::<FromDataPlane>(fd).map_err(to_io)
             }) {
-                Ok(m) => return Ok(m.map(|(msg, _fds)| msg)),
+                Ok(m) => return Ok(m),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -217,11 +228,23 @@ impl Link {
 #[derive(Debug)]
 pub struct Supervisor {
     config: DataPlaneConfig,
-    listener: OwnedFd,
+    /// The control socket's listener, once this `s2cs` made one.
+    listener: Option<OwnedFd>,
     calls: mpsc::Receiver<Call>,
     restarts: Arc<AtomicU64>,
     child: Option<Child>,
+    /// Process id of an `s2ds` adopted from a previous `s2cs` (not our child).
+    adopted: Option<u32>,
     link: Option<Link>,
+}
+
+/// What [`Supervisor::start`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Attached {
+    /// An `s2ds` left by a previous `s2cs` was still running and was adopted.
+    pub adopted: bool,
+    /// The sessions it is forwarding.
+    pub sessions: Vec<handoff::SessionKey>,
 }
 
 impl std::fmt::Debug for Link {
@@ -238,40 +261,96 @@ enum Ended {
 }
 
 impl Supervisor {
-    /// Creates the control socket and starts the first `s2ds`, waiting until
-    /// it is ready: a gateway whose data plane cannot start fails at once.
-    pub async fn start(config: DataPlaneConfig) -> Result<(DataPlane, Supervisor), StartError> {
-        let path = config.socket_path.clone();
-        match std::fs::remove_file(&path) {
-            Ok(()) => debug!(path = %path.display(), "removed stale control socket"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StartError::Socket { path, source }),
-        }
-        let listener =
-            handoff::listen(&path).map_err(|source| StartError::Socket { path, source })?;
+    /// Re-attaches to the `s2ds` a previous `s2cs` left running on this
+    /// state directory, or else creates the control socket and starts a new
+    /// `s2ds`, waiting until it is ready: a gateway whose data plane cannot
+    /// start fails at once.
+    pub async fn start(
+        config: DataPlaneConfig,
+    ) -> Result<(DataPlane, Supervisor, Attached), StartError> {
         let (tx, rx) = mpsc::channel(256);
         let restarts = Arc::new(AtomicU64::new(0));
         let mut sup = Supervisor {
             config,
-            listener,
+            listener: None,
             calls: rx,
             restarts: restarts.clone(),
             child: None,
+            adopted: None,
             link: None,
         };
-        sup.spawn().await?;
+        let attached = match sup.adopt().await {
+            Some(sessions) => Attached {
+                adopted: true,
+                sessions,
+            },
+            None => {
+                sup.spawn().await?;
+                Attached::default()
+            }
+        };
         let handle = DataPlane {
             calls: tx,
             call_timeout: sup.config.call_timeout,
             restarts,
         };
-        Ok((handle, sup))
+        Ok((handle, sup, attached))
+    }
+
+    /// Connects to a running `s2ds` on the control socket, if there is one.
+    async fn adopt(&mut self) -> Option<Vec<handoff::SessionKey>> {
+        let fd = handoff::connect(&self.config.socket_path).ok()?;
+        let mut link = Link::new(fd).ok()?;
+        match tokio::time::timeout(Duration::from_secs(5), link.recv()).await {
+            Ok(Ok(Some((
+                FromDataPlane::Hello {
+                    version,
+                    pid,
+                    engine,
+                    workers,
+                    sessions,
+                },
+                _,
+            )))) if version == HANDOFF_VERSION => {
+                info!(pid, %engine, workers, sessions = sessions.len(),
+                    "re-attached to the data plane a previous s2cs left running");
+                self.adopted = Some(pid);
+                self.link = Some(link);
+                Some(sessions)
+            }
+            other => {
+                warn!(
+                    ?other,
+                    "a data plane answers on the control socket but cannot be adopted; starting a new one"
+                );
+                None
+            }
+        }
+    }
+
+    /// The control socket's listener, created (replacing a stale socket
+    /// file) the first time it is needed.
+    fn control_listener(&mut self) -> Result<&OwnedFd, StartError> {
+        if self.listener.is_none() {
+            let path = self.config.socket_path.clone();
+            match std::fs::remove_file(&path) {
+                Ok(()) => debug!(path = %path.display(), "removed stale control socket"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StartError::Socket { path, source }),
+            }
+            let l = handoff::listen(&path).map_err(|source| StartError::Socket { path, source })?;
+            self.listener = Some(l);
+        }
+        self.listener.as_ref().ok_or_else(|| StartError::Socket {
+            path: self.config.socket_path.clone(),
+            source: io::Error::other("no listener"),
+        })
     }
 
     async fn spawn(&mut self) -> Result<(), StartError> {
         let bin = self.config.bin.clone();
         let stdin = self
-            .listener
+            .control_listener()?
             .try_clone()
             .map_err(|source| StartError::Spawn {
                 bin: bin.clone(),
@@ -303,13 +382,16 @@ impl Supervisor {
             }
         };
         match hello {
-            Ok(Ok(Some(FromDataPlane::Hello {
-                version,
-                pid,
-                engine,
-                workers,
-                sessions,
-            }))) => {
+            Ok(Ok(Some((
+                FromDataPlane::Hello {
+                    version,
+                    pid,
+                    engine,
+                    workers,
+                    sessions,
+                },
+                _,
+            )))) => {
                 if version != HANDOFF_VERSION {
                     let _ = child.start_kill();
                     return Err(not_ready(format!(
@@ -321,7 +403,10 @@ impl Supervisor {
             }
             Ok(Ok(other)) => {
                 let _ = child.start_kill();
-                return Err(not_ready(format!("unexpected first message {other:?}")));
+                return Err(not_ready(format!(
+                    "unexpected first message {:?}",
+                    other.map(|(m, _)| m)
+                )));
             }
             Ok(Err(e)) => {
                 let _ = child.start_kill();
@@ -354,6 +439,7 @@ impl Supervisor {
                         link.fail_pending();
                     }
                     self.link = None;
+                    self.adopted = None;
                     if let Some(mut child) = self.child.take() {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
@@ -398,7 +484,7 @@ impl Supervisor {
                     link.pending.insert(id, tx);
                     tokio::spawn(async move {
                         match rx.await {
-                            Ok(Ok(Outcome::Done)) => debug!(%key, "session re-handed"),
+                            Ok(Ok((Outcome::Done, _))) => debug!(%key, "session re-handed"),
                             other => warn!(%key, ?other, "re-handing session failed"),
                         }
                     });
@@ -415,26 +501,29 @@ impl Supervisor {
     }
 
     async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Ended {
-        let (Some(link), Some(child)) = (self.link.as_mut(), self.child.as_mut()) else {
+        let Some(link) = self.link.as_mut() else {
             return Ended::Died("not running".into());
         };
+        // An adopted s2ds is not our child: its death shows as the control
+        // socket closing.
+        let child = &mut self.child;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Ended::Shutdown,
-                status = child.wait() => {
+                status = wait_child(child.as_mut()) => {
                     return Ended::Died(match status {
                         Ok(s) => format!("s2ds exited: {s}"),
                         Err(e) => format!("waiting for s2ds failed: {e}"),
                     });
                 }
                 msg = link.recv() => match msg {
-                    Ok(Some(FromDataPlane::Reply { id, outcome })) => {
+                    Ok(Some((FromDataPlane::Reply { id, outcome }, fds))) => {
                         if let Some(tx) = link.pending.remove(&id) {
-                            let _ = tx.send(Ok(outcome));
+                            let _ = tx.send(Ok((outcome, fds)));
                         }
                     }
-                    Ok(Some(other)) => warn!(?other, "unexpected message from s2ds"),
+                    Ok(Some((other, _))) => warn!(?other, "unexpected message from s2ds"),
                     Ok(None) => return Ended::Died("s2ds closed its control socket".into()),
                     Err(e) => return Ended::Died(format!("control socket: {e}")),
                 },
@@ -461,6 +550,12 @@ impl Supervisor {
             link.fail_pending();
         }
         self.link = None;
+        if let Some(pid) = self.adopted.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                info!("asked the adopted data plane to stop");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child
                 .id()
@@ -477,5 +572,13 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_file(&self.config.socket_path);
+    }
+}
+
+/// Waits for the child, or forever when there is none.
+async fn wait_child(child: Option<&mut Child>) -> io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
     }
 }

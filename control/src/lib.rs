@@ -15,6 +15,7 @@ pub mod ports;
 pub mod server;
 pub mod service;
 pub mod sessions;
+pub mod store;
 pub mod tls;
 
 pub use config::Config;

@@ -144,6 +144,16 @@ impl PortAllocator {
         Ok(got)
     }
 
+    /// Marks a recovered session's port as handed out.
+    pub fn claim(&mut self, port: u16) {
+        self.in_use.insert(port);
+    }
+
+    /// Binds a listener again on an address a recovered session had.
+    pub fn rebind(addr: SocketAddr) -> io::Result<BoundPort> {
+        bind_listener(addr).map(|listener| BoundPort { listener, addr })
+    }
+
     /// Returns ports to the pool. The caller closes the sockets.
     pub fn free(&mut self, ports: impl IntoIterator<Item = u16>) {
         for p in ports {

@@ -19,6 +19,7 @@ use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::service::{ControlService, InFlight};
 use crate::sessions::{Policy, Registry, Timing};
+use crate::store::SessionStore;
 use crate::tls::{self, TlsError};
 
 /// Largest gRPC message accepted: far above any legitimate request
@@ -48,6 +49,9 @@ pub enum RunError {
     /// Authentication or authorization options are unusable.
     #[error("{0}")]
     Auth(String),
+    /// The session store cannot be used.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// State directory problem.
     #[error("state directory {path}: {reason}")]
     StateDir {
@@ -145,7 +149,11 @@ pub async fn run(
         source,
     })?;
 
-    let (dataplane, supervisor) = Supervisor::start(DataPlaneConfig {
+    let store_path = state_dir.join("sessions.redb");
+    let store = Arc::new(SessionStore::open(&store_path).map_err(RunError::Store)?);
+    let stored = store.load().map_err(RunError::Store)?;
+
+    let (dataplane, supervisor, attached) = Supervisor::start(DataPlaneConfig {
         bin: config.s2ds_bin(),
         args: config.s2ds_argv(),
         socket_path: state_dir.join("s2ds.sock"),
@@ -163,8 +171,13 @@ pub async fn run(
             max_rate_bps: config.max_rate,
             data_tls: data_tls.is_some(),
             access: access.clone(),
+            max_sessions: config.max_sessions,
+            max_conns_per_session: config.max_conns_per_session,
+            capacity_bps: config.capacity,
+            max_pending_per_identity: config.max_pending_per_identity,
         },
         dataplane,
+        store,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let weak = Arc::downgrade(&registry);
@@ -174,6 +187,16 @@ pub async fn run(
             .unwrap_or_default()
     });
     let supervisor = tokio::spawn(supervisor.run(resync, stop_rx));
+    if !stored.is_empty() || !attached.sessions.is_empty() {
+        let r = registry.recover(stored, &attached).await;
+        info!(
+            sessions = r.sessions,
+            kept_forwarding = r.kept_forwarding,
+            lost = r.lost.len(),
+            orphans = r.orphans,
+            "recovered the sessions of the previous s2cs"
+        );
+    }
 
     let in_flight = Arc::new(InFlight::default());
     let service = ControlServer::new(ControlService::new(

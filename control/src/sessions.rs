@@ -27,6 +27,10 @@ use crate::auth::Identity;
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::error::ControlError;
 use crate::ports::{BoundPort, PortAllocator, PortError};
+use crate::store::{SessionStore, StoredPhase, StoredSession};
+
+mod recover;
+pub use recover::Recovered;
 
 /// Timing knobs of the state machine.
 #[derive(Debug, Clone)]
@@ -38,7 +42,7 @@ pub struct Timing {
 }
 
 /// What this gateway allows and how it forwards.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Highest rate a request may ask for, bits per second.
     pub max_rate_bps: Option<u64>,
@@ -46,6 +50,28 @@ pub struct Policy {
     pub data_tls: bool,
     /// Who may create sessions, administer them, and which targets are allowed.
     pub access: Arc<Access>,
+    /// Most sessions at once (`None`: as many as the port range holds).
+    pub max_sessions: Option<usize>,
+    /// Most connections (listeners) one session may ask for.
+    pub max_conns_per_session: usize,
+    /// Sum of the sessions' rates this gateway admits, bits per second.
+    pub capacity_bps: Option<u64>,
+    /// Most requests one identity may have waiting for their hello.
+    pub max_pending_per_identity: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_rate_bps: None,
+            data_tls: false,
+            access: Arc::default(),
+            max_sessions: None,
+            max_conns_per_session: MAX_LISTENERS_PER_SESSION,
+            capacity_bps: None,
+            max_pending_per_identity: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +126,7 @@ pub struct Registry {
     timing: Timing,
     policy: Policy,
     dataplane: DataPlane,
+    store: Arc<SessionStore>,
 }
 
 fn invalid(what: &str, e: impl std::fmt::Display) -> ControlError {
@@ -204,7 +231,13 @@ impl Drop for PendingReq<'_> {
 
 impl Registry {
     /// An empty registry handing out ports from `ports`.
-    pub fn new(ports: PortAllocator, timing: Timing, policy: Policy, dataplane: DataPlane) -> Self {
+    pub fn new(
+        ports: PortAllocator,
+        timing: Timing,
+        policy: Policy,
+        dataplane: DataPlane,
+        store: Arc<SessionStore>,
+    ) -> Self {
         Registry {
             table: Mutex::new(Table {
                 sessions: BTreeMap::new(),
@@ -214,13 +247,85 @@ impl Registry {
             timing,
             policy,
             dataplane,
+            store,
         }
+    }
+
+    /// Records a session durably (before the reply that depends on it).
+    fn persist(&self, key: &SessionKey, s: &Session) -> Result<(), ControlError> {
+        let phase = match s.phase {
+            Phase::Forwarding => StoredPhase::Forwarding,
+            _ => StoredPhase::Ready,
+        };
+        let record = StoredSession {
+            uid: key.uid.clone(),
+            role: key.role,
+            owner: s.owner.clone(),
+            num_conn: s.num_conn,
+            rate_kbps: s.rate_kbps,
+            listeners: s.listeners.iter().map(|l| l.addr).collect(),
+            receivers: s.receivers.clone(),
+            targets: s.targets.clone(),
+            target_addrs: s.target_addrs.clone(),
+            target_names: s.target_names.clone(),
+            phase,
+            created_unix: s
+                .created
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        self.store.put(&record).map_err(|e| {
+            warn!(%key, error = %e, "cannot record the session durably");
+            ControlError::Internal(format!(
+                "this gateway cannot record session {key} durably ({e}); tell its administrators"
+            ))
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves consistent data (every
         // mutation is a single map or set operation), so keep serving.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admission control: session count, pending requests per identity, capacity.
+    fn admit(&self, table: &Table, who: &Identity, rate_kbps: u64) -> Result<(), ControlError> {
+        if let Some(max) = self.policy.max_sessions {
+            if table.sessions.len() >= max {
+                return Err(ControlError::ResourceExhausted(format!(
+                    "this gateway holds its maximum of {max} sessions; release unused sessions or try later"
+                )));
+            }
+        }
+        let pending = table
+            .sessions
+            .values()
+            .filter(|s| s.phase == Phase::AwaitingHello && s.owner.id == who.id)
+            .count();
+        if pending >= self.policy.max_pending_per_identity {
+            return Err(ControlError::ResourceExhausted(format!(
+                "{pending} requests of {who} are already waiting for their hello (the most allowed); \
+                 send their hellos or let them time out"
+            )));
+        }
+        if let Some(capacity) = self.policy.capacity_bps {
+            let reserved: u64 = table
+                .sessions
+                .values()
+                .map(|s| s.rate_kbps.saturating_mul(1000))
+                .sum();
+            let left = capacity.saturating_sub(reserved);
+            if rate_kbps.saturating_mul(1000) > left {
+                return Err(ControlError::ResourceExhausted(format!(
+                    "this gateway has {} of its {} capacity left ({} kbit/s); ask for at most that, or later",
+                    scistream_protocol::units::format_rate(left as f64),
+                    scistream_protocol::units::format_rate(capacity as f64),
+                    left / 1000
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `req`: allocate listeners and wait for the hello.
@@ -258,6 +363,18 @@ impl Registry {
                 )));
             }
         }
+        if num_conn > self.policy.max_conns_per_session {
+            return Err(ControlError::InvalidArgument(format!(
+                "num_conn is {num_conn}; this gateway allows at most {} connections per session",
+                self.policy.max_conns_per_session
+            )));
+        }
+        if self.policy.capacity_bps.is_some() && rate_kbps == 0 {
+            return Err(ControlError::InvalidArgument(format!(
+                "this gateway admits only rate-capped sessions (it has a capacity of {}): ask for a rate",
+                scistream_protocol::units::format_rate(self.policy.capacity_bps.unwrap_or(0) as f64)
+            )));
+        }
         let key = SessionKey {
             uid: r.uid.clone(),
             role,
@@ -265,6 +382,7 @@ impl Registry {
         let (hello_tx, hello_rx) = oneshot::channel();
         let listeners = {
             let mut table = self.lock();
+            self.admit(&table, who, rate_kbps)?;
             if table.sessions.contains_key(&key) {
                 return Err(ControlError::AlreadyExists(format!(
                     "a {role} session with uid {} exists already; use a new uid or release it first",
@@ -376,6 +494,10 @@ impl Registry {
                     )?;
                     session.phase = Phase::Ready;
                     session.receivers = h.prod_listeners.clone();
+                    if let Err(e) = self.persist(&key, session) {
+                        session.phase = Phase::AwaitingHello;
+                        return Err(e);
+                    }
                     if let Some(tx) = session.hello_tx.take() {
                         // The req may have given up this very moment; it re-checks the phase.
                         let _ = tx.send(());
@@ -528,14 +650,17 @@ impl Registry {
                     "data plane refused the session: {message}"
                 )));
             }
-            Outcome::Done | Outcome::Stats { .. } => {}
+            Outcome::Done | Outcome::Stats { .. } | Outcome::Listeners { .. } => {}
         }
-        let mut table = self.lock();
-        if let Some(s) = table.sessions.get_mut(&key) {
-            s.phase = Phase::Forwarding;
-            s.targets = targets.0.clone();
-            s.target_addrs = targets.1;
-            s.target_names = targets.2;
+        {
+            let mut table = self.lock();
+            if let Some(s) = table.sessions.get_mut(&key) {
+                s.phase = Phase::Forwarding;
+                s.targets = targets.0.clone();
+                s.target_addrs = targets.1;
+                s.target_names = targets.2;
+                self.persist(&key, s)?;
+            }
         }
         info!(uid = %key.uid, role = %key.role, targets = ?targets.0, "updated; forwarding");
         Ok(pb::Response {
@@ -574,7 +699,13 @@ impl Registry {
                 continue;
             };
             let _op = op_lock.lock().await;
-            // Out of the table first, so a data-plane restart cannot bring it back.
+            // Out of the store first, so a restart cannot bring it back.
+            self.store.remove(&key).map_err(|e| {
+                ControlError::Internal(format!(
+                    "this gateway cannot record the release of {key} durably ({e}); the session is kept"
+                ))
+            })?;
+            // Out of the table next, so a data-plane restart cannot bring it back.
             let Some(session) = self.lock().sessions.remove(&key) else {
                 continue;
             };

@@ -162,6 +162,13 @@ pub enum Command {
     },
     /// Report counters.
     Stats,
+    /// Send back duplicates of the session's listening sockets (attached to
+    /// the reply, in listener order): a restarted `s2cs` takes them back so
+    /// that it can hand them to a new `s2ds` should this one die.
+    ExportListeners {
+        /// The session.
+        key: SessionKey,
+    },
 }
 
 /// A [`Command`] with the id its reply will carry.
@@ -219,6 +226,12 @@ pub enum Outcome {
     Stats {
         /// One entry per session.
         sessions: Vec<SessionStats>,
+    },
+    /// Listening sockets, for [`Command::ExportListeners`]: their
+    /// addresses, the descriptors attached in the same order.
+    Listeners {
+        /// Local address of each.
+        addrs: Vec<SocketAddr>,
     },
     /// The command failed; the message says why, for a person.
     Failed {

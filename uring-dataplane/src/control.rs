@@ -29,6 +29,9 @@ pub struct DataPlane {
     tls: TlsContext,
     /// Worker index of each listener, per session.
     sessions: HashMap<SessionKey, Vec<usize>>,
+    /// A duplicate of each session's listening sockets, with their
+    /// addresses, to give back to a restarted `s2cs`.
+    listeners: HashMap<SessionKey, Vec<(std::net::SocketAddr, OwnedFd)>>,
     next_worker: usize,
 }
 
@@ -72,6 +75,7 @@ impl DataPlane {
             engine,
             tls,
             sessions: HashMap::new(),
+            listeners: HashMap::new(),
             next_worker: 0,
         }
     }
@@ -92,7 +96,21 @@ impl DataPlane {
             } => self.update_targets(key, targets, server_names),
             Command::RemoveSession { key } => self.remove_session(&key),
             Command::Stats => self.stats(),
+            Command::ExportListeners { key } => match self.listeners.get(&key) {
+                Some(l) => Outcome::Listeners {
+                    addrs: l.iter().map(|(a, _)| *a).collect(),
+                },
+                None => failed(format!("no session {key}")),
+            },
         }
+    }
+
+    /// Duplicates of a session's listening sockets (for `ExportListeners`).
+    fn export(&self, key: &SessionKey) -> Vec<OwnedFd> {
+        self.listeners
+            .get(key)
+            .map(|l| l.iter().filter_map(|(_, fd)| fd.try_clone().ok()).collect())
+            .unwrap_or_default()
     }
 
     fn add_session(&mut self, spec: SessionSpec, fds: Vec<OwnedFd>) -> Outcome {
@@ -126,6 +144,11 @@ impl DataPlane {
                 ));
             }
         }
+        let copies: Vec<_> = fds
+            .iter()
+            .zip(&spec.listeners)
+            .filter_map(|(fd, addr)| fd.try_clone().ok().map(|c| (*addr, c)))
+            .collect();
         let (tx, rx) = mpsc::channel();
         let mut placement = Vec::with_capacity(fds.len());
         let rate = spec.per_connection_rate();
@@ -148,6 +171,7 @@ impl DataPlane {
         }
         let result = wait_acks(&rx, placement.len());
         self.sessions.insert(key.clone(), placement);
+        self.listeners.insert(key.clone(), copies);
         match result {
             Ok(()) => {
                 info!(%key, listeners = ?spec.listeners, targets = ?spec.targets, rate_kbps = spec.rate_kbps, "forwarding");
@@ -217,6 +241,7 @@ impl DataPlane {
     }
 
     fn remove_session(&mut self, key: &SessionKey) -> Outcome {
+        self.listeners.remove(key);
         let Some(mut involved) = self.sessions.remove(key) else {
             debug!(%key, "remove: session not here (already removed)");
             return Outcome::Done;
@@ -293,8 +318,17 @@ impl DataPlane {
             };
             let Request { id, command } = request;
             debug!(id, ?command, descriptors = fds.len(), "command");
+            let export = match &command {
+                Command::ExportListeners { key } => Some(key.clone()),
+                _ => None,
+            };
             let outcome = self.handle(command, fds);
-            handoff::send(conn, &FromDataPlane::Reply { id, outcome }, &[])?;
+            let out_fds = match (&outcome, export) {
+                (Outcome::Listeners { .. }, Some(key)) => self.export(&key),
+                _ => Vec::new(),
+            };
+            let borrowed: Vec<_> = out_fds.iter().map(|f| f.as_fd()).collect();
+            handoff::send(conn, &FromDataPlane::Reply { id, outcome }, &borrowed)?;
         }
     }
 }

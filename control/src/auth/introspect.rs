@@ -135,7 +135,19 @@ impl Introspector {
                     .entry(digest)
                     .or_default()
                     .clone();
-                let verdict = cell.get_or_init(|| self.ask(token)).await.clone();
+                let verdict = cell
+                    .get_or_init(|| async {
+                        // A flight that just landed may have cached it meanwhile.
+                        match self.cached(&digest) {
+                            Some(v) => v,
+                            None => self.ask(token).await,
+                        }
+                    })
+                    .await
+                    .clone();
+                // Cache first, then retire the flight: a call arriving in
+                // between finds one or the other, never neither.
+                self.remember(digest, &verdict);
                 {
                     let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
                     if in_flight
@@ -145,7 +157,6 @@ impl Introspector {
                         in_flight.remove(&digest);
                     }
                 }
-                self.remember(digest, &verdict);
                 verdict
             }
         };

@@ -32,7 +32,7 @@ pub const MAX_TOKEN_LEN: usize = 8192;
 pub const NO_TOKEN: &str = "INVALID_TOKEN";
 
 /// The caller of a control call.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Stable id (the token's `sub`, or the name in the tokens file).
     pub id: String,
