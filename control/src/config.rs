@@ -121,6 +121,29 @@ pub struct Config {
     #[arg(long = "max-rate", alias = "max_rate", value_parser = parse_rate)]
     pub max_rate: Option<u64>,
 
+    /// On SIGTERM/SIGINT: how long established connections may go on after
+    /// the listeners closed, before the rest are closed.
+    #[arg(long = "drain-timeout", alias = "drain_timeout", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Dead-peer detection on forwarded connections: TCP keepalive probes
+    /// after this much silence (`0s`: off). Idle connections are never cut
+    /// for being idle: detectors pause between scans.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_or_zero)]
+    pub keepalive: Duration,
+
+    /// Close forwarded connections that moved no byte for this long. Off
+    /// by default (`0s`): detectors pause between scans for minutes, and a
+    /// paused stream is not a dead one. (SciStream's HAProxy template cut
+    /// idle streams after 50 s.)
+    #[arg(long = "idle-timeout", alias = "idle_timeout", default_value = "0s", value_parser = parse_duration_or_zero)]
+    pub idle_timeout: Duration,
+
+    /// Dead-peer detection: TCP_USER_TIMEOUT, how long data (or keepalive
+    /// probes) may go unacknowledged before a connection is ended (`0s`: kernel default).
+    #[arg(long = "user-timeout", alias = "user_timeout", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub user_timeout: Duration,
+
     /// Most sessions at once; past it requests get RESOURCE_EXHAUSTED.
     /// Default: as many as the port range holds.
     #[arg(long = "max-sessions", alias = "max_sessions", value_parser = clap::value_parser!(usize))]
@@ -336,6 +359,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses a duration that may be zero (`0s`: off).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
 /// Parses `180`, `180s`, `3m`, `500ms`: a positive duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match scistream_protocol::units::parse_duration(s) {
@@ -412,6 +440,17 @@ impl Config {
             "--handshake-timeout={}ms",
             self.handshake_timeout.as_millis()
         ));
+        v.push(format!("--keepalive={}ms", self.keepalive.as_millis()));
+        v.push(format!(
+            "--user-timeout={}ms",
+            self.user_timeout.as_millis()
+        ));
+        if !self.idle_timeout.is_zero() {
+            v.push(format!(
+                "--idle-timeout={}ms",
+                self.idle_timeout.as_millis()
+            ));
+        }
         if let Some(n) = self.workers {
             v.push(format!("--workers={n}"));
         }
@@ -494,6 +533,8 @@ mod tests {
                 "--engine=epoll",
                 "--ktls=auto",
                 "--handshake-timeout=10000ms",
+                "--keepalive=30000ms",
+                "--user-timeout=60000ms",
                 "--pipe-size=262144",
                 "--sndbuf=8388608",
                 "--no-pin"

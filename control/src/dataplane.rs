@@ -349,6 +349,10 @@ impl Supervisor {
 
     async fn spawn(&mut self) -> Result<(), StartError> {
         let bin = self.config.bin.clone();
+        // A fresh control socket for every s2ds: a connection this s2cs
+        // queued for an s2ds that died before accepting it would otherwise
+        // be the first thing the next one accepts, and it is dead.
+        self.listener = None;
         let stdin = self
             .control_listener()?
             .try_clone()

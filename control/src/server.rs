@@ -124,6 +124,7 @@ pub async fn run(
         warn!("{w}");
     }
 
+    raise_nofile_limit();
     let (auth, auth_warnings) =
         crate::auth::setup::authenticator(&config).map_err(RunError::Auth)?;
     let (access, access_warnings) =
@@ -281,10 +282,70 @@ pub async fn run(
             }
         }
     };
-    info!(sessions = registry.len(), "shutting down");
+    drain(&registry, config.drain_timeout).await;
     let _ = stop_tx.send(true);
     let _ = supervisor.await;
     result.map_err(RunError::Serve)
+}
+
+/// Raises the open-file limit to its hard limit: every control connection
+/// and every data listener holds a descriptor, and running out would turn
+/// away legitimate callers behind idle ones.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => debug!(?before, now = ?limit.current, "raised RLIMIT_NOFILE"),
+            Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+        }
+    }
+}
+
+/// Graceful shutdown of the data: listeners closed (ours and s2ds's), then
+/// established connections get up to `timeout` to finish.
+async fn drain(registry: &Registry, timeout: Duration) {
+    let sessions = registry.close_listeners();
+    if let Err(e) = registry.drain().await {
+        warn!(error = %e, "the data plane could not close its listeners");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_logged = None;
+    loop {
+        match registry.open_connections().await {
+            Ok(0) => {
+                info!(sessions, "shutting down: no connection left open");
+                return;
+            }
+            Ok(n) => {
+                if last_logged != Some(n) {
+                    info!(
+                        connections = n,
+                        left_s = deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_secs(),
+                        "shutting down: listeners closed, waiting for open connections to finish"
+                    );
+                    last_logged = Some(n);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot count open connections; stopping now");
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                connections = last_logged.unwrap_or(0),
+                "drain timeout reached; closing the connections still open"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Re-reads the tokens and identities files on each SIGHUP.

@@ -776,6 +776,31 @@ impl Registry {
         out
     }
 
+    /// Shutdown: closes this process's copies of every listening socket
+    /// (the sessions stay in the store for the next start).
+    pub fn close_listeners(&self) -> usize {
+        let sessions = std::mem::take(&mut self.lock().sessions);
+        sessions.len()
+    }
+
+    /// Connections the data plane has open, over all sessions.
+    pub async fn open_connections(&self) -> Result<u64, DataPlaneError> {
+        match self.dataplane.call(Command::Stats, Vec::new()).await? {
+            Outcome::Stats { sessions } => Ok(sessions.iter().map(|s| s.conns_open).sum()),
+            other => Err(DataPlaneError::Failed(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Closes the data plane's listeners (graceful shutdown).
+    pub async fn drain(&self) -> Result<(), DataPlaneError> {
+        match self.dataplane.call(Command::Drain, Vec::new()).await? {
+            Outcome::Failed { message } => Err(DataPlaneError::Failed(message)),
+            _ => Ok(()),
+        }
+    }
+
     /// Number of sessions, and when the oldest started (for logs and tests).
     pub fn len(&self) -> usize {
         self.lock().sessions.len()

@@ -162,6 +162,9 @@ pub enum Command {
     },
     /// Report counters.
     Stats,
+    /// Close every listening socket (new connections are refused) and keep
+    /// the open connections: the start of a graceful shutdown.
+    Drain,
     /// Send back duplicates of the session's listening sockets (attached to
     /// the reply, in listener order): a restarted `s2cs` takes them back so
     /// that it can hand them to a new `s2ds` should this one die.

@@ -70,6 +70,17 @@ impl Pki {
         (w.cert, w.key)
     }
 
+    /// Issues `NAME.crt`/`NAME.key` valid for the given names and addresses.
+    pub fn gateway_for(&self, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let w = self
+            .ca_inner
+            .issue(sans)
+            .unwrap()
+            .write(self.dir.path(), name)
+            .unwrap();
+        (w.cert, w.key)
+    }
+
     /// A CA that is not the one the gateways use.
     pub fn stranger_ca(&self) -> PathBuf {
         let other = Ca::new("someone else").unwrap();
@@ -101,6 +112,10 @@ impl Gw {
                 extra_args.push("--peer-ca".into());
                 extra_args.push(ca.display().to_string());
             }
+        }
+        // Tests drop gateways with connections still open: do not wait 30 s.
+        if !extra.iter().any(|a| a.starts_with("--drain-timeout")) {
+            extra_args.push("--drain-timeout=2s".into());
         }
         extra_args.extend(extra.iter().map(|s| s.to_string()));
         let opts = GatewayOptions {

@@ -74,6 +74,24 @@ pub struct Config {
     #[arg(long = "handshake-timeout", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: std::time::Duration,
 
+    /// Dead-peer detection: TCP keepalive probes start after this much
+    /// silence on a forwarded connection (then every third of it, 4 probes).
+    /// An idle connection is never closed for being idle: a paused detector
+    /// is not a dead one. `0s` turns keepalive off.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_or_zero)]
+    pub keepalive: std::time::Duration,
+
+    /// Close forwarded connections that moved no byte for this long. Off
+    /// (`0s`) by default: detectors pause between scans for minutes.
+    #[arg(long = "idle-timeout", default_value = "0s", value_parser = parse_duration_or_zero)]
+    pub idle_timeout: std::time::Duration,
+
+    /// Dead-peer detection: TCP_USER_TIMEOUT, how long sent data may stay
+    /// unacknowledged (or keepalive probes unanswered) before the
+    /// connection is ended. `0s` leaves the kernel default (~15 minutes).
+    #[arg(long = "user-timeout", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub user_timeout: std::time::Duration,
+
     /// Refresh TLS keys (KeyUpdate) after this many records sent on a
     /// connection. For tests; the default stays far inside AES-GCM's limit.
     #[arg(long = "rekey-records", default_value_t = crate::tlsrelay::DEFAULT_REKEY_RECORDS, hide = true)]
@@ -125,6 +143,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_buf(s: &str) -> Result<usize, String> {

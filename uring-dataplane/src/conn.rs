@@ -105,6 +105,8 @@ pub struct Conn {
     pub channel: ListenerChannel,
     /// Setup must be over by then.
     pub deadline: Option<Instant>,
+    /// When bytes last moved (for `--idle-timeout`).
+    pub last_active: Instant,
 }
 
 /// Applies the socket options of a forwarded socket. Failures are logged,
@@ -115,6 +117,18 @@ pub fn tune(fd: &OwnedFd, o: &WorkerOptions, rate: Option<u64>) {
     }
     if let Some(n) = o.sndbuf {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, n);
+    }
+    if !o.keepalive.is_zero() {
+        use rustix::net::sockopt;
+        let interval = (o.keepalive / 3).max(std::time::Duration::from_secs(1));
+        let _ = sockopt::set_socket_keepalive(fd, true)
+            .and_then(|()| sockopt::set_tcp_keepidle(fd, o.keepalive))
+            .and_then(|()| sockopt::set_tcp_keepintvl(fd, interval))
+            .and_then(|()| sockopt::set_tcp_keepcnt(fd, 4));
+    }
+    if !o.user_timeout.is_zero() {
+        let ms = u32::try_from(o.user_timeout.as_millis()).unwrap_or(u32::MAX);
+        let _ = rustix::net::sockopt::set_tcp_user_timeout(fd, ms);
     }
     if let Some(n) = o.rcvbuf {
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, n);
@@ -375,6 +389,9 @@ impl Worker {
                 let key_updates = relay.key_updates();
                 bump(&c.counters.bytes_to_target, up - counted.0);
                 bump(&c.counters.bytes_from_target, down - counted.1);
+                if (up, down) != (counted.0, counted.1) {
+                    c.last_active = Instant::now();
+                }
                 bump(&c.counters.key_updates, key_updates - counted.2);
                 let generation = c.generation;
                 c.state = ConnState::Relaying {

@@ -96,12 +96,32 @@ impl DataPlane {
             } => self.update_targets(key, targets, server_names),
             Command::RemoveSession { key } => self.remove_session(&key),
             Command::Stats => self.stats(),
+            Command::Drain => self.drain(),
             Command::ExportListeners { key } => match self.listeners.get(&key) {
                 Some(l) => Outcome::Listeners {
                     addrs: l.iter().map(|(a, _)| *a).collect(),
                 },
                 None => failed(format!("no session {key}")),
             },
+        }
+    }
+
+    /// Closes every listener on every worker; connections go on.
+    fn drain(&mut self) -> Outcome {
+        self.listeners.clear();
+        let (tx, rx) = mpsc::channel();
+        let mut asked = 0;
+        for w in &self.workers {
+            if w.send(WorkerCommand::CloseListeners { done: tx.clone() })
+                .is_ok()
+            {
+                asked += 1;
+            }
+        }
+        info!("draining: listeners closed, open connections continue");
+        match wait_acks(&rx, asked) {
+            Ok(()) => Outcome::Done,
+            Err(e) => failed(e),
         }
     }
 

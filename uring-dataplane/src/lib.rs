@@ -107,6 +107,9 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         sndbuf: config.sndbuf,
         rcvbuf: config.rcvbuf,
         nodelay: !config.no_nodelay,
+        keepalive: config.keepalive,
+        idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+        user_timeout: config.user_timeout,
         forward: config.forward,
     };
     let cpus = allowed_cpus();

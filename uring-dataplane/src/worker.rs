@@ -68,6 +68,11 @@ pub enum WorkerCommand {
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
+    /// Close every listener on this worker; connections stay (draining).
+    CloseListeners {
+        /// Acknowledgement.
+        done: mpsc::Sender<Result<(), String>>,
+    },
     /// Report counters.
     Stats {
         /// Where to send them.
@@ -86,6 +91,12 @@ pub struct WorkerOptions {
     pub rcvbuf: Option<usize>,
     /// TCP_NODELAY on forwarded sockets.
     pub nodelay: bool,
+    /// Close connections that moved no byte for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Keepalive idle time (zero: off).
+    pub keepalive: std::time::Duration,
+    /// TCP_USER_TIMEOUT (zero: kernel default).
+    pub user_timeout: std::time::Duration,
     /// splice or copy.
     pub forward: Forward,
     /// Data-channel TLS configurations.
@@ -178,6 +189,8 @@ pub struct Worker {
     paused: Vec<(Token, Instant)>,
     /// Setup deadlines of connections.
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
+    /// When to look at a connection's idleness again (`--idle-timeout`).
+    idle_timers: BinaryHeap<Reverse<(Instant, Token)>>,
     pub(crate) warned_pipe_size: bool,
 }
 
@@ -258,6 +271,7 @@ pub fn spawn(
             again: Vec::new(),
             paused: Vec::new(),
             timers: BinaryHeap::new(),
+            idle_timers: BinaryHeap::new(),
             warned_pipe_size: false,
         };
         w.run();
@@ -299,6 +313,7 @@ impl Worker {
                     .iter()
                     .map(|(_, at)| *at)
                     .chain(self.timers.peek().map(|Reverse((at, _))| *at))
+                    .chain(self.idle_timers.peek().map(|Reverse((at, _))| *at))
                     .min()
                     .map(|at| at.saturating_duration_since(now))
             };
@@ -326,6 +341,7 @@ impl Worker {
                 });
             }
             self.expire();
+            self.expire_idle();
             if !self.paused.is_empty() {
                 let now = Instant::now();
                 let (due, later): (Vec<_>, Vec<_>) =
@@ -405,6 +421,21 @@ impl Worker {
                         *server_name = n.clone();
                     }
                 }
+                let _ = done.send(Ok(()));
+            }
+            WorkerCommand::CloseListeners { done } => {
+                let slots: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
+                let n = slots.len();
+                for slot in slots {
+                    let l = self.listeners.remove(slot);
+                    self.reactor
+                        .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+                }
+                info!(
+                    worker = self.id,
+                    listeners = n,
+                    "listeners closed; draining connections"
+                );
                 let _ = done.send(Ok(()));
             }
             WorkerCommand::RemoveSession { key, done } => {
@@ -606,6 +637,7 @@ impl Worker {
             key,
             listener: index,
             accepted: Instant::now(),
+            last_active: Instant::now(),
             client,
             target: None,
             peer,
@@ -621,6 +653,12 @@ impl Worker {
             self.timers
                 .push(Reverse((at, token(Kind::Client, slot, generation))));
         }
+        if let Some(idle) = self.options.idle_timeout {
+            self.idle_timers.push(Reverse((
+                Instant::now() + idle,
+                token(Kind::Client, slot, generation),
+            )));
+        }
         if !from_peer {
             // Raw and outbound connections connect to their target at once.
             if let Err(e) = self.connect_target(slot) {
@@ -634,6 +672,32 @@ impl Worker {
         }
         // The peer may have sent already, or the connect completed at once (loopback).
         self.drive(slot);
+    }
+
+    /// Closes connections that moved no byte for `--idle-timeout` (only
+    /// when the admin set one: paused detectors are not dead ones).
+    fn expire_idle(&mut self) {
+        let Some(idle) = self.options.idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some(Reverse((at, t))) = self.idle_timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.idle_timers.pop();
+            let (_, slot, generation) = untoken(t);
+            let Some(c) = self.conns.get(slot).filter(|c| c.generation == generation) else {
+                continue;
+            };
+            let due = c.last_active + idle;
+            if due > now {
+                self.idle_timers.push(Reverse((due, t)));
+                continue;
+            }
+            info!(worker = self.id, key = %c.key, peer = %c.peer, idle_s = idle.as_secs_f32(), "closing a connection idle for --idle-timeout");
+            self.close_conn(slot, false);
+        }
     }
 
     /// Closes connections whose setup outlived its deadline.

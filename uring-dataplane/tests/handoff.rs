@@ -75,9 +75,10 @@ fn forwards_counts_retargets_and_removes() {
         Outcome::Done
     );
     assert!(matches!(live.read(&mut one), Ok(0) | Err(_)));
-    // s2ds dropped its copies; ours are the last: closing them frees the ports.
+    // s2ds dropped every descriptor of the session (its listener copies
+    // included); ours are the last. (Not checked through the ports: under a
+    // busy test run another process may be handed the freed ephemeral port.)
     drop((l0, l1));
-    assert!(TcpListener::bind(a0).is_ok() && TcpListener::bind(a1).is_ok());
     assert_eq!(dp.open_fds(), fds_before, "no descriptor leaked in s2ds");
     assert!(stats(&mut dp).is_empty());
 }
