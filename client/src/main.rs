@@ -49,6 +49,9 @@ enum Cmd {
     /// Use case 2 (instrument side): open listeners on the outbound gateway that forward to the inbound gateway.
     #[command(name = "outbound_request", visible_alias = "outbound-request")]
     OutboundRequest(OutboundArgs),
+    /// Announce an application for a request waiting for its hello (what
+    /// SciStream's application controller sent), e.g. after a `req` made by a workflow tool.
+    Hello(HelloArgs),
     /// Close a session's listeners and connections on one gateway and free its ports.
     Release(ReleaseArgs),
     /// Run a whole tunnel on this machine (two gateways, loopback) and stream data through it.
@@ -156,6 +159,24 @@ struct ReleaseArgs {
     control: ControlArgs,
     /// The session to release.
     uid: String,
+}
+
+#[derive(Debug, Args)]
+struct HelloArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The session announced.
+    uid: String,
+    /// PROD (the side with the receivers) or CONS.
+    #[arg(long, default_value = "PROD")]
+    role: String,
+    /// The receivers (HOST:PORT, comma-separated), for a PROD session.
+    #[arg(
+        long = "prod-listeners",
+        alias = "prod_listeners",
+        value_delimiter = ','
+    )]
+    prod_listeners: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -405,6 +426,28 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 );
             } else {
                 println!("Released {} on {}.", a.uid, a.control.s2cs);
+            }
+        }
+        Cmd::Hello(a) => {
+            let role: scistream_protocol::Role = a
+                .role
+                .parse()
+                .map_err(|e| ClientError::Input(format!("--role: {e}")))?;
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
+            let r = scistream_client::tunnel::hello(&conn, &a.uid, role, a.prod_listeners).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"uid": a.uid, "message": r.message, "listeners": r.listeners})
+                );
+            } else {
+                println!("{}", r.message);
+                println!("  listeners: {}", r.listeners.join(","));
             }
         }
         Cmd::Demo(a) => {

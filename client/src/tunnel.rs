@@ -209,6 +209,45 @@ pub async fn outbound_request(
     })
 }
 
+/// What a hello returned: the gateway's message and the session's listeners.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HelloReply {
+    /// The gateway's words.
+    pub message: String,
+    /// The session's listeners on that gateway.
+    pub listeners: Vec<String>,
+}
+
+/// Announces an application for the request `uid` waiting on this S2CS (as
+/// SciStream's application controller does): the `req` returns once the
+/// hello arrived. `prod_listeners` are the receivers, for a PROD session.
+pub async fn hello(
+    conn: &Connection,
+    uid: &str,
+    role: Role,
+    prod_listeners: Vec<String>,
+) -> Result<HelloReply, ClientError> {
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+    for (i, l) in prod_listeners.iter().enumerate() {
+        l.parse::<scistream_protocol::Endpoint>()
+            .map_err(|e| ClientError::Input(format!("--prod-listeners[{i}] '{l}': {e}")))?;
+    }
+    let mut client = conn.client.clone();
+    let r = client
+        .hello(pb::Hello {
+            uid: uid.into(),
+            prod_listeners,
+            role: role.as_str().into(),
+        })
+        .await
+        .map_err(|s| conn.status_error("hello", s))?
+        .into_inner();
+    Ok(HelloReply {
+        message: r.message,
+        listeners: r.listeners,
+    })
+}
+
 /// Releases every session of `uid` on this S2CS.
 pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;

@@ -14,7 +14,7 @@ const MAX_RANGE: usize = 65535;
 /// `scistream.Control` gRPC calls from `s2uc` (and SciStream's own clients),
 /// and runs the data plane (`s2ds`) that forwards the streams.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "s2cs", version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(name = "s2cs", version, about, long_about = None, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Config {
     /// Address the data listeners bind to and that is advertised to clients
     /// (the gateway's address as the peer gateway or the instrument sees it).
@@ -280,6 +280,25 @@ pub struct Config {
     #[arg(long = "allow-targets", alias = "allow_targets", value_delimiter = ',', value_parser = crate::access::parse_target_rule, help_heading = "Authorization")]
     pub allow_targets: Vec<crate::access::TargetRule>,
 
+    /// TOML file of options (keys: the long options, either spelling);
+    /// flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long = "print-config", alias = "print_config")]
+    pub print_config: bool,
+
+    /// Validate the configuration, certificates, keys and auth files, then
+    /// exit: 0 when it would start (for ExecStartPre/ExecReload).
+    #[arg(long = "check-config", alias = "check_config")]
+    pub check_config: bool,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log shippers).
+    #[arg(long = "log-format", alias = "log_format", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -374,6 +393,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Parses `argv` as clap would, returning clap's error.
+    pub fn try_parse_from_args(argv: &[std::ffi::OsString]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(argv)
+    }
+
     /// The state directory, defaulted as documented on the option.
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
@@ -468,6 +492,9 @@ impl Config {
         }
         if self.verbose > 0 {
             v.push(format!("-{}", "v".repeat(self.verbose.into())));
+        }
+        if self.log_format != "text" {
+            v.push(format!("--log-format={}", self.log_format));
         }
         v.extend(self.s2ds_args.iter().cloned());
         v

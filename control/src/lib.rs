@@ -9,6 +9,7 @@
 pub mod access;
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod dataplane;
 pub mod error;
 pub mod ports;

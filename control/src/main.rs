@@ -8,7 +8,41 @@ use scistream_control::{Config, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let argv = match scistream_control::config_file::merged_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("s2cs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config::parse_from(&argv);
+    if config.print_config {
+        return match scistream_control::config_file::print(&argv) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("s2cs: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if config.check_config {
+        return match scistream_control::server::check_config(&config) {
+            Ok(warnings) => {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("s2cs: configuration error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let default_level = match config.verbose {
         0 => "info",
         1 => "debug",
@@ -16,11 +50,15 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

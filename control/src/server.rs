@@ -98,6 +98,36 @@ fn prepare_state_dir(dir: &Path) -> Result<OwnedFd, RunError> {
     Ok(lock)
 }
 
+/// Validates what `run` would load — certificates, keys, the data
+/// channel's files, authentication and access options — without binding or
+/// starting anything. Returns the warnings start-up would log.
+pub fn check_config(config: &Config) -> Result<Vec<String>, RunError> {
+    let mut warnings = Vec::new();
+    if config.insecure {
+        warnings.push("--insecure: the control service would run without TLS".to_owned());
+    } else {
+        tls::server_config(&config.server_crt, &config.server_key)?;
+    }
+    let (data_tls, data_warning) = config.data_tls().map_err(RunError::DataChannel)?;
+    if let Some(files) = &data_tls {
+        tls::load_certs("--data-cert", &files.cert)?;
+        tls::load_key("--data-key", &files.key)?;
+        tls::load_certs("--peer-ca", &files.peer_ca)?;
+    }
+    warnings.extend(data_warning);
+    let (auth, w) = crate::auth::setup::authenticator(config).map_err(RunError::Auth)?;
+    warnings.extend(w);
+    let (_, w) = crate::auth::setup::access(config, auth.mode()).map_err(RunError::Auth)?;
+    warnings.extend(w);
+    if !config.s2ds_bin().is_file() {
+        return Err(RunError::DataChannel(format!(
+            "the data plane binary {} does not exist (--s2ds-bin)",
+            config.s2ds_bin().display()
+        )));
+    }
+    Ok(warnings)
+}
+
 /// Runs `s2cs` until `shutdown` completes. `on_listening` is called with the
 /// bound control address once the service accepts calls.
 pub async fn run(

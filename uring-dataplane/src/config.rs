@@ -115,6 +115,10 @@ pub struct Config {
     #[arg(long = "no-pin")]
     pub no_pin: bool,
 
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long = "log-format", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
