@@ -52,6 +52,11 @@ enum Cmd {
     /// Announce an application for a request waiting for its hello (what
     /// SciStream's application controller sent), e.g. after a `req` made by a workflow tool.
     Hello(HelloArgs),
+    /// Your sessions on a gateway (every session, for its administrators).
+    List(ListArgs),
+    /// One session's state on a gateway: listeners, targets, connections and
+    /// their data-channel mode, bytes and current throughput.
+    Status(StatusArgs),
     /// Close a session's listeners and connections on one gateway and free its ports.
     Release(ReleaseArgs),
     /// Run a whole tunnel on this machine (two gateways, loopback) and stream data through it.
@@ -159,6 +164,26 @@ struct ReleaseArgs {
     control: ControlArgs,
     /// The session to release.
     uid: String,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// The session.
+    uid: String,
+    /// Refresh every --interval, like top (Ctrl-C to stop).
+    #[arg(long)]
+    watch: bool,
+    /// Refresh interval for --watch, seconds.
+    #[arg(long, default_value_t = 2)]
+    interval: u64,
 }
 
 #[derive(Debug, Args)]
@@ -426,6 +451,58 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 );
             } else {
                 println!("Released {} on {}.", a.uid, a.control.s2cs);
+            }
+        }
+        Cmd::List(a) => {
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
+            let sessions = scistream_client::tunnel::list(&conn).await?;
+            if cli.json {
+                let v: Vec<_> = sessions
+                    .iter()
+                    .map(scistream_client::tunnel::status_json)
+                    .collect();
+                println!("{}", json!({"s2cs": a.control.s2cs, "sessions": v}));
+            } else if sessions.is_empty() {
+                println!("No session of yours on {}.", a.control.s2cs);
+            } else {
+                for s in &sessions {
+                    print!("{}", scistream_client::tunnel::status_text(s, false));
+                }
+            }
+        }
+        Cmd::Status(a) => {
+            let conn = connect(
+                &a.control.s2cs,
+                &trust(&a.control),
+                auth(&config, &a.control).await?,
+            )
+            .await?;
+            loop {
+                let sessions = scistream_client::tunnel::status(&conn, &a.uid).await?;
+                if cli.json {
+                    let v: Vec<_> = sessions
+                        .iter()
+                        .map(scistream_client::tunnel::status_json)
+                        .collect();
+                    println!("{}", json!({"s2cs": a.control.s2cs, "sessions": v}));
+                } else {
+                    if a.watch {
+                        // Clear the screen and go home, like top.
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    for s in &sessions {
+                        print!("{}", scistream_client::tunnel::status_text(s, true));
+                    }
+                }
+                if !a.watch {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(a.interval.max(1))).await;
             }
         }
         Cmd::Hello(a) => {

@@ -248,6 +248,92 @@ pub async fn hello(
     })
 }
 
+/// The caller's sessions on this S2CS (every one, for an administrator).
+pub async fn list(conn: &Connection) -> Result<Vec<pb::SessionStatus>, ClientError> {
+    let mut client = conn.client.clone();
+    Ok(client
+        .list(pb::ListRequest {})
+        .await
+        .map_err(|s| conn.status_error("list", s))?
+        .into_inner()
+        .sessions)
+}
+
+/// One uid's sessions on this S2CS, with their connections.
+pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatus>, ClientError> {
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+    let mut client = conn.client.clone();
+    Ok(client
+        .status(pb::StatusRequest { uid: uid.into() })
+        .await
+        .map_err(|s| conn.status_error("status", s))?
+        .into_inner()
+        .sessions)
+}
+
+/// A session status as JSON, for workflow tools.
+pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
+    serde_json::json!({
+        "uid": s.uid, "role": s.role, "owner": s.owner, "phase": s.phase,
+        "listeners": s.listeners, "targets": s.targets, "rate_kbps": s.rate_kbps,
+        "age_ms": s.age_ms, "conns_open": s.conns_open, "conns_total": s.conns_total,
+        "bytes_to_target": s.bytes_to_target, "bytes_from_target": s.bytes_from_target,
+        "errors": s.errors, "rejected": s.rejected,
+        "bps_to_target": s.bps_to_target, "bps_from_target": s.bps_from_target,
+        "connections": s.connections.iter().map(|c| serde_json::json!({
+            "peer": c.peer, "target": c.target, "mode": c.mode,
+            "bytes_to_target": c.bytes_to_target, "bytes_from_target": c.bytes_from_target,
+            "age_ms": c.age_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A session status for people.
+pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
+    use scistream_protocol::units::{format_rate, format_size};
+    let mut t = format!(
+        "{} {} ({}, owner {}, age {} s)\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back\n",
+        s.uid,
+        s.role,
+        s.phase,
+        s.owner,
+        s.age_ms / 1000,
+        s.listeners.join(","),
+        if s.targets.is_empty() {
+            "-".to_string()
+        } else {
+            s.targets.join(",")
+        },
+        if s.rate_kbps == 0 {
+            "none".to_string()
+        } else {
+            format!("{} kbit/s", s.rate_kbps)
+        },
+        s.conns_open,
+        s.conns_total,
+        s.errors,
+        s.rejected,
+        format_size(s.bytes_to_target),
+        format_size(s.bytes_from_target),
+        format_rate(s.bps_to_target),
+        format_rate(s.bps_from_target),
+    );
+    if with_connections {
+        for c in &s.connections {
+            t.push_str(&format!(
+                "    {} -> {}  {}  {} / {}  {} s\n",
+                c.peer,
+                c.target,
+                c.mode,
+                format_size(c.bytes_to_target),
+                format_size(c.bytes_from_target),
+                c.age_ms / 1000
+            ));
+        }
+    }
+    t
+}
+
 /// Releases every session of `uid` on this S2CS.
 pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;

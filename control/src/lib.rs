@@ -16,6 +16,7 @@ pub mod ports;
 pub mod server;
 pub mod service;
 pub mod sessions;
+pub mod status;
 pub mod store;
 pub mod tls;
 

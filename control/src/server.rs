@@ -12,7 +12,7 @@ use scistream_protocol::pb::control_server::ControlServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
@@ -255,7 +255,17 @@ pub async fn run(
         "s2cs ready"
     );
     on_listening(local);
-    let _reload = AbortOnDrop(tokio::spawn(reload_on_sighup(auth.clone(), access.clone())));
+    // The control certificate is re-read on SIGHUP; connections keep theirs.
+    let acceptor =
+        tls.map(|t| Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(t))));
+    let cert_reload = acceptor
+        .clone()
+        .map(|a| (a, config.server_crt.clone(), config.server_key.clone()));
+    let _reload = AbortOnDrop(tokio::spawn(reload_on_sighup(
+        auth.clone(),
+        access.clone(),
+        cert_reload,
+    )));
 
     // Graceful stop: on the signal, tonic stops taking new calls and lets
     // calls in flight finish; idle clients may keep their connections open
@@ -268,10 +278,9 @@ pub async fn run(
         }
     };
     let serve = async {
-        match tls {
-            Some(tls) => {
+        match acceptor {
+            Some(acceptor) => {
                 let (tx, rx) = mpsc::channel(64);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                 let accept_loop = AbortOnDrop(tokio::spawn(accept_tls(listener, acceptor, tx)));
                 let r = server
                     .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful)
@@ -378,10 +387,16 @@ async fn drain(registry: &Registry, timeout: Duration) {
     }
 }
 
-/// Re-reads the tokens and identities files on each SIGHUP.
+/// The acceptor of the control port, replaced when the certificate is re-read.
+type SharedAcceptor = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>;
+
+/// Re-reads the tokens and identities files, and the control certificate,
+/// on each SIGHUP. A certificate that does not load is refused (with an
+/// error) and the one in use is kept.
 async fn reload_on_sighup(
     auth: Arc<crate::auth::Authenticator>,
     access: Arc<crate::access::Access>,
+    cert: Option<(SharedAcceptor, PathBuf, PathBuf)>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -389,9 +404,21 @@ async fn reload_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
-        info!("SIGHUP: re-reading the tokens and identities files");
+        info!("SIGHUP: re-reading the certificate, tokens and identities files");
         auth.reload();
         access.reload();
+        if let Some((acceptor, crt, key)) = &cert {
+            match tls::server_config(crt, key) {
+                Ok(config) => {
+                    *acceptor.write().unwrap_or_else(|p| p.into_inner()) =
+                        tokio_rustls::TlsAcceptor::from(config);
+                    info!(cert = %crt.display(), "control certificate re-read; new connections use it");
+                }
+                Err(e) => {
+                    error!(error = %e, "the new control certificate is refused; keeping the one in use")
+                }
+            }
+        }
     }
 }
 
@@ -422,14 +449,14 @@ async fn accept_plain(listener: TcpListener, tx: Incoming<tokio::net::TcpStream>
 
 async fn accept_tls(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: SharedAcceptor,
     tx: Incoming<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let tx = tx.clone();
                 // Each handshake runs on its own and is bounded in time, so a
                 // client that stalls mid-handshake holds up nobody.

@@ -60,6 +60,7 @@ pub struct ControlService {
     registry: Arc<Registry>,
     in_flight: Arc<InFlight>,
     auth: Arc<Authenticator>,
+    rates: Arc<crate::status::RateMemory>,
 }
 
 impl ControlService {
@@ -74,6 +75,7 @@ impl ControlService {
             registry,
             in_flight,
             auth,
+            rates: Arc::default(),
         }
     }
 
@@ -184,6 +186,38 @@ impl Control for ControlService {
             request,
             |m| &m.uid,
             |who, m| async move { self.registry.hello(&who, m).await },
+        )
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::SessionList>, Status> {
+        self.call(
+            "list",
+            request,
+            |_| "",
+            |who, _| async move {
+                crate::status::sessions(&self.registry, &self.rates, &who, None).await
+            },
+        )
+        .await
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::SessionList>, Status> {
+        self.call(
+            "status",
+            request,
+            |m| &m.uid,
+            |who, m| async move {
+                scistream_protocol::validate_uid(&m.uid)
+                    .map_err(|e| ControlError::InvalidArgument(format!("uid: {e}")))?;
+                crate::status::sessions(&self.registry, &self.rates, &who, Some(&m.uid)).await
+            },
         )
         .await
     }

@@ -30,7 +30,9 @@ use crate::ports::{BoundPort, PortAllocator, PortError};
 use crate::store::{SessionStore, StoredPhase, StoredSession};
 
 mod recover;
+mod view;
 pub use recover::Recovered;
+pub use view::SessionView;
 
 /// Timing knobs of the state machine.
 #[derive(Debug, Clone)]

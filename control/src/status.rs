@@ -1,0 +1,113 @@
+//! `list` and `status`: sessions joined with the data plane's counters, and
+//! throughput since the previous look.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use scistream_protocol::handoff::{SessionKey, SessionStats};
+use scistream_protocol::pb;
+
+use crate::auth::Identity;
+use crate::error::ControlError;
+use crate::sessions::Registry;
+
+/// The previous counters of each session, to turn bytes into rates.
+#[derive(Debug, Default)]
+pub struct RateMemory {
+    last: Mutex<HashMap<SessionKey, (Instant, u64, u64)>>,
+}
+
+impl RateMemory {
+    fn rates(&self, key: &SessionKey, to: u64, from: u64) -> (f64, f64) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match last.get(key) {
+            Some(&(at, t0, f0)) if now.duration_since(at).as_secs_f64() >= 0.2 => {
+                let secs = now.duration_since(at).as_secs_f64();
+                (
+                    to.saturating_sub(t0) as f64 * 8.0 / secs,
+                    from.saturating_sub(f0) as f64 * 8.0 / secs,
+                )
+            }
+            Some(_) => return (0.0, 0.0),
+            None => (0.0, 0.0),
+        };
+        last.insert(key.clone(), (now, to, from));
+        r
+    }
+
+    /// Forgets sessions that are gone (bounded memory).
+    fn retain(&self, live: &[SessionKey]) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.retain(|k, _| live.contains(k));
+    }
+}
+
+/// The sessions `who` may see (of `uid` only, when given), with counters.
+pub async fn sessions(
+    registry: &Registry,
+    rates: &RateMemory,
+    who: &Identity,
+    uid: Option<&str>,
+) -> Result<pb::SessionList, ControlError> {
+    let views = registry.views(who, uid);
+    if let Some(uid) = uid {
+        if views.is_empty() {
+            return Err(ControlError::NotFound(format!(
+                "no session with uid {uid} that you may see here"
+            )));
+        }
+    }
+    let stats: HashMap<SessionKey, SessionStats> = registry
+        .dataplane_stats()
+        .await
+        .map_err(|e| ControlError::Unavailable(format!("the data plane's counters: {e}")))?
+        .into_iter()
+        .map(|s| (s.key.clone(), s))
+        .collect();
+    let all_live: Vec<SessionKey> = stats.keys().cloned().collect();
+    let now = SystemTime::now();
+    let sessions = views
+        .into_iter()
+        .map(|v| {
+            let st = stats.get(&v.key).cloned().unwrap_or_default();
+            let (bps_to, bps_from) = rates.rates(&v.key, st.bytes_to_target, st.bytes_from_target);
+            pb::SessionStatus {
+                uid: v.key.uid.clone(),
+                role: v.key.role.to_string(),
+                owner: v.owner.to_string(),
+                phase: v.phase.into(),
+                listeners: v.listeners,
+                targets: v.targets,
+                rate_kbps: v.rate_kbps,
+                age_ms: now
+                    .duration_since(v.created)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                conns_open: st.conns_open,
+                conns_total: st.conns_total,
+                bytes_to_target: st.bytes_to_target,
+                bytes_from_target: st.bytes_from_target,
+                errors: st.errors,
+                rejected: st.rejected,
+                bps_to_target: bps_to,
+                bps_from_target: bps_from,
+                connections: st
+                    .connections
+                    .iter()
+                    .map(|c| pb::ConnectionStatus {
+                        peer: c.peer.to_string(),
+                        target: c.target.to_string(),
+                        mode: c.mode.clone(),
+                        bytes_to_target: c.bytes_to_target,
+                        bytes_from_target: c.bytes_from_target,
+                        age_ms: c.age_ms,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    rates.retain(&all_live);
+    Ok(pb::SessionList { sessions })
+}
