@@ -13,6 +13,7 @@ pub mod idle;
 pub mod receive;
 pub mod report;
 pub mod send;
+pub mod setup;
 pub mod sink;
 pub mod source;
 pub mod stats;

@@ -45,6 +45,28 @@ enum Cmd {
     Compare(CompareArgs),
     /// Measure what idle connections through a tunnel cost s2ds (memory, descriptors).
     Idle(IdleArgs),
+    /// Time tunnel setups (inbound + outbound request pairs) made many at
+    /// once against two local gateways: latency percentiles and setups/s.
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    /// Tunnel pairs to set up.
+    #[arg(long, default_value = "200", value_parser = positive_usize)]
+    pairs: usize,
+    /// Most pairs in flight at once.
+    #[arg(long, default_value = "200", value_parser = positive_usize)]
+    concurrency: usize,
+    /// First port of the two gateways' port ranges (2 x (pairs + 11) ports).
+    #[arg(long = "first-port", default_value_t = 12000)]
+    first_port: u16,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The s2cs binary (default: next to s2bench).
+    #[arg(long = "s2cs-bin")]
+    s2cs_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +387,14 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Sink(a) => run_sink(a),
         Cmd::Compare(a) => run_compare(a),
+        Cmd::Setup(a) => (|| {
+            let report =
+                scistream_bench::setup::run(a.pairs, a.concurrency, a.first_port, a.s2cs_bin)
+                    .map_err(anyhow::Error::msg)?;
+            print!("{}", report.table());
+            write_json(&a.json, &serde_json::to_value(&report)?)?;
+            Ok(true)
+        })(),
         Cmd::Idle(a) => (|| {
             let mut steps = a.conns.clone();
             steps.sort_unstable();

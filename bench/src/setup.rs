@@ -1,0 +1,159 @@
+//! `s2bench setup`: how long tunnel setup takes when many are set up at
+//! once. Two gateways on loopback (TLS control and data channel, durable
+//! session store), then PAIRS inbound+outbound request pairs with at most
+//! CONCURRENCY in flight, each timed from the first call to the outbound
+//! listeners being known; every session is released afterwards.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_client::{Auth, RequestOptions, Trust};
+use serde::Serialize;
+
+use crate::compare::topology::Env;
+
+/// The measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupReport {
+    /// Pairs set up.
+    pub pairs: usize,
+    /// Most in flight at once.
+    pub concurrency: usize,
+    /// Latency percentiles of one pair, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Pairs per second over the whole run.
+    pub pairs_per_s: f64,
+}
+
+impl SetupReport {
+    /// One paragraph for people.
+    pub fn table(&self) -> String {
+        format!(
+            "{} tunnel setups (inbound + outbound request), {} at once, TLS, loopback\n  p50 {:.1} ms   p95 {:.1} ms   p99 {:.1} ms   max {:.1} ms   {:.1} setups/s\n",
+            self.pairs,
+            self.concurrency,
+            self.p50_ms,
+            self.p95_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.pairs_per_s
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
+    sorted.get(i).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
+/// Runs the measurement.
+pub fn run(
+    pairs: usize,
+    concurrency: usize,
+    first_port: u16,
+    s2cs: Option<PathBuf>,
+) -> Result<SetupReport, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("s2bench-setup-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let env = Env::create(dir.path(), s2cs)?;
+    let s2cs = env
+        .s2cs
+        .clone()
+        .or_else(|| scistream_client::local::sibling_binary("s2cs"))
+        .ok_or("s2cs not found next to s2bench; build the workspace or pass --s2cs-bin")?;
+    let span = u16::try_from(pairs + 10).map_err(|_| "too many pairs")?;
+    let gateway = |name: &str, first: u16| GatewayOptions {
+        s2cs_bin: s2cs.clone(),
+        listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port_range: (first, first + span),
+        tls: Some((env.cert.clone(), env.key.clone())),
+        state_dir: dir.path().join(name),
+        log: Some(dir.path().join(format!("{name}.log"))),
+        extra_args: vec![
+            format!("--peer-ca={}", env.ca.display()),
+            format!("--max-pending-per-identity={}", concurrency + 1),
+            "--drain-timeout=1s".into(),
+        ],
+    };
+    if u32::from(first_port) + u32::from(span) * 2 + 2 > 65535 {
+        return Err("the port ranges would pass 65535: lower --first-port or --pairs".into());
+    }
+    let hpc = LocalGateway::start(&gateway("hpc", first_port))?;
+    let inst = LocalGateway::start(&gateway("inst", first_port + span + 1))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let trust = Trust::Root(env.ca.clone());
+    runtime.block_on(async {
+        let err = |e: scistream_client::ClientError| e.to_string();
+        let h = scistream_client::connect(&hpc.control(), &trust, Auth::none())
+            .await
+            .map_err(err)?;
+        let i = scistream_client::connect(&inst.control(), &trust, Auth::none())
+            .await
+            .map_err(err)?;
+        let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let options = RequestOptions {
+            num_conn: 1,
+            rate_kbps: 0,
+        };
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..pairs)
+            .map(|_| {
+                let (h, i, o, gate) = (h.clone(), i.clone(), options.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+                    let t = Instant::now();
+                    let inbound = scistream_client::inbound_request(&h, "127.0.0.1", &[9], &o)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    scistream_client::outbound_request(
+                        &i,
+                        &inbound.uid,
+                        inbound.listeners,
+                        Vec::new(),
+                        &o,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((inbound.uid, t.elapsed()))
+                })
+            })
+            .collect();
+        let mut times = Vec::with_capacity(pairs);
+        let mut uids = Vec::with_capacity(pairs);
+        for t in tasks {
+            let (uid, took) = t.await.map_err(|e| e.to_string())??;
+            uids.push(uid);
+            times.push(took);
+        }
+        let total = started.elapsed();
+        for uid in &uids {
+            scistream_client::release(&i, uid).await.map_err(err)?;
+            scistream_client::release(&h, uid).await.map_err(err)?;
+        }
+        times.sort();
+        Ok(SetupReport {
+            pairs,
+            concurrency,
+            p50_ms: percentile(&times, 0.5),
+            p95_ms: percentile(&times, 0.95),
+            p99_ms: percentile(&times, 0.99),
+            max_ms: percentile(&times, 1.0),
+            pairs_per_s: pairs as f64 / total.as_secs_f64(),
+        })
+    })
+}

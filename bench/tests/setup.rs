@@ -1,0 +1,49 @@
+//! `s2bench setup` measures concurrent tunnel setups end to end.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use scistream_testkit::bin;
+
+#[test]
+fn setup_reports_latency_percentiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("setup.json");
+    let out = Command::new(bin("s2bench"))
+        .args([
+            "setup",
+            "--pairs",
+            "12",
+            "--concurrency",
+            "6",
+            "--first-port",
+            "5600",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("12 tunnel setups") && text.contains("p95"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (p50, p99, max) = (
+        v["p50_ms"].as_f64().unwrap(),
+        v["p99_ms"].as_f64().unwrap(),
+        v["max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{v}");
+    let out = Command::new(bin("s2bench"))
+        .args(["setup", "--pairs", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
