@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use scistream_client::{Auth, Trust};
 use scistream_protocol::pb::control_client::ControlClient;
 use scistream_protocol::pb::{Hello, Release, Request, UpdateTargets};
-use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_json, send_stream, strings};
+use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_tunnel, send_stream};
 
 /// A legitimate call over TLS: release of an unknown uid answers NOT_FOUND.
 async fn legit(gw: &Gw, pki: &Pki) {
@@ -160,32 +160,8 @@ fn plaintext_data_listeners_survive_scans_and_slowloris() {
     let args = ["--data-tls", "off", "--handshake-timeout", "1s"];
     let hpc = Gw::start(None, 4, &args);
     let inst = Gw::start(None, 4, &args);
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--insecure",
-        "--s2cs",
-        &hpc.control(),
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let inbound_listener = strings(&inbound, "listeners")[0].clone();
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--insecure",
-        "--s2cs",
-        &inst.control(),
-        "--num_conn",
-        "1",
-        uid,
-        &inbound_listener,
-    ]);
-    let entry = strings(&outbound, "listeners")[0].clone();
+    let ends = s2uc_tunnel(&hpc, &inst, None, "127.0.0.1", receiver.addr.port(), 1);
+    let (inbound_listener, entry) = (ends.inbound[0].clone(), ends.outbound[0].clone());
 
     // A port scan: connect and close, many times.
     for _ in 0..300 {

@@ -7,39 +7,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use scistream_testkit::{DigestReceiver, Gw, s2uc_json, strings};
+use scistream_testkit::{DigestReceiver, Gw, s2uc_tunnel};
 
 #[test]
 fn the_admin_idle_timeout_closes_only_silent_connections() {
     let receiver = DigestReceiver::start();
     let hpc = Gw::start(None, 4, &["--data-tls", "off"]);
     let inst = Gw::start(None, 4, &["--data-tls", "off", "--idle-timeout", "1s"]);
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--insecure",
-        "--s2cs",
-        &hpc.control(),
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--insecure",
-        "--s2cs",
-        &inst.control(),
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    let entry = strings(&outbound, "listeners")[0].clone();
+    let entry =
+        s2uc_tunnel(&hpc, &inst, None, "127.0.0.1", receiver.addr.port(), 1).outbound[0].clone();
 
     let mut silent = TcpStream::connect(&entry).unwrap();
     silent.write_all(b"x").unwrap();

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use scistream_client::payload::{Digest, Generator};
-use scistream_testkit::{DigestReceiver, Gw, s2uc_json, strings};
+use scistream_testkit::{DigestReceiver, Gw, s2uc_tunnel};
 
 #[test]
 fn thousands_of_concurrent_connections_through_one_session() {
@@ -26,32 +26,8 @@ fn thousands_of_concurrent_connections_through_one_session() {
     let args = ["--data-tls", "off", "--pipe-size", "64KiB"];
     let hpc = Gw::start(None, 4, &args);
     let inst = Gw::start(None, 4, &args);
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--insecure",
-        "--s2cs",
-        &hpc.control(),
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--insecure",
-        "--s2cs",
-        &inst.control(),
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    let entry = strings(&outbound, "listeners")[0].clone();
+    let entry =
+        s2uc_tunnel(&hpc, &inst, None, "127.0.0.1", receiver.addr.port(), 1).outbound[0].clone();
 
     // Open them all first (in batches, so the listen backlog keeps up), each
     // sending its own 1 KiB, and only then close them: all are open at once.

@@ -9,40 +9,14 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use scistream_client::payload::{Digest, Generator};
-use scistream_testkit::{DigestReceiver, Gw, Pki, refused, s2uc_json, strings};
+use scistream_testkit::{DigestReceiver, Gw, Pki, refused, s2uc_tunnel};
 
 /// A tunnel whose outbound gateway gets `inst_args`.
 fn tunnel(pki: &Pki, receiver: u16, inst_args: &[&str]) -> (Gw, Gw, Vec<String>) {
     let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
     let inst = Gw::start(Some(pki.gateway("inst")), 4, inst_args);
-    let ca = pki.ca.to_str().unwrap();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
-        &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        &receiver.to_string(),
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--s2cs",
-        &inst.control(),
-        "--server_cert",
-        ca,
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    (hpc, inst, strings(&outbound, "listeners"))
+    let outbound = s2uc_tunnel(&hpc, &inst, Some(&pki.ca), "127.0.0.1", receiver, 1).outbound;
+    (hpc, inst, outbound)
 }
 
 fn wait_refused(addr: &str) {

@@ -159,6 +159,60 @@ pub fn s2uc_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Both ends of a tunnel made with `s2uc`.
+#[derive(Debug, Clone)]
+pub struct TunnelEnds {
+    pub uid: String,
+    /// The inbound gateway's listeners.
+    pub inbound: Vec<String>,
+    /// The outbound gateway's listeners (where the instrument connects).
+    pub outbound: Vec<String>,
+}
+
+/// Use cases 1 and 2 with the `s2uc` binary: an inbound request on `hpc`
+/// to receivers at `remote_ip`:`receiver_port`, then the outbound request
+/// on `inst`. `ca` is the trust root, or `None` for `--insecure` gateways.
+pub fn s2uc_tunnel(
+    hpc: &Gw,
+    inst: &Gw,
+    ca: Option<&Path>,
+    remote_ip: &str,
+    receiver_port: u16,
+    num_conn: usize,
+) -> TunnelEnds {
+    let trust: Vec<String> = match ca {
+        Some(ca) => vec!["--server_cert".into(), ca.display().to_string()],
+        None => vec!["--insecure".into()],
+    };
+    let (port, n) = (receiver_port.to_string(), num_conn.to_string());
+    let mut args = vec!["inbound_request", "--s2cs"];
+    let hpc_control = hpc.control();
+    args.push(&hpc_control);
+    args.extend(trust.iter().map(String::as_str));
+    args.extend([
+        "--remote_ip",
+        remote_ip,
+        "--receiver_ports",
+        &port,
+        "--num_conn",
+        &n,
+    ]);
+    let inbound = s2uc_json(&args);
+    let uid = inbound["uid"].as_str().unwrap().to_owned();
+    let inbound = strings(&inbound, "listeners");
+    let joined = inbound.join(",");
+    let inst_control = inst.control();
+    let mut args = vec!["outbound_request", "--s2cs", &inst_control];
+    args.extend(trust.iter().map(String::as_str));
+    args.extend(["--num_conn", &n, &uid, &joined]);
+    let outbound = strings(&s2uc_json(&args), "listeners");
+    TunnelEnds {
+        uid,
+        inbound,
+        outbound,
+    }
+}
+
 /// The strings of a JSON list field.
 pub fn strings(v: &serde_json::Value, key: &str) -> Vec<String> {
     v[key]
