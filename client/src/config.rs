@@ -5,6 +5,8 @@
 //! or `s2uc --config FILE`:
 //!
 //! ```toml
+//! s2cs = "hpc-gw.example.org:5000"           # default --s2cs
+//! server_cert = "hpc-gw-ca.pem"              # default --server_cert (relative: to this file)
 //! auth_server = "https://auth.globus.org"   # or an OIDC issuer URL
 //! client_id = "4787c84e-9c55-4881-b941-cb6720cea11c"
 //! # redirect_uri = "..."                    # default: the server's code page
@@ -35,6 +37,11 @@ pub struct ClientConfig {
     pub redirect_uri: Option<String>,
     /// Extra CA certificate (PEM) for the auth server.
     pub auth_ca: Option<PathBuf>,
+    /// Default `--s2cs` (HOST:PORT) when the command line gives none.
+    pub s2cs: Option<String>,
+    /// Default `--server_cert` when the command line gives none; a relative
+    /// path is taken from the config file's directory.
+    pub server_cert: Option<PathBuf>,
     /// S2CS host (as in `--s2cs`, without the port) to scope.
     #[serde(default)]
     pub scopes: BTreeMap<String, String>,
@@ -55,6 +62,8 @@ impl Default for ClientConfig {
             client_id: default_client(),
             redirect_uri: None,
             auth_ca: None,
+            s2cs: None,
+            server_cert: None,
             scopes: BTreeMap::new(),
         }
     }
@@ -88,8 +97,29 @@ impl ClientConfig {
                 )));
             }
         };
-        toml::from_str(&text)
-            .map_err(|e| ClientError::Input(format!("config {}: {e}", path.display())))
+        let mut config: ClientConfig = toml::from_str(&text)
+            .map_err(|e| ClientError::Input(format!("config {}: {e}", path.display())))?;
+        if let Some(s2cs) = &config.s2cs {
+            if s2cs
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(ClientError::Input(format!(
+                    "config {}: s2cs = {s2cs:?} is not HOST:PORT",
+                    path.display()
+                )));
+            }
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.server_cert, &mut config.auth_ca]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(config)
     }
 
     /// The scope of an S2CS (`host:port`), from `[scopes]`.

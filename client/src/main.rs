@@ -25,7 +25,8 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
-    /// Configuration file (auth server, client id, S2CS-to-scope map).
+    /// Configuration file (default --s2cs and --server_cert, auth server,
+    /// client id, S2CS-to-scope map); flags given here win.
     /// Default: ~/.config/scistream/s2uc.toml when it exists.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -94,16 +95,14 @@ struct CheckAuthArgs {
 
 #[derive(Debug, Args)]
 struct ControlArgs {
-    /// The S2CS to talk to, HOST:PORT.
-    #[arg(long, default_value = "localhost:5000")]
-    s2cs: String,
-    /// PEM file to verify the S2CS with: its certificate or its CA.
-    #[arg(
-        long = "server_cert",
-        alias = "server-cert",
-        default_value = "server.crt"
-    )]
-    server_cert: PathBuf,
+    /// The S2CS to talk to, HOST:PORT [default: the config file's `s2cs`,
+    /// else localhost:5000].
+    #[arg(long)]
+    s2cs: Option<String>,
+    /// PEM file to verify the S2CS with: its certificate or its CA
+    /// [default: the config file's `server_cert`, else server.crt].
+    #[arg(long = "server_cert", alias = "server-cert")]
+    server_cert: Option<PathBuf>,
     /// Talk to an `s2cs --insecure` without TLS (development only).
     #[arg(long)]
     insecure: bool,
@@ -241,11 +240,48 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+impl ControlArgs {
+    fn s2cs(&self) -> &str {
+        self.s2cs.as_deref().unwrap_or("localhost:5000")
+    }
+
+    fn server_cert(&self) -> &std::path::Path {
+        self.server_cert
+            .as_deref()
+            .unwrap_or(std::path::Path::new("server.crt"))
+    }
+
+    /// Fills what the command line left out from the config file.
+    fn default_from(&mut self, config: &ClientConfig) {
+        if self.s2cs.is_none() {
+            self.s2cs.clone_from(&config.s2cs);
+        }
+        if self.server_cert.is_none() {
+            self.server_cert.clone_from(&config.server_cert);
+        }
+    }
+}
+
+impl Cmd {
+    /// The control-server options of commands that talk to an S2CS.
+    fn control_mut(&mut self) -> Option<&mut ControlArgs> {
+        match self {
+            Cmd::InboundRequest(a) => Some(&mut a.control),
+            Cmd::OutboundRequest(a) => Some(&mut a.control),
+            Cmd::Hello(a) => Some(&mut a.control),
+            Cmd::List(a) => Some(&mut a.control),
+            Cmd::Status(a) => Some(&mut a.control),
+            Cmd::Release(a) => Some(&mut a.control),
+            _ => None,
+        }
+    }
+}
+
 fn trust(c: &ControlArgs) -> Trust {
     if c.insecure {
         Trust::Insecure
     } else {
-        Trust::Root(c.server_cert.clone())
+        Trust::Root(c.server_cert().to_owned())
     }
 }
 
@@ -293,7 +329,7 @@ async fn auth(config: &ClientConfig, c: &ControlArgs) -> Result<Auth, ClientErro
     scistream_client::auth::bearer_for(
         config,
         c.scope.as_deref(),
-        &c.s2cs,
+        c.s2cs(),
         &TokenStore::default_path(),
     )
     .await
@@ -301,6 +337,10 @@ async fn auth(config: &ClientConfig, c: &ControlArgs) -> Result<Auth, ClientErro
 
 async fn run(cli: Cli) -> Result<(), anyhow::Error> {
     let mut config = ClientConfig::load(cli.config.as_deref())?;
+    let mut cli = cli;
+    if let Some(c) = cli.command.control_mut() {
+        c.default_from(&config);
+    }
     match cli.command {
         Cmd::Login(a) => {
             if let Some(server) = a.auth_server {
@@ -398,7 +438,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             let ports = parse_ports(&a.receiver_ports)?;
             receiver_endpoints(&a.remote_ip, &ports)?;
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )
@@ -409,7 +449,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             };
             let t =
                 scistream_client::inbound_request(&conn, &a.remote_ip, &ports, &options).await?;
-            print_tunnel(&t, cli.json, &a.control.s2cs);
+            print_tunnel(&t, cli.json, a.control.s2cs());
         }
         Cmd::OutboundRequest(a) => {
             let listeners = parse_listeners(&a.inbound_listeners)?;
@@ -420,7 +460,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 _ => Vec::new(),
             };
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )
@@ -432,13 +472,13 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             let t =
                 scistream_client::outbound_request(&conn, &a.uid, listeners, announce, &options)
                     .await?;
-            print_tunnel(&t, cli.json, &a.control.s2cs);
+            print_tunnel(&t, cli.json, a.control.s2cs());
         }
         Cmd::Release(a) => {
             scistream_protocol::validate_uid(&a.uid)
                 .map_err(|e| ClientError::Input(format!("UID: {e}")))?;
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )
@@ -447,15 +487,15 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             if cli.json {
                 println!(
                     "{}",
-                    json!({"uid": a.uid, "released": true, "s2cs": a.control.s2cs})
+                    json!({"uid": a.uid, "released": true, "s2cs": a.control.s2cs()})
                 );
             } else {
-                println!("Released {} on {}.", a.uid, a.control.s2cs);
+                println!("Released {} on {}.", a.uid, a.control.s2cs());
             }
         }
         Cmd::List(a) => {
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )
@@ -466,9 +506,9 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                     .iter()
                     .map(scistream_client::tunnel::status_json)
                     .collect();
-                println!("{}", json!({"s2cs": a.control.s2cs, "sessions": v}));
+                println!("{}", json!({"s2cs": a.control.s2cs(), "sessions": v}));
             } else if sessions.is_empty() {
-                println!("No session of yours on {}.", a.control.s2cs);
+                println!("No session of yours on {}.", a.control.s2cs());
             } else {
                 for s in &sessions {
                     print!("{}", scistream_client::tunnel::status_text(s, false));
@@ -477,7 +517,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
         }
         Cmd::Status(a) => {
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )
@@ -489,7 +529,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                         .iter()
                         .map(scistream_client::tunnel::status_json)
                         .collect();
-                    println!("{}", json!({"s2cs": a.control.s2cs, "sessions": v}));
+                    println!("{}", json!({"s2cs": a.control.s2cs(), "sessions": v}));
                 } else {
                     if a.watch {
                         // Clear the screen and go home, like top.
@@ -511,7 +551,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 .parse()
                 .map_err(|e| ClientError::Input(format!("--role: {e}")))?;
             let conn = connect(
-                &a.control.s2cs,
+                a.control.s2cs(),
                 &trust(&a.control),
                 auth(&config, &a.control).await?,
             )

@@ -148,3 +148,54 @@ fn json_errors_carry_the_grpc_code() {
             .contains("no-such-uid")
     );
 }
+
+#[test]
+fn config_file_gives_default_s2cs_and_server_cert_and_flags_win() {
+    let pki = Pki::new();
+    let gw = Gw::start(Some(pki.gateway("hpc")), 2, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&pki.ca, dir.path().join("gw-ca.crt")).unwrap();
+    let config = dir.path().join("s2uc.toml");
+    let control = gw.control();
+    // A relative server_cert is taken from the config file's directory.
+    std::fs::write(
+        &config,
+        format!("s2cs = \"{control}\"\nserver_cert = \"gw-ca.crt\"\n"),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = s2uc(&["--config", cfg, "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["s2cs"], control.as_str());
+
+    // The flag wins over the file.
+    let out = s2uc(&["--config", cfg, "list", "--s2cs", "localhost:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("localhost:1"), "{}", stderr(&out));
+    let stranger = pki.stranger_ca();
+    let out = s2uc(&[
+        "--config",
+        cfg,
+        "list",
+        "--server_cert",
+        stranger.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(stranger.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+
+    // Bad values and unknown keys are named (exit 2: bad input).
+    std::fs::write(&config, "s2cs = \"hpc-gw\"\n").unwrap();
+    let out = s2uc(&["--config", cfg, "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("s2cs") && err.contains("HOST:PORT"), "{err}");
+    std::fs::write(&config, "server_crt = \"x.pem\"\n").unwrap();
+    let out = s2uc(&["--config", cfg, "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("server_crt"), "{}", stderr(&out));
+}

@@ -1,6 +1,6 @@
 //! `s2cs` configuration: command-line options, their defaults and validation.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -294,6 +294,13 @@ pub struct Config {
     #[arg(long = "check-config", alias = "check_config")]
     pub check_config: bool,
 
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics.
+    /// ADDR is IP:PORT, or a bare PORT meaning 127.0.0.1:PORT. Off by
+    /// default; it shows session uids, so keep it on loopback or a
+    /// management network.
+    #[arg(long = "metrics-addr", alias = "metrics_addr", value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Log lines as `text` (for people) or `json` (one object per line, for
     /// log shippers).
     #[arg(long = "log-format", alias = "log_format", default_value = "text", value_parser = ["text", "json"])]
@@ -302,6 +309,16 @@ pub struct Config {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare `PORT` on loopback.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an address: give IP:PORT (e.g. 127.0.0.1:9464) or a port")
+    })
 }
 
 const AFTER_HELP: &str = "\

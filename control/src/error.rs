@@ -61,6 +61,25 @@ impl ControlError {
     }
 }
 
+impl ControlError {
+    /// A short name for the kind of failure, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlError::InvalidArgument(_) => "invalid_argument",
+            ControlError::NotFound(_) => "not_found",
+            ControlError::AlreadyExists(_) => "already_exists",
+            ControlError::ResourceExhausted(_) => "resource_exhausted",
+            ControlError::FailedPrecondition(_) => "failed_precondition",
+            ControlError::DeadlineExceeded(_) => "deadline_exceeded",
+            ControlError::Aborted(_) => "aborted",
+            ControlError::Unavailable(_) => "unavailable",
+            ControlError::Unauthenticated(_) => "unauthenticated",
+            ControlError::PermissionDenied(_) => "permission_denied",
+            ControlError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
         Status::new(e.code(), e.to_string())

@@ -12,6 +12,7 @@ pub mod config;
 pub mod config_file;
 pub mod dataplane;
 pub mod error;
+pub mod metrics;
 pub mod ports;
 pub mod server;
 pub mod service;

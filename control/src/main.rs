@@ -71,9 +71,18 @@ fn main() -> ExitCode {
             return ExitCode::from(71);
         }
     };
-    let result = runtime.block_on(run(config, shutdown_signal(), |addr| {
-        // One machine-readable line on stdout, for scripts and tests that start s2cs with --port 0.
+    // Handlers are in place before s2cs says it is ready.
+    let shutdown = {
+        let _inside = runtime.enter();
+        shutdown_signal()
+    };
+    let result = runtime.block_on(run(config, shutdown, |addr, metrics| {
+        // Machine-readable lines on stdout, for scripts and tests that start
+        // s2cs with --port 0: the control address first, always.
         println!("s2cs listening on {addr}");
+        if let Some(m) = metrics {
+            println!("s2cs metrics on {m}");
+        }
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,18 +93,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Catches SIGTERM and SIGINT from now on (inside the runtime); the
+/// future completes at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we still serve; Ctrl-C then kills the process.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers we still serve; Ctrl-C then kills the process.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

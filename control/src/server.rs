@@ -70,6 +70,14 @@ pub enum RunError {
         /// Why.
         source: io::Error,
     },
+    /// The metrics port could not be bound.
+    #[error("cannot listen on {addr} for metrics: {source} (choose another --metrics-addr)")]
+    MetricsListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// The data plane did not start.
     #[error(transparent)]
     DataPlane(#[from] StartError),
@@ -129,11 +137,12 @@ pub fn check_config(config: &Config) -> Result<Vec<String>, RunError> {
 }
 
 /// Runs `s2cs` until `shutdown` completes. `on_listening` is called with the
-/// bound control address once the service accepts calls.
+/// bound control address (and the metrics address, if any) once the service
+/// accepts calls.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<(), RunError> {
     let tls = if config.insecure {
         warn!(
@@ -179,6 +188,15 @@ pub async fn run(
         addr: control_addr,
         source,
     })?;
+
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|source| RunError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
 
     let store_path = state_dir.join("sessions.redb");
     let store = Arc::new(SessionStore::open(&store_path).map_err(RunError::Store)?);
@@ -229,11 +247,21 @@ pub async fn run(
         );
     }
 
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (_metrics_task, metrics_local) = match metrics_listener {
+        Some(l) => {
+            let local = l.local_addr().ok();
+            let task = tokio::spawn(crate::metrics::serve(l, metrics.clone(), registry.clone()));
+            (Some(AbortOnDrop(task)), local)
+        }
+        None => (None, None),
+    };
     let in_flight = Arc::new(InFlight::default());
     let service = ControlServer::new(ControlService::new(
         registry.clone(),
         in_flight.clone(),
         auth.clone(),
+        metrics,
     ))
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
@@ -254,7 +282,14 @@ pub async fn run(
         state_dir = %state_dir.display(),
         "s2cs ready"
     );
-    on_listening(local);
+    // Signal handlers first: systemd may send SIGHUP as soon as it hears
+    // READY, and SIGHUP's default action would end the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    if let Err(e) = &hup {
+        warn!(error = %e, "cannot catch SIGHUP: files are read at start only");
+    }
+    on_listening(local, metrics_local);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     // The control certificate is re-read on SIGHUP; connections keep theirs.
     let acceptor =
         tls.map(|t| Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(t))));
@@ -262,9 +297,11 @@ pub async fn run(
         .clone()
         .map(|a| (a, config.server_crt.clone(), config.server_key.clone()));
     let _reload = AbortOnDrop(tokio::spawn(reload_on_sighup(
+        hup.ok(),
         auth.clone(),
         access.clone(),
         cert_reload,
+        data_tls.map(|files| (registry.clone(), files)),
     )));
 
     // Graceful stop: on the signal, tonic stops taking new calls and lets
@@ -303,6 +340,7 @@ pub async fn run(
     let result = tokio::select! {
         r = &mut serve => r,
         () = shutdown => {
+            notify_systemd(&[sd_notify::NotifyState::Stopping]);
             let _ = signal_tx.send(true);
             // Idle client connections would hold tonic's graceful stop open
             // forever: stop once the calls in flight are done (their
@@ -394,17 +432,22 @@ type SharedAcceptor = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>;
 /// on each SIGHUP. A certificate that does not load is refused (with an
 /// error) and the one in use is kept.
 async fn reload_on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
     auth: Arc<crate::auth::Authenticator>,
     access: Arc<crate::access::Access>,
     cert: Option<(SharedAcceptor, PathBuf, PathBuf)>,
+    data_tls: Option<(Arc<Registry>, crate::config::DataTls)>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot catch SIGHUP: files are read at start only");
+    let Some(mut hup) = hup else {
         return;
     };
     while hup.recv().await.is_some() {
-        info!("SIGHUP: re-reading the certificate, tokens and identities files");
+        let now = sd_notify::NotifyState::monotonic_usec_now();
+        match now {
+            Ok(now) => notify_systemd(&[sd_notify::NotifyState::Reloading, now]),
+            Err(_) => notify_systemd(&[sd_notify::NotifyState::Reloading]),
+        }
+        info!("SIGHUP: re-reading certificates, the peer CA bundle, tokens and identities files");
         auth.reload();
         access.reload();
         if let Some((acceptor, crt, key)) = &cert {
@@ -419,6 +462,41 @@ async fn reload_on_sighup(
                 }
             }
         }
+        if let Some((registry, files)) = &data_tls {
+            reload_data_tls(registry, files).await;
+        }
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// The data channel's certificate, key and peer CA: checked here, then
+/// re-read by `s2ds`; a broken file keeps the ones in use.
+async fn reload_data_tls(registry: &Registry, files: &crate::config::DataTls) {
+    let checked = tls::load_certs("--data-cert", &files.cert)
+        .and_then(|_| tls::load_key("--data-key", &files.key))
+        .and_then(|_| tls::load_certs("--peer-ca", &files.peer_ca));
+    if let Err(e) = checked {
+        error!(error = %e, "the new data-channel TLS files are refused; the data plane keeps the ones in use");
+        return;
+    }
+    match registry.reload_dataplane_tls().await {
+        Ok(()) => info!(
+            cert = %files.cert.display(),
+            peer_ca = %files.peer_ca.display(),
+            "data-channel certificate and peer CA re-read; new connections use them"
+        ),
+        Err(e) => {
+            error!(error = %e, "the data plane refused the new TLS files; it keeps the ones in use")
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify` / `notify-reload`) about readiness, reloads
+/// and stopping; does nothing when not started by systemd (no
+/// `NOTIFY_SOCKET`).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "cannot notify systemd through NOTIFY_SOCKET");
     }
 }
 

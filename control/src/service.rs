@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use scistream_protocol::pb;
 use scistream_protocol::pb::control_server::Control;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::auth::{Authenticator, Identity};
 use crate::error::ControlError;
@@ -61,6 +61,7 @@ pub struct ControlService {
     in_flight: Arc<InFlight>,
     auth: Arc<Authenticator>,
     rates: Arc<crate::status::RateMemory>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ControlService {
@@ -70,12 +71,14 @@ impl ControlService {
         registry: Arc<Registry>,
         in_flight: Arc<InFlight>,
         auth: Arc<Authenticator>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         ControlService {
             registry,
             in_flight,
             auth,
             rates: Arc::default(),
+            metrics,
         }
     }
 
@@ -95,10 +98,17 @@ impl ControlService {
         let who = self.auth.authenticate(request.metadata()).await;
         let m = request.into_inner();
         let uid = loggable(uid_of(&m));
+        // Every line logged while serving the call names the rpc and session.
+        let span = tracing::info_span!("call", rpc, uid = %uid);
         let (who, r) = match who {
-            Ok(who) => (Some(who.clone()), op(who, m).await),
+            Ok(who) => (Some(who.clone()), op(who, m).instrument(span).await),
             Err(e) => (None, Err(e)),
         };
+        self.metrics.observe_call(
+            rpc,
+            r.as_ref().map(|_| ()).map_err(ControlError::kind),
+            started.elapsed(),
+        );
         finish(rpc, &uid, who.as_ref(), self.auth.mode(), started, r)
     }
 }

@@ -223,9 +223,10 @@ impl Drop for PendingReq<'_> {
         {
             if let Some(s) = table.sessions.remove(&self.key) {
                 let ports: Vec<u16> = s.listeners.iter().map(|l| l.addr.port()).collect();
+                let (owner, listeners) = (s.owner.to_string(), s.listener_strings());
                 drop(s);
                 table.ports.free(ports);
-                info!(uid = %self.key.uid, role = %self.key.role, "request ended before its hello; ports freed");
+                info!(event = "timed_out", uid = %self.key.uid, role = %self.key.role, %owner, ?listeners, "request ended before its hello; ports freed");
             }
         }
     }
@@ -419,7 +420,7 @@ impl Registry {
             armed: true,
         };
         self.new_session.notify_waiters();
-        info!(uid = %key.uid, role = %role, owner = %who, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
+        info!(event = "requested", uid = %key.uid, role = %role, owner = %who, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
 
         let waited = tokio::time::timeout(self.timing.hello_timeout, hello_rx).await;
         let table = self.lock();
@@ -450,9 +451,10 @@ impl Registry {
             listeners: session.listener_strings(),
             prod_listeners,
         };
+        let owner = session.owner.to_string();
         drop(table);
         pending.armed = false;
-        info!(uid = %key.uid, role = %role, "ready");
+        info!(event = "ready", uid = %key.uid, role = %role, %owner, listeners = ?response.listeners, "ready");
         Ok(response)
     }
 
@@ -664,7 +666,7 @@ impl Registry {
                 self.persist(&key, s)?;
             }
         }
-        info!(uid = %key.uid, role = %key.role, targets = ?targets.0, "updated; forwarding");
+        info!(event = "updated", uid = %key.uid, role = %key.role, owner = %who, targets = ?targets.0, "updated; forwarding");
         Ok(pb::Response {
             listeners,
             prod_listeners: targets.0,
@@ -726,9 +728,10 @@ impl Registry {
                 }
             }
             let ports: Vec<u16> = session.listeners.iter().map(|l| l.addr.port()).collect();
+            let (owner, listeners) = (session.owner.to_string(), session.listener_strings());
             drop(session);
             self.lock().ports.free(ports);
-            info!(uid = %key.uid, role = %key.role, by = %who, "released");
+            info!(event = "released", uid = %key.uid, role = %key.role, %owner, by = %who, ?listeners, "released");
         }
         Ok(pb::Response::default())
     }

@@ -140,3 +140,59 @@ fn s2uc_status_and_list_as_json() {
     let v = s2uc_json(&["list", "--s2cs", &hpc.control(), "--server_cert", ca]);
     assert_eq!(v["sessions"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn s2uc_status_watch_refreshes_until_the_session_is_gone() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new();
+    let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
+    let inst = Gw::start(Some(pki.gateway("inst")), 4, &[]);
+    let receiver = DigestReceiver::start();
+    let ca = pki.ca.to_str().unwrap();
+    let control = hpc.control();
+    let t = scistream_testkit::s2uc_tunnel(
+        &hpc,
+        &inst,
+        Some(&pki.ca),
+        "127.0.0.1",
+        receiver.addr.port(),
+        1,
+    );
+    let (uid, entry) = (t.uid.clone(), t.outbound[0].clone());
+    let mut watch = Command::new(scistream_testkit::bin("s2uc"))
+        .args(["status", "--s2cs", &control, "--server_cert", ca, &uid])
+        .args(["--watch", "--interval", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut bytes = || {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["sessions"][0]["uid"], uid.as_str());
+        v["sessions"][0]["bytes_to_target"].as_u64().unwrap()
+    };
+    let first = bytes();
+    // Traffic between two refreshes shows in the next ones.
+    send_stream(&entry, 3, 2 << 20);
+    receiver.next(Duration::from_secs(30));
+    let mut later = bytes();
+    for _ in 0..5 {
+        if later >= first + (2 << 20) {
+            break;
+        }
+        later = bytes();
+    }
+    assert_eq!(later - first, 2 << 20, "the watch shows the 2 MiB sent");
+
+    // Released: the watch stops with the reason, not a loop of errors.
+    let r = scistream_testkit::s2uc(&["release", "--s2cs", &control, "--server_cert", ca, &uid]);
+    assert!(r.status.success());
+    let out = watch.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&uid) || err.contains("no session"), "{err}");
+}

@@ -172,6 +172,10 @@ pub enum Command {
         /// The session.
         key: SessionKey,
     },
+    /// Read the data-channel certificate, key and peer CA files again; new
+    /// connections use them, open ones keep theirs. A file that does not
+    /// load fails the command and the configuration in use stays.
+    ReloadTls,
 }
 
 /// A [`Command`] with the id its reply will carry.

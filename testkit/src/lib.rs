@@ -346,3 +346,31 @@ pub fn have_root(test: &str) -> bool {
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
+
+/// The pid of the `s2ds` that the `s2cs` with pid `s2cs` started.
+pub fn s2ds_pid(s2cs: u32) -> u32 {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        let Some((comm_end, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if comm_end.ends_with("(s2ds") && ppid == Some(s2cs) {
+            return pid;
+        }
+    }
+    panic!("no s2ds started by s2cs {s2cs}");
+}
+
+/// Descriptors open in process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

@@ -502,7 +502,7 @@ impl Worker {
                     uid: uid.to_string(),
                 };
                 let config = if tls {
-                    match &self.options.tls.client {
+                    match self.options.tls.client() {
                         Some(config) => Some((config, server_name.as_str())),
                         None => {
                             self.reject(
@@ -515,7 +515,7 @@ impl Worker {
                 } else {
                     None
                 };
-                match Outbound::new(config, &preamble) {
+                match Outbound::new(config.as_ref().map(|(c, n)| (c, *n)), &preamble) {
                     Ok(outbound) => {
                         if let Some(c) = self.conns.get_mut(slot) {
                             c.state = ConnState::Offering(Box::new(outbound));

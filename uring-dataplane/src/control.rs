@@ -97,6 +97,18 @@ impl DataPlane {
             Command::RemoveSession { key } => self.remove_session(&key),
             Command::Stats => self.stats(),
             Command::Drain => self.drain(),
+            Command::ReloadTls => match self.tls.reload() {
+                Ok(()) => {
+                    tracing::info!(
+                        "data-channel certificate, key and peer CA re-read; new connections use them"
+                    );
+                    Outcome::Done
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "data-channel TLS files refused; keeping the ones in use");
+                    failed(e.to_string())
+                }
+            },
             Command::ExportListeners { key } => match self.listeners.get(&key) {
                 Some(l) => Outcome::Listeners {
                     addrs: l.iter().map(|(a, _)| *a).collect(),
@@ -207,10 +219,10 @@ impl DataPlane {
     /// Refuses sessions this data plane cannot serve, with what is missing.
     fn check_channel(&self, spec: &SessionSpec) -> Result<(), String> {
         match &spec.channel {
-            DataChannel::FromPeer { tls: true } if self.tls.server.is_none() => {
+            DataChannel::FromPeer { tls: true } if self.tls.server().is_none() => {
                 Err("the TLS data channel needs a certificate: s2cs --data-cert/--data-key (default --server_crt/--server_key)".into())
             }
-            DataChannel::ToPeer { tls: true, .. } if self.tls.client.is_none() => {
+            DataChannel::ToPeer { tls: true, .. } if self.tls.client().is_none() => {
                 Err("the TLS data channel needs the peer facilities' CA: s2cs --peer-ca FILE".into())
             }
             DataChannel::ToPeer { server_names, .. } if server_names.len() != spec.targets.len() => {

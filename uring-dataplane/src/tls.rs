@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -36,13 +36,21 @@ pub struct TlsFiles {
     pub prefer_chacha: bool,
 }
 
-/// The configurations, when the files allow them.
+/// The configurations the files allow, shared by every worker and
+/// replaced as a whole by [`TlsContext::reload`] (connections keep the
+/// configuration they started with).
 #[derive(Debug, Clone, Default)]
 pub struct TlsContext {
+    files: TlsFiles,
+    current: Arc<RwLock<TlsConfigs>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TlsConfigs {
     /// For `FromPeer` sessions (needs cert and key).
-    pub server: Option<Arc<ServerConfig>>,
+    server: Option<Arc<ServerConfig>>,
     /// For `ToPeer` sessions (needs the peer CA).
-    pub client: Option<Arc<ClientConfig>>,
+    client: Option<Arc<ClientConfig>>,
 }
 
 /// A problem with the TLS files.
@@ -107,6 +115,40 @@ fn provider_for(prefer_chacha: bool) -> Arc<rustls::crypto::CryptoProvider> {
 impl TlsContext {
     /// Builds what the files allow; an unreadable or inconsistent file is an error.
     pub fn load(files: &TlsFiles) -> Result<TlsContext, TlsFileError> {
+        Ok(TlsContext {
+            files: files.clone(),
+            current: Arc::new(RwLock::new(TlsConfigs::load(files)?)),
+        })
+    }
+
+    /// The server configuration new inbound connections use, if any.
+    pub fn server(&self) -> Option<Arc<ServerConfig>> {
+        self.read().server.clone()
+    }
+
+    /// The client configuration new outbound connections use, if any.
+    pub fn client(&self) -> Option<Arc<ClientConfig>> {
+        self.read().client.clone()
+    }
+
+    /// Reads the same files again (a renewed certificate, a changed peer
+    /// CA bundle); new connections use the result. When a file does not
+    /// load, the configuration in use is kept and the error returned.
+    pub fn reload(&self) -> Result<(), TlsFileError> {
+        let fresh = TlsConfigs::load(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TlsConfigs> {
+        // Replaced as a whole, never left half-written: a poisoned lock
+        // still holds a consistent value.
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl TlsConfigs {
+    fn load(files: &TlsFiles) -> Result<TlsConfigs, TlsFileError> {
         let provider = || provider_for(files.prefer_chacha);
         let identity = match (&files.cert, &files.key) {
             (Some(c), Some(k)) => {
@@ -181,7 +223,7 @@ impl TlsContext {
             }
             None => None,
         };
-        Ok(TlsContext { server, client })
+        Ok(TlsConfigs { server, client })
     }
 }
 

@@ -587,7 +587,7 @@ impl Worker {
         let (state, deadline) = match &channel {
             ListenerChannel::FromPeer { tls, .. } => {
                 let config = if *tls {
-                    match &self.options.tls.server {
+                    match self.options.tls.server() {
                         Some(c) => Some(c),
                         None => {
                             bump(&counters.rejected, 1);
@@ -599,7 +599,7 @@ impl Worker {
                 } else {
                     None
                 };
-                match Inbound::new(config) {
+                match Inbound::new(config.as_ref()) {
                     Ok(inbound) => (
                         ConnState::Preamble(Box::new(inbound)),
                         Some(Instant::now() + self.options.handshake_timeout),

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use scistream_protocol::Endpoint;
 use scistream_protocol::handoff::{Command, Outcome, SessionKey, SessionStats};
 
-use super::{Phase, Registry};
+use super::{Phase, Registry, Session};
 use crate::auth::Identity;
 use crate::dataplane::DataPlaneError;
 
@@ -33,12 +33,25 @@ impl Registry {
     /// administrator), optionally only those of `uid`.
     pub fn views(&self, who: &Identity, uid: Option<&str>) -> Vec<SessionView> {
         let admin = self.policy.access.is_admin(who);
+        self.views_where(|k, s| uid.is_none_or(|u| k.uid == u) && (admin || who.is(&s.owner.id)))
+    }
+
+    /// Every session, for the metrics endpoint (which shows no owners).
+    pub fn all_views(&self) -> Vec<SessionView> {
+        self.views_where(|_, _| true)
+    }
+
+    /// How many times the data plane was restarted after dying.
+    pub fn dataplane_restarts(&self) -> u64 {
+        self.dataplane.restarts()
+    }
+
+    fn views_where(&self, keep: impl Fn(&SessionKey, &Session) -> bool) -> Vec<SessionView> {
         let table = self.lock();
         table
             .sessions
             .iter()
-            .filter(|(k, _)| uid.is_none_or(|u| k.uid == u))
-            .filter(|(_, s)| admin || who.is(&s.owner.id))
+            .filter(|(k, s)| keep(k, s))
             .map(|(k, s)| SessionView {
                 key: k.clone(),
                 owner: s.owner.clone(),
@@ -57,6 +70,16 @@ impl Registry {
                 created: s.created,
             })
             .collect()
+    }
+
+    /// Has the data plane read its TLS files again (SIGHUP).
+    pub async fn reload_dataplane_tls(&self) -> Result<(), DataPlaneError> {
+        match self.dataplane.call(Command::ReloadTls, Vec::new()).await? {
+            Outcome::Done => Ok(()),
+            other => Err(DataPlaneError::Failed(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
     }
 
     /// The data plane's counters for every session it forwards.

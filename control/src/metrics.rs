@@ -1,0 +1,292 @@
+//! Prometheus metrics of `s2cs`, served at `--metrics-addr` (`/metrics`).
+//!
+//! Two kinds of series:
+//! - kept here as calls happen: calls per rpc and outcome, call latency
+//!   per rpc, control failures by kind;
+//! - read at each scrape: sessions by phase, each live session's bytes and
+//!   connections (from `s2ds`'s counters), data-plane restarts. A released
+//!   session is simply absent from the next scrape, so label cardinality is
+//!   bounded by the sessions alive, never by history.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as MetricRegistry;
+use scistream_protocol::handoff::{SessionKey, SessionStats};
+use tracing::{info, warn};
+
+use crate::sessions::Registry;
+
+/// The phases a session goes through, each reported even when empty.
+const PHASES: [&str; 3] = ["awaiting_hello", "ready", "forwarding"];
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn rpc_histogram() -> Histogram {
+    // 1 ms .. ~33 s: a `req` may wait for its hello for a long time.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The metrics of one `s2cs`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: MetricRegistry,
+    calls: Family<Labels, Counter>,
+    call_seconds: HistogramFamily,
+    failures: Family<Labels, Counter>,
+    snapshot: Arc<Snapshot>,
+    scrape_lock: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics, every family registered.
+    pub fn new() -> Self {
+        let mut registry = MetricRegistry::with_prefix("scistream");
+        let calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "control_calls",
+            "Control calls answered, by rpc and outcome (ok or the gRPC code)",
+            calls.clone(),
+        );
+        let call_seconds = HistogramFamily::new_with_constructor(rpc_histogram);
+        registry.register(
+            "control_call_duration_seconds",
+            "Time to answer a control call, by rpc",
+            call_seconds.clone(),
+        );
+        let failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "control_failures",
+            "Control calls refused or failed, by kind (unauthenticated, permission_denied, invalid_argument, resource_exhausted, ...)",
+            failures.clone(),
+        );
+        let snapshot = Arc::new(Snapshot::default());
+        registry.register_collector(Box::new(snapshot.clone()));
+        Metrics {
+            registry,
+            calls,
+            call_seconds,
+            failures,
+            snapshot,
+            scrape_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Records one answered call: `Err(kind)` for a failure.
+    pub fn observe_call(
+        &self,
+        rpc: &'static str,
+        outcome: Result<(), &'static str>,
+        took: Duration,
+    ) {
+        let outcome_label = match outcome {
+            Ok(()) => "ok",
+            Err(kind) => {
+                self.failures
+                    .get_or_create(&vec![("kind", kind.to_owned())])
+                    .inc();
+                kind
+            }
+        };
+        self.calls
+            .get_or_create(&vec![
+                ("rpc", rpc.to_owned()),
+                ("outcome", outcome_label.to_owned()),
+            ])
+            .inc();
+        self.call_seconds
+            .get_or_create(&vec![("rpc", rpc.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Reads the live state from `sessions` and renders the OpenMetrics text.
+    pub async fn scrape(&self, sessions: &Registry) -> String {
+        // One scrape at a time, so each encodes the state it read.
+        let _one = self.scrape_lock.lock().await;
+        let views = sessions.all_views();
+        let stats = sessions.dataplane_stats().await;
+        let mut live = Live {
+            restarts: sessions.dataplane_restarts(),
+            dataplane_up: stats.is_ok(),
+            ..Live::default()
+        };
+        let stats: HashMap<SessionKey, SessionStats> = stats
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.key.clone(), s))
+            .collect();
+        for v in views {
+            *live.phases.entry(v.phase).or_default() += 1;
+            let st = stats.get(&v.key).cloned().unwrap_or_default();
+            live.sessions.push((v.key, st));
+        }
+        let mut out = String::new();
+        *self.snapshot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            warn!(error = %e, "encoding the metrics failed");
+        }
+        out
+    }
+}
+
+/// What a scrape reads from the sessions and the data plane.
+#[derive(Debug, Default)]
+struct Live {
+    phases: HashMap<&'static str, u64>,
+    sessions: Vec<(SessionKey, SessionStats)>,
+    restarts: u64,
+    dataplane_up: bool,
+}
+
+/// The collector of the per-scrape series.
+#[derive(Debug, Default)]
+struct Snapshot {
+    live: Mutex<Live>,
+}
+
+fn session_labels(key: &SessionKey) -> Labels {
+    vec![("uid", key.uid.clone()), ("role", key.role.to_string())]
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+
+        let gauge = ConstGauge::new(0i64);
+        let mut m = encoder.encode_descriptor(
+            "sessions",
+            "Sessions on this gateway, by phase",
+            None,
+            gauge.metric_type(),
+        )?;
+        for phase in PHASES {
+            let n = live.phases.get(phase).copied().unwrap_or(0);
+            let labels = [("phase", phase)];
+            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        }
+
+        let c = ConstCounter::new(live.restarts);
+        c.encode(encoder.encode_descriptor(
+            "dataplane_restarts",
+            "Times s2ds died and was started again",
+            None,
+            c.metric_type(),
+        )?)?;
+        let up = ConstGauge::new(i64::from(live.dataplane_up));
+        up.encode(encoder.encode_descriptor(
+            "dataplane_up",
+            "1 when s2ds answered this scrape, 0 when it did not",
+            None,
+            up.metric_type(),
+        )?)?;
+
+        let mut m = encoder.encode_descriptor(
+            "session_bytes",
+            "Bytes forwarded by a live session, by direction (to_target: from the accepted clients towards the targets)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (key, st) in &live.sessions {
+            for (direction, bytes) in [
+                ("to_target", st.bytes_to_target),
+                ("from_target", st.bytes_from_target),
+            ] {
+                let mut labels = session_labels(key);
+                labels.push(("direction", direction.to_owned()));
+                ConstCounter::new(bytes).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "session_connections_open",
+            "Data connections open now, per live session",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (key, st) in &live.sessions {
+            let labels = session_labels(key);
+            ConstGauge::new(st.conns_open as i64).encode(m.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "session_connections",
+                "Data connections accepted, per live session",
+                (|s: &SessionStats| s.conns_total) as fn(&SessionStats) -> u64,
+            ),
+            (
+                "session_connection_errors",
+                "Data connections that failed (target unreachable, reset, I/O error), per live session",
+                |s| s.errors,
+            ),
+            (
+                "session_connections_rejected",
+                "Data connections refused during setup (TLS handshake, preamble, timeout), per live session",
+                |s| s.rejected,
+            ),
+        ] {
+            let mut m = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (key, st) in &live.sessions {
+                let labels = session_labels(key);
+                ConstCounter::new(value(st)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Registry>,
+) {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            let sessions = sessions.clone();
+            async move {
+                let body = metrics.scrape(&sessions).await;
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+/// Binds the metrics endpoint (so a taken port stops the start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    if let Ok(local) = listener.local_addr() {
+        info!(metrics = %local, "serving Prometheus metrics at http://{local}/metrics");
+    }
+    Ok(listener)
+}
