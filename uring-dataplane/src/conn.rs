@@ -211,18 +211,7 @@ impl Worker {
     fn plain_relay(&mut self) -> io::Result<Relay> {
         match self.options.forward {
             Forward::Copy => Ok(Relay::Copy(CopyRelay::new(self.options.pipe_size))),
-            Forward::Splice => {
-                let (relay, sized) = SpliceRelay::new(self.options.pipe_size)?;
-                if !sized && !self.warned_pipe_size {
-                    self.warned_pipe_size = true;
-                    warn!(
-                        worker = self.id,
-                        pipe_size = self.options.pipe_size,
-                        "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
-                    );
-                }
-                Ok(Relay::Splice(relay))
-            }
+            Forward::Splice => Ok(Relay::Splice(SpliceRelay::new(self.options.pipe_size))),
         }
     }
 
@@ -265,7 +254,7 @@ impl Worker {
         match crate::ktls::offload(fd, tls) {
             crate::ktls::Offload::Done => {
                 debug!(worker = self.id, key = %c.key, peer = %c.peer, "connection offloaded to kTLS");
-                let (relay, _) = SpliceRelay::new(self.options.pipe_size)?;
+                let relay = SpliceRelay::new(self.options.pipe_size);
                 Ok(Relay::Splice(relay.with_ktls(tls_on_client)))
             }
             crate::ktls::Offload::Declined(tls, reason) => {

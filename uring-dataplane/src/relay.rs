@@ -1,8 +1,13 @@
 //! Forwarding one connection: two directions, each `socket → pipe → socket`
 //! with `splice(2)`, so payload bytes never enter user space.
 //!
-//! Each direction owns a pipe created once per connection and sized with
-//! `F_SETPIPE_SZ`. A direction moves data until the source would block, the
+//! Each direction owns a pipe sized with `F_SETPIPE_SZ`, created when the
+//! first byte (or the end of stream) is waiting in its source and kept until
+//! the connection closes: a connection that has carried nothing yet costs
+//! its two sockets and no pipe, so idle detector connections stay cheap in
+//! descriptors and in the user's pipe-buffer quota. (Until then, a
+//! `MSG_PEEK` stands in for the `splice` that would find nothing: the same
+//! number of system calls.) A direction moves data until the source would block, the
 //! pipe is full and the destination would block, or the source reached EOF
 //! and the pipe is empty — then it shuts down the destination's write side
 //! (half-close propagates). An error on either socket (reset, broken pipe)
@@ -11,9 +16,14 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rustix::io::Errno;
-use rustix::net::Shutdown;
+use rustix::net::{RecvFlags, Shutdown};
 use rustix::pipe::{PipeFlags, SpliceFlags};
+
+/// The pipe-size warning is logged once per process.
+static WARNED_PIPE_SIZE: AtomicBool = AtomicBool::new(false);
 
 /// How many splice calls one direction makes per wake-up before yielding
 /// to other connections on the worker.
@@ -30,29 +40,36 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(size: usize) -> io::Result<(Self, bool)> {
+    fn new(size: usize) -> io::Result<Self> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        let (capacity, resized) = match rustix::pipe::fcntl_setpipe_size(&write, size) {
-            Ok(got) => (got, true),
+        let capacity = match rustix::pipe::fcntl_setpipe_size(&write, size) {
+            Ok(got) => got,
             // EPERM: above fs.pipe-max-size or the user's pipe quota; keep the default size.
-            Err(_) => (rustix::pipe::fcntl_getpipe_size(&write)?, false),
+            Err(_) => {
+                if !WARNED_PIPE_SIZE.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        pipe_size = size,
+                        "the kernel refused the pipe size asked for (fs.pipe-max-size or the user's pipe quota); using its default"
+                    );
+                }
+                rustix::pipe::fcntl_getpipe_size(&write)?
+            }
         };
-        Ok((
-            Pipe {
-                read,
-                write,
-                capacity,
-                filled: 0,
-            },
-            resized,
-        ))
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+            filled: 0,
+        })
     }
 }
 
 /// One direction of a connection.
 #[derive(Debug)]
 struct Direction {
-    pipe: Pipe,
+    /// Created when the source first has something (see the module text).
+    pipe: Option<Pipe>,
+    pipe_size: usize,
     /// The source sent FIN.
     eof: bool,
     /// We shut down the destination's write side.
@@ -97,6 +114,15 @@ pub enum RelayError {
         /// The errno.
         source: io::Error,
     },
+    /// No pipe could be made for a direction's first bytes (out of
+    /// descriptors, or of pipe memory).
+    #[error("cannot create a pipe to forward {side}'s first bytes: {source}")]
+    Pipe {
+        /// `client` or `target`: whose bytes were waiting.
+        side: &'static str,
+        /// The errno.
+        source: io::Error,
+    },
 }
 
 /// A connection being forwarded: the accepted client and its target.
@@ -108,13 +134,12 @@ pub struct SpliceRelay {
 }
 
 impl SpliceRelay {
-    /// Creates the two pipes. The flag says whether the pipes got the size
-    /// asked for (false when the kernel refused; the default size is used).
-    pub fn new(pipe_size: usize) -> io::Result<(Self, bool)> {
-        let (a, ok_a) = Pipe::new(pipe_size)?;
-        let (b, ok_b) = Pipe::new(pipe_size)?;
-        let dir = |pipe| Direction {
-            pipe,
+    /// A relay whose pipes (of `pipe_size` bytes, or the kernel's default
+    /// when it refuses that size) are made when data first arrives.
+    pub fn new(pipe_size: usize) -> Self {
+        let dir = || Direction {
+            pipe: None,
+            pipe_size,
             eof: false,
             shut: false,
             delivered: 0,
@@ -122,14 +147,16 @@ impl SpliceRelay {
             dst_ktls: false,
             close_notify: false,
         };
-        Ok((
-            SpliceRelay {
-                to_target: dir(a),
-                to_client: dir(b),
-                ktls: false,
-            },
-            ok_a && ok_b,
-        ))
+        SpliceRelay {
+            to_target: dir(),
+            to_client: dir(),
+            ktls: false,
+        }
+    }
+
+    /// Pipes held now (for tests and accounting).
+    pub fn pipes(&self) -> usize {
+        usize::from(self.to_target.pipe.is_some()) + usize::from(self.to_client.pipe.is_some())
     }
 
     /// Marks one side as a kTLS socket (`on_client`: the accepted socket,
@@ -187,31 +214,46 @@ fn pump(
     }
     for _ in 0..ROUNDS_PER_TURN {
         let mut progressed = false;
-        if !d.eof && d.pipe.filled < d.pipe.capacity {
-            let room = d.pipe.capacity - d.pipe.filled;
+        if !d.eof && d.pipe.is_none() {
+            match pending(d, src, sides.0)? {
+                Pending::Nothing => {}
+                Pending::Eof => {
+                    d.eof = true;
+                    progressed = true;
+                }
+                Pending::Data => {
+                    let pipe = Pipe::new(d.pipe_size).map_err(|source| RelayError::Pipe {
+                        side: sides.0,
+                        source,
+                    })?;
+                    d.pipe = Some(pipe);
+                }
+            }
+        }
+        let room = match &d.pipe {
+            Some(p) if !d.eof => p.capacity - p.filled,
+            _ => 0,
+        };
+        if let (Some(pipe), true) = (&d.pipe, room > 0) {
             match rustix::pipe::splice(
                 src.as_fd(),
                 None,
-                &d.pipe.write,
+                &pipe.write,
                 None,
                 room,
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
             ) {
                 Ok(0) => {
                     if d.src_ktls && !d.close_notify {
-                        return Err(RelayError::Read {
-                            side: sides.0,
-                            source: io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the peer closed without close_notify (truncation)",
-                            ),
-                        });
+                        return Err(truncated(sides.0));
                     }
                     d.eof = true;
                     progressed = true;
                 }
                 Ok(n) => {
-                    d.pipe.filled += n;
+                    if let Some(p) = d.pipe.as_mut() {
+                        p.filled += n;
+                    }
                     progressed = true;
                 }
                 Err(e) if would_block(e) => {}
@@ -228,17 +270,17 @@ fn pump(
                 }
             }
         }
-        if d.pipe.filled > 0 {
+        if let Some(pipe) = d.pipe.as_mut().filter(|p| p.filled > 0) {
             match rustix::pipe::splice(
-                &d.pipe.read,
+                &pipe.read,
                 None,
                 dst.as_fd(),
                 None,
-                d.pipe.filled,
+                pipe.filled,
                 SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
             ) {
                 Ok(n) => {
-                    d.pipe.filled -= n;
+                    pipe.filled -= n;
                     d.delivered += n as u64;
                     progressed |= n > 0;
                 }
@@ -251,7 +293,7 @@ fn pump(
                 }
             }
         }
-        if d.eof && d.pipe.filled == 0 {
+        if d.eof && d.pipe.as_ref().is_none_or(|p| p.filled == 0) {
             if d.dst_ktls {
                 // TLS: close_notify (warning, close_notify), then FIN.
                 crate::sys::ktls::send_record(dst.as_fd(), 21, &[1, 0]).map_err(|source| {
@@ -271,6 +313,8 @@ fn pump(
                 }
             }
             d.shut = true;
+            // Done with this direction: its pipe goes back to the kernel.
+            d.pipe = None;
             return Ok(Turn::Idle);
         }
         if !progressed {
@@ -278,6 +322,41 @@ fn pump(
         }
     }
     Ok(Turn::MoreWork)
+}
+
+/// What waits in a source that has no pipe yet.
+enum Pending {
+    Nothing,
+    Data,
+    Eof,
+}
+
+/// Looks without taking: `MSG_PEEK` of one byte. A kTLS source is not
+/// peeked at (a control record would stop it): it gets its pipe at once.
+fn pending(d: &Direction, src: &OwnedFd, side: &'static str) -> Result<Pending, RelayError> {
+    if d.src_ktls {
+        return Ok(Pending::Data);
+    }
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(src, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => Ok(Pending::Eof),
+        Ok(_) => Ok(Pending::Data),
+        Err(e) if would_block(e) => Ok(Pending::Nothing),
+        Err(e) => Err(RelayError::Read {
+            side,
+            source: e.into(),
+        }),
+    }
+}
+
+fn truncated(side: &'static str) -> RelayError {
+    RelayError::Read {
+        side,
+        source: io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed without close_notify (truncation)",
+        ),
+    }
 }
 
 /// How a connection's bytes are moved.
@@ -391,7 +470,7 @@ mod tests {
     fn forwards_both_ways_and_propagates_half_close() {
         let (client, mut client_peer) = pair();
         let (target, mut target_peer) = pair();
-        let (mut relay, _) = SpliceRelay::new(1 << 16).unwrap();
+        let mut relay = SpliceRelay::new(1 << 16);
 
         client_peer.write_all(b"hello target").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
@@ -425,10 +504,39 @@ mod tests {
     }
 
     #[test]
+    fn pipes_come_with_the_first_bytes_and_go_with_the_direction() {
+        let (client, mut client_peer) = pair();
+        let (target, mut target_peer) = pair();
+        let mut relay = SpliceRelay::new(1 << 16);
+        assert_eq!(run_until_idle(&mut relay, &client, &target), Turn::Idle);
+        assert_eq!(relay.pipes(), 0, "an idle connection holds no pipe");
+
+        client_peer.write_all(b"first").unwrap();
+        let mut got = [0u8; 5];
+        let mut n = 0;
+        target_peer
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        while n < 5 {
+            run_until_idle(&mut relay, &client, &target);
+            n += target_peer.read(&mut got[n..]).unwrap_or(0);
+        }
+        assert_eq!(&got, b"first");
+        assert_eq!(relay.pipes(), 1, "only the direction that carried bytes");
+
+        // An end of stream before any byte needs no pipe either.
+        target_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        run_until_idle(&mut relay, &client, &target);
+        assert_eq!(client_peer.read(&mut [0u8; 4]).unwrap(), 0);
+        assert_eq!(relay.pipes(), 1);
+    }
+
+    #[test]
     fn a_reset_is_an_error() {
         let (client, client_peer) = pair();
         let (target, _target_peer) = pair();
-        let (mut relay, _) = SpliceRelay::new(1 << 16).unwrap();
+        let mut relay = SpliceRelay::new(1 << 16);
         let s = socket2::SockRef::from(&client_peer);
         s.set_linger(Some(Duration::ZERO)).unwrap();
         drop(client_peer);

@@ -191,7 +191,6 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
     /// When to look at a connection's idleness again (`--idle-timeout`).
     idle_timers: BinaryHeap<Reverse<(Instant, Token)>>,
-    pub(crate) warned_pipe_size: bool,
 }
 
 /// The control thread's handle on a worker.
@@ -272,7 +271,6 @@ pub fn spawn(
             paused: Vec::new(),
             timers: BinaryHeap::new(),
             idle_timers: BinaryHeap::new(),
-            warned_pipe_size: false,
         };
         w.run();
     })?;
