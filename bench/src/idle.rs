@@ -13,6 +13,9 @@ use serde::Serialize;
 use crate::compare::machine::{Machine, process_tree, rss_bytes};
 use crate::compare::topology::{Env, scistream};
 
+/// Connections opened before waiting for the service to catch up.
+const PACE: usize = 200;
+
 /// One step.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
@@ -93,6 +96,16 @@ pub fn run(
                 TcpStream::connect(entry)
                     .map_err(|e| format!("connection {}: {e}", clients.len()))?,
             );
+            // In steps, so that no listen queue on the way overflows (an
+            // overflowed handshake waits for SYN-ACK retransmits, seconds).
+            if clients.len() % PACE == 0 {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while accepted.load(Ordering::Relaxed) + PACE < clients.len()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
         // Wait until every connection went through both gateways.
         let deadline = Instant::now() + Duration::from_secs(60);
