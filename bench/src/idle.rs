@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::compare::machine::{Machine, process_tree, rss_bytes};
 use crate::compare::topology::{Env, scistream};
 
-/// Connections opened before waiting for the service to catch up.
-const PACE: usize = 200;
+/// Connections opened before waiting for the service to catch up (below
+/// the service's listen backlog of 128).
+const PACE: usize = 100;
 
 /// One step.
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +109,7 @@ pub fn run(
             }
         }
         // Wait until every connection went through both gateways.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while accepted.load(Ordering::Relaxed) < n {
             if Instant::now() > deadline {
                 return Err(format!(
