@@ -293,3 +293,36 @@ fn descriptor_exhaustion_refuses_new_connections_without_crash_or_spin() {
     }
     assert!(echoes(&mut first, Duration::from_secs(30)));
 }
+
+#[test]
+fn with_v_each_data_connection_logs_inside_its_own_span() {
+    let hpc = Gw::start(None, 2, &["-v"]);
+    let inbound = scistream_testkit::s2uc_json(&[
+        "inbound_request",
+        "--s2cs",
+        &hpc.control(),
+        "--insecure",
+        "--remote_ip",
+        "127.0.0.1",
+        "--receiver_ports",
+        "9",
+        "--num_conn",
+        "1",
+    ]);
+    let uid = inbound["uid"].as_str().unwrap().to_owned();
+    let listener = scistream_testkit::strings(&inbound, "listeners")[0].clone();
+    // Not a gateway: its bytes are no preamble, and the refusal is logged.
+    let mut s = TcpStream::connect(&listener).unwrap();
+    s.write_all(&[0x42; 64]).unwrap();
+    let _ = s.read(&mut [0u8; 16]);
+    let want = format!("conn{{session={uid}/PROD listener=0 peer=");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hpc.log().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "no line in {want}...}}:\n{}",
+            hpc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -631,7 +631,9 @@ impl Worker {
         bump(&counters.conns_open, 1);
         debug!(worker = self.id, %key, index, %peer, target = %target_addr, "connection accepted");
         let from_peer = matches!(channel, ListenerChannel::FromPeer { .. });
+        let span = tracing::debug_span!("conn", session = %key, listener = index, %peer);
         entry.insert(Conn {
+            span,
             key,
             listener: index,
             accepted: Instant::now(),
