@@ -9,7 +9,7 @@ use scistream_client::auth::store::TokenStore;
 use scistream_client::config::ClientConfig;
 use scistream_client::error::ClientError;
 use scistream_client::tunnel::{parse_listeners, parse_ports, receiver_endpoints};
-use scistream_client::{Auth, RequestOptions, Trust, Tunnel, connect, demo};
+use scistream_client::{Auth, Connection, RequestOptions, Trust, Tunnel, connect, demo};
 use serde_json::json;
 
 /// SciStream user client: sets up and tears down authenticated, encrypted
@@ -325,6 +325,12 @@ fn print_tunnel(t: &Tunnel, json: bool, s2cs: &str) {
     }
 }
 
+/// A connection to the S2CS the options name, with their trust root and
+/// the token stored for its scope.
+async fn control(config: &ClientConfig, c: &ControlArgs) -> Result<Connection, ClientError> {
+    connect(c.s2cs(), &trust(c), auth(config, c).await?).await
+}
+
 async fn auth(config: &ClientConfig, c: &ControlArgs) -> Result<Auth, ClientError> {
     scistream_client::auth::bearer_for(
         config,
@@ -437,12 +443,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
         Cmd::InboundRequest(a) => {
             let ports = parse_ports(&a.receiver_ports)?;
             receiver_endpoints(&a.remote_ip, &ports)?;
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
@@ -459,12 +460,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 (Some(ip), Some(ports)) => receiver_endpoints(ip, &parse_ports(ports)?)?,
                 _ => Vec::new(),
             };
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
@@ -477,12 +473,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
         Cmd::Release(a) => {
             scistream_protocol::validate_uid(&a.uid)
                 .map_err(|e| ClientError::Input(format!("UID: {e}")))?;
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             scistream_client::release(&conn, &a.uid).await?;
             if cli.json {
                 println!(
@@ -494,12 +485,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             }
         }
         Cmd::List(a) => {
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             let sessions = scistream_client::tunnel::list(&conn).await?;
             if cli.json {
                 let v: Vec<_> = sessions
@@ -516,12 +502,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             }
         }
         Cmd::Status(a) => {
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             loop {
                 let sessions = scistream_client::tunnel::status(&conn, &a.uid).await?;
                 if cli.json {
@@ -550,12 +531,7 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 .role
                 .parse()
                 .map_err(|e| ClientError::Input(format!("--role: {e}")))?;
-            let conn = connect(
-                a.control.s2cs(),
-                &trust(&a.control),
-                auth(&config, &a.control).await?,
-            )
-            .await?;
+            let conn = control(&config, &a.control).await?;
             let r = scistream_client::tunnel::hello(&conn, &a.uid, role, a.prod_listeners).await?;
             if cli.json {
                 println!(

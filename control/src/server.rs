@@ -106,6 +106,15 @@ fn prepare_state_dir(dir: &Path) -> Result<OwnedFd, RunError> {
     Ok(lock)
 }
 
+/// Loads the data channel's certificate, key and peer CA as `s2ds` will,
+/// so that a bad file is named here.
+fn check_data_tls(files: &crate::config::DataTls) -> Result<(), TlsError> {
+    tls::load_certs("--data-cert", &files.cert)?;
+    tls::load_key("--data-key", &files.key)?;
+    tls::load_certs("--peer-ca", &files.peer_ca)?;
+    Ok(())
+}
+
 /// Validates what `run` would load — certificates, keys, the data
 /// channel's files, authentication and access options — without binding or
 /// starting anything. Returns the warnings start-up would log.
@@ -118,9 +127,7 @@ pub fn check_config(config: &Config) -> Result<Vec<String>, RunError> {
     }
     let (data_tls, data_warning) = config.data_tls().map_err(RunError::DataChannel)?;
     if let Some(files) = &data_tls {
-        tls::load_certs("--data-cert", &files.cert)?;
-        tls::load_key("--data-key", &files.key)?;
-        tls::load_certs("--peer-ca", &files.peer_ca)?;
+        check_data_tls(files)?;
     }
     warnings.extend(data_warning);
     let (auth, w) = crate::auth::setup::authenticator(config).map_err(RunError::Auth)?;
@@ -155,9 +162,7 @@ pub async fn run(
 
     let (data_tls, data_warning) = config.data_tls().map_err(RunError::DataChannel)?;
     if let Some(files) = &data_tls {
-        tls::load_certs("--data-cert", &files.cert)?;
-        tls::load_key("--data-key", &files.key)?;
-        tls::load_certs("--peer-ca", &files.peer_ca)?;
+        check_data_tls(files)?;
     }
     if let Some(w) = &data_warning {
         warn!("{w}");
@@ -472,10 +477,7 @@ async fn reload_on_sighup(
 /// The data channel's certificate, key and peer CA: checked here, then
 /// re-read by `s2ds`; a broken file keeps the ones in use.
 async fn reload_data_tls(registry: &Registry, files: &crate::config::DataTls) {
-    let checked = tls::load_certs("--data-cert", &files.cert)
-        .and_then(|_| tls::load_key("--data-key", &files.key))
-        .and_then(|_| tls::load_certs("--peer-ca", &files.peer_ca));
-    if let Err(e) = checked {
+    if let Err(e) = check_data_tls(files) {
         error!(error = %e, "the new data-channel TLS files are refused; the data plane keeps the ones in use");
         return;
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 use scistream_client::{Auth, Trust};
-use scistream_testkit::{EchoServer, Gw, Pki, bin, open_fds, s2ds_pid, s2uc_tunnel};
+use scistream_testkit::{EchoServer, Gw, Pki, bin, echoes, open_fds, s2ds_pid, s2uc_tunnel};
 
 /// How long a producer may take to notice a dead far end. The gateways see
 /// a reset or end of stream at once; this only bounds a hang.
@@ -217,15 +217,6 @@ fn set_fd_limit(pid: u32, soft: u64) {
         limit,
     )
     .unwrap();
-}
-
-fn echoes(s: &mut TcpStream, timeout: Duration) -> bool {
-    s.set_read_timeout(Some(timeout)).unwrap();
-    if s.write_all(b"ping").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    matches!(s.read_exact(&mut buf), Ok(()) if &buf == b"ping")
 }
 
 #[test]

@@ -374,3 +374,15 @@ pub fn open_fds(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// One round trip of "ping" through `conn` to an [`EchoServer`]: `true` when
+/// it came back within `timeout`, `false` when the connection was closed
+/// (or nothing came).
+pub fn echoes(conn: &mut TcpStream, timeout: Duration) -> bool {
+    conn.set_read_timeout(Some(timeout)).unwrap();
+    if conn.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(conn.read_exact(&mut buf), Ok(()) if &buf == b"ping")
+}
