@@ -83,6 +83,9 @@ pub fn run(
         extra_args: vec![
             format!("--peer-ca={}", env.ca.display()),
             format!("--max-pending-per-identity={}", concurrency + 1),
+            // One caller sets up every pair: lift the per-caller quotas.
+            format!("--max-ports-per-identity={}", usize::from(span) + 1),
+            format!("--max-sessions-per-identity={}", usize::from(span) + 1),
             "--drain-timeout=1s".into(),
         ],
     };

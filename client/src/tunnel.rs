@@ -274,7 +274,7 @@ pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatu
 /// A session status as JSON, for workflow tools.
 pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
     serde_json::json!({
-        "uid": s.uid, "role": s.role, "owner": s.owner, "phase": s.phase,
+        "uid": s.uid, "tag": s.tag, "role": s.role, "owner": s.owner, "phase": s.phase,
         "listeners": s.listeners, "targets": s.targets, "rate_kbps": s.rate_kbps,
         "age_ms": s.age_ms, "conns_open": s.conns_open, "conns_total": s.conns_total,
         "bytes_to_target": s.bytes_to_target, "bytes_from_target": s.bytes_from_target,
@@ -292,12 +292,13 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
 pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     use scistream_protocol::units::{format_rate, format_size};
     let mut t = format!(
-        "{} {} ({}, owner {}, age {} s)\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back\n",
+        "{} {} ({}, owner {}, age {} s)\n  log tag:   {}\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back\n",
         s.uid,
         s.role,
         s.phase,
         s.owner,
         s.age_ms / 1000,
+        if s.tag.is_empty() { "-" } else { &s.tag },
         s.listeners.join(","),
         if s.targets.is_empty() {
             "-".to_string()

@@ -64,9 +64,10 @@ pub struct Config {
     #[arg(long = "hello-grace", alias = "hello_grace", default_value = "10s", value_parser = parse_duration)]
     pub hello_grace: Duration,
 
-    /// Directory for this server's state (data-plane control socket, lock).
-    /// Default: /var/lib/scistream/s2cs-PORT as root, else
-    /// $XDG_STATE_HOME/scistream/s2cs-PORT (~/.local/state/...).
+    /// Directory for this server's state (sessions, data-plane control
+    /// socket, lock, tag key): created 0700; refused when another user owns
+    /// it or can write to it. Default: /var/lib/scistream/s2cs-PORT as
+    /// root, else $XDG_STATE_HOME/scistream/s2cs-PORT (~/.local/state/...).
     #[arg(long = "state-dir", alias = "state_dir")]
     pub state_dir: Option<PathBuf>,
 
@@ -150,8 +151,60 @@ pub struct Config {
     pub max_sessions: Option<usize>,
 
     /// Most connections (listeners) one session may ask for (1-128).
-    #[arg(long = "max-conns-per-session", alias = "max_conns_per_session", default_value_t = 128, value_parser = parse_conns)]
-    pub max_conns_per_session: usize,
+    /// Default: 128, or the per-identity port quota when that is smaller
+    /// (a session must fit in what its owner may hold).
+    #[arg(long = "max-conns-per-session", alias = "max_conns_per_session", value_parser = parse_conns)]
+    pub max_conns_per_session: Option<usize>,
+
+    /// Most data ports one identity may hold at once (under `--auth none`:
+    /// one source address). Default: half the port range, so that no one
+    /// caller can take every port.
+    #[arg(long = "max-ports-per-identity", alias = "max_ports_per_identity", value_parser = clap::value_parser!(usize))]
+    pub max_ports_per_identity: Option<usize>,
+
+    /// Most sessions one identity (under `--auth none`: one source address)
+    /// may hold at once.
+    #[arg(
+        long = "max-sessions-per-identity",
+        alias = "max_sessions_per_identity",
+        default_value_t = 64
+    )]
+    pub max_sessions_per_identity: usize,
+
+    /// A session whose `update` never comes (its hello arrived, so it holds
+    /// its ports, but it forwards nothing) is released after this long.
+    /// `0s`: never.
+    #[arg(long = "update-timeout", alias = "update_timeout", default_value = "10m", value_parser = parse_duration_or_zero)]
+    pub update_timeout: Duration,
+
+    /// Sessions whose uid is not a random UUID (SciStream's own client
+    /// makes time-based ones): `require-client-cert` (default: the peer
+    /// gateway must present a certificate the peer CA verifies, so knowing
+    /// the uid is not enough), `allow` (the uid alone, as for random uids),
+    /// or `refuse`.
+    #[arg(long = "weak-uids", alias = "weak_uids", default_value = "require-client-cert", value_parser = ["require-client-cert", "allow", "refuse"])]
+    pub weak_uids: String,
+
+    /// Most control connections open at once, from everyone.
+    #[arg(
+        long = "max-control-conns",
+        alias = "max_control_conns",
+        default_value_t = 1024
+    )]
+    pub max_control_conns: usize,
+
+    /// Most control connections open at once from one source address.
+    #[arg(
+        long = "max-control-conns-per-source",
+        alias = "max_control_conns_per_source",
+        default_value_t = 64
+    )]
+    pub max_control_conns_per_source: usize,
+
+    /// A control connection must finish its TLS handshake and send its
+    /// first HTTP/2 bytes within this long, or it is closed.
+    #[arg(long = "control-setup-timeout", alias = "control_setup_timeout", default_value = "10s", value_parser = parse_duration)]
+    pub control_setup_timeout: Duration,
 
     /// Admission control: the sum of the sessions' rates stays within this
     /// (e.g. 100Gbit); requests past it get RESOURCE_EXHAUSTED saying what is
@@ -415,20 +468,31 @@ impl Config {
         Config::try_parse_from(argv)
     }
 
-    /// The state directory, defaulted as documented on the option.
-    pub fn state_dir(&self) -> PathBuf {
+    /// The state directory, defaulted as documented on the option. Never a
+    /// shared temporary directory: without `HOME` or `XDG_STATE_HOME` (and
+    /// not root) it must be given.
+    pub fn state_dir(&self) -> Result<PathBuf, String> {
         if let Some(dir) = &self.state_dir {
-            return dir.clone();
+            return Ok(dir.clone());
         }
         let leaf = format!("s2cs-{}", self.port);
         if rustix::process::geteuid().is_root() {
-            return PathBuf::from("/var/lib/scistream").join(leaf);
+            return Ok(PathBuf::from("/var/lib/scistream").join(leaf));
         }
         let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("scistream").join(leaf)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".local/state"))
+            })
+            .ok_or_else(|| {
+                "neither HOME nor XDG_STATE_HOME is set, so there is no private place for the state: \
+                 give --state-dir DIR (a directory only this user can write)"
+                    .to_owned()
+            })?;
+        Ok(base.join("scistream").join(leaf))
     }
 
     /// The data channel's TLS files, checked: `Ok(None)` for a plaintext
@@ -515,6 +579,20 @@ impl Config {
         }
         v.extend(self.s2ds_args.iter().cloned());
         v
+    }
+
+    /// Data ports one identity may hold (see `--max-ports-per-identity`).
+    pub fn ports_per_identity(&self) -> usize {
+        let range = usize::from(self.port_range.end() - self.port_range.start()) + 1;
+        self.max_ports_per_identity.unwrap_or((range / 2).max(1))
+    }
+
+    /// Connections one session may ask for (see `--max-conns-per-session`).
+    pub fn conns_per_session(&self) -> usize {
+        self.max_conns_per_session.unwrap_or_else(|| {
+            self.ports_per_identity()
+                .clamp(1, scistream_protocol::MAX_LISTENERS_PER_SESSION)
+        })
     }
 
     /// The s2ds binary to run.
@@ -650,9 +728,36 @@ mod tests {
     }
 
     #[test]
+    fn quotas_fit_the_port_range() {
+        let c = Config::try_parse_from(["s2cs"]).unwrap();
+        assert_eq!(c.ports_per_identity(), 50, "half of 5100-5200");
+        assert_eq!(
+            c.conns_per_session(),
+            50,
+            "a session fits its owner's quota"
+        );
+        let c = Config::try_parse_from(["s2cs", "--port-range", "5000-5999"]).unwrap();
+        assert_eq!((c.ports_per_identity(), c.conns_per_session()), (500, 128));
+        let c = Config::try_parse_from(["s2cs", "--port-range", "7-7"]).unwrap();
+        assert_eq!((c.ports_per_identity(), c.conns_per_session()), (1, 1));
+        let c = Config::try_parse_from([
+            "s2cs",
+            "--max-ports-per-identity",
+            "8",
+            "--max-conns-per-session",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!((c.ports_per_identity(), c.conns_per_session()), (8, 4));
+        assert_eq!(c.update_timeout, Duration::from_secs(600));
+        assert_eq!(c.weak_uids, "require-client-cert");
+        assert!(Config::try_parse_from(["s2cs", "--weak-uids", "maybe"]).is_err());
+    }
+
+    #[test]
     fn default_state_dir_depends_on_port() {
         let a = Config::try_parse_from(["s2cs", "--port", "5000"]).unwrap();
         let b = Config::try_parse_from(["s2cs", "--port", "6000"]).unwrap();
-        assert_ne!(a.state_dir(), b.state_dir());
+        assert_ne!(a.state_dir().unwrap(), b.state_dir().unwrap());
     }
 }

@@ -37,6 +37,8 @@ pub struct DataPlaneConfig {
     pub socket_path: PathBuf,
     /// How long a command may take before the caller gets UNAVAILABLE.
     pub call_timeout: Duration,
+    /// Environment variables set for `s2ds` (the session-tag secret).
+    pub env: Vec<(String, String)>,
 }
 
 /// Data-plane failures as a control call sees them.
@@ -233,8 +235,9 @@ pub struct Supervisor {
     calls: mpsc::Receiver<Call>,
     restarts: Arc<AtomicU64>,
     child: Option<Child>,
-    /// Process id of an `s2ds` adopted from a previous `s2cs` (not our child).
-    adopted: Option<u32>,
+    /// A pidfd of the `s2ds` adopted from a previous `s2cs` (not our
+    /// child), opened on the pid the kernel named as the Hello's sender.
+    adopted: Option<OwnedFd>,
     link: Option<Link>,
 }
 
@@ -298,34 +301,51 @@ impl Supervisor {
     }
 
     /// Connects to a running `s2ds` on the control socket, if there is one.
+    ///
+    /// Nothing in its messages is believed about who it is: the socket must
+    /// have been made by this user (`SO_PEERCRED`), the kernel names the
+    /// process that sent the Hello (`SCM_CREDENTIALS`), which must run as
+    /// this user too, and it is held by a pidfd, so that stopping it later
+    /// can never signal another process.
     async fn adopt(&mut self) -> Option<Vec<handoff::SessionKey>> {
         let fd = handoff::connect(&self.config.socket_path).ok()?;
+        if let Err(e) = handoff::check_peer_is_same_user(&fd) {
+            warn!(error = %e, path = %self.config.socket_path.display(), "not adopting the data plane on the control socket");
+            return None;
+        }
         let mut link = Link::new(fd).ok()?;
-        match tokio::time::timeout(Duration::from_secs(5), link.recv()).await {
+        let hello = tokio::time::timeout(Duration::from_secs(5), link.recv()).await;
+        let (engine, workers, sessions) = match hello {
             Ok(Ok(Some((
                 FromDataPlane::Hello {
                     version,
-                    pid,
                     engine,
                     workers,
                     sessions,
+                    ..
                 },
                 _,
-            )))) if version == HANDOFF_VERSION => {
-                info!(pid, %engine, workers, sessions = sessions.len(),
-                    "re-attached to the data plane a previous s2cs left running");
-                self.adopted = Some(pid);
-                self.link = Some(link);
-                Some(sessions)
-            }
+            )))) if version == HANDOFF_VERSION => (engine, workers, sessions),
             other => {
                 warn!(
                     ?other,
                     "a data plane answers on the control socket but cannot be adopted; starting a new one"
                 );
-                None
+                return None;
             }
-        }
+        };
+        let (pid, pidfd) = match adopted_pidfd(&mut link).await {
+            Ok(found) => found,
+            Err(why) => {
+                warn!(%why, "not adopting the data plane on the control socket; starting a new one");
+                return None;
+            }
+        };
+        info!(pid, %engine, workers, sessions = sessions.len(),
+            "re-attached to the data plane a previous s2cs left running");
+        self.adopted = Some(pidfd);
+        self.link = Some(link);
+        Some(sessions)
     }
 
     /// The control socket's listener, created (replacing a stale socket
@@ -338,7 +358,13 @@ impl Supervisor {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StartError::Socket { path, source }),
             }
-            let l = handoff::listen(&path).map_err(|source| StartError::Socket { path, source })?;
+            let l = handoff::listen(&path).map_err(|source| StartError::Socket {
+                path: path.clone(),
+                source,
+            })?;
+            // The directory is private already; the socket is too, whatever the umask.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|source| StartError::Socket { path, source })?;
             self.listener = Some(l);
         }
         self.listener.as_ref().ok_or_else(|| StartError::Socket {
@@ -363,6 +389,7 @@ impl Supervisor {
         let mut child = tokio::process::Command::new(&bin)
             .arg("--control-stdin")
             .args(&self.config.args)
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(stdin))
             .spawn()
             .map_err(|source| StartError::Spawn {
@@ -554,11 +581,8 @@ impl Supervisor {
             link.fail_pending();
         }
         self.link = None;
-        if let Some(pid) = self.adopted.take() {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-                info!("asked the adopted data plane to stop");
-            }
+        if let Some(pidfd) = self.adopted.take() {
+            stop_adopted(pidfd).await;
         }
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child
@@ -576,6 +600,80 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_file(&self.config.socket_path);
+    }
+}
+
+/// The pid and a pidfd of the process at the other end of `link`, as the
+/// kernel names it: credentials are asked for only now, so every message
+/// from here on was sent after the request and carries them
+/// (`SCM_CREDENTIALS`). The pid may have been reused between an answer and
+/// `pidfd_open`, so once the pidfd is open one more answer must come from
+/// that same pid.
+async fn adopted_pidfd(link: &mut Link) -> Result<(u32, OwnedFd), String> {
+    handoff::pass_credentials(link.fd.as_fd())
+        .map_err(|e| format!("cannot ask for its credentials: {e}"))?;
+    let first = probe(link).await?;
+    let me = rustix::process::geteuid().as_raw();
+    if first.uid != me {
+        return Err(format!(
+            "it runs as uid {}, this s2cs as uid {me}",
+            first.uid
+        ));
+    }
+    let pid = rustix::process::Pid::from_raw(first.pid as i32)
+        .ok_or_else(|| format!("the kernel named pid {}", first.pid))?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| format!("cannot open a pidfd for pid {}: {e}", first.pid))?;
+    let second = probe(link).await?;
+    if second.pid != first.pid {
+        return Err(format!(
+            "its answers came from pid {} and then pid {}",
+            first.pid, second.pid
+        ));
+    }
+    Ok((first.pid, pidfd))
+}
+
+/// One round trip on `link`; who answered, as the kernel says.
+async fn probe(link: &mut Link) -> Result<handoff::Sender, String> {
+    let round_trip = async {
+        link.send(Command::Stats, &[]).await?;
+        link.recv().await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), round_trip).await {
+        Ok(Ok(Some((FromDataPlane::Reply { .. }, _)))) => {}
+        other => return Err(format!("it did not answer: {other:?}")),
+    }
+    link.receiver
+        .last_sender()
+        .ok_or_else(|| "the kernel did not name the sender of its answer".to_owned())
+}
+
+/// Stops an adopted `s2ds` through its pidfd: SIGTERM, then SIGKILL after 5 s.
+async fn stop_adopted(pidfd: OwnedFd) {
+    use rustix::process::{Signal, pidfd_send_signal};
+    if pidfd_send_signal(&pidfd, Signal::TERM).is_err() {
+        return; // already gone
+    }
+    info!("asked the adopted data plane to stop");
+    // A pidfd turns readable when its process exits.
+    let waited = tokio::task::spawn_blocking(move || {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        let five_s = Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        let exited = matches!(poll(&mut fds, Some(&five_s)), Ok(n) if n > 0);
+        if !exited {
+            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+        }
+        exited
+    })
+    .await;
+    match waited {
+        Ok(true) => info!("adopted data plane stopped"),
+        _ => warn!("the adopted data plane did not stop within 5 s; killed it"),
     }
 }
 

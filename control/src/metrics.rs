@@ -160,7 +160,7 @@ struct Snapshot {
 }
 
 fn session_labels(key: &SessionKey) -> Labels {
-    vec![("uid", key.uid.clone()), ("role", key.role.to_string())]
+    vec![("session", key.tag()), ("role", key.role.to_string())]
 }
 
 impl Collector for Snapshot {

@@ -3,8 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::conn_limits::{Admitted, ConnLimits, ConnSlot, Refused, await_preface};
 use crate::dataplane::{DataPlaneConfig, Resync, StartError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::service::{ControlService, InFlight};
 use crate::sessions::{Policy, Registry, Timing};
+use crate::state_dir::StateDir;
 use crate::store::SessionStore;
 use crate::tls::{self, TlsError};
 
@@ -33,9 +34,6 @@ const MAX_HEADERS: u32 = 64 * 1024;
 /// How long calls in flight may take to finish once a stop was asked for.
 const GRACEFUL_STOP: Duration = Duration::from_secs(5);
 
-/// How long a control client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why `s2cs` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -46,6 +44,9 @@ pub enum RunError {
     /// The data channel cannot be set up as configured.
     #[error("{0}")]
     DataChannel(String),
+    /// An option cannot be used as given.
+    #[error("{0}")]
+    Config(String),
     /// Authentication or authorization options are unusable.
     #[error("{0}")]
     Auth(String),
@@ -53,13 +54,8 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// State directory problem.
-    #[error("state directory {path}: {reason}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
     /// The control port could not be bound.
     #[error(
         "cannot listen on {addr} for the control service: {source}; is another s2cs running? (choose another --port)"
@@ -86,26 +82,6 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Creates the state directory (mode 0700) and takes its lock, so two
-/// `s2cs` never share one directory. The lock lives as long as the fd.
-fn prepare_state_dir(dir: &Path) -> Result<OwnedFd, RunError> {
-    let err = |reason: String| RunError::StateDir {
-        path: dir.to_owned(),
-        reason,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-    let lock_path = dir.join("s2cs.lock");
-    let lock = rustix::fs::open(
-        &lock_path,
-        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| err(format!("cannot open {}: {e}", lock_path.display())))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| err("another s2cs is using it; give each s2cs its own --state-dir".into()))?;
-    Ok(lock)
-}
-
 /// Loads the data channel's certificate, key and peer CA as `s2ds` will,
 /// so that a bad file is named here.
 fn check_data_tls(files: &crate::config::DataTls) -> Result<(), TlsError> {
@@ -125,6 +101,7 @@ pub fn check_config(config: &Config) -> Result<Vec<String>, RunError> {
     } else {
         tls::server_config(&config.server_crt, &config.server_key)?;
     }
+    config.state_dir().map_err(RunError::Config)?;
     let (data_tls, data_warning) = config.data_tls().map_err(RunError::DataChannel)?;
     if let Some(files) = &data_tls {
         check_data_tls(files)?;
@@ -179,8 +156,11 @@ pub async fn run(
     let auth = Arc::new(auth);
     let access = Arc::new(access);
 
-    let state_dir = config.state_dir();
-    let _lock = prepare_state_dir(&state_dir)?;
+    let state = StateDir::prepare(&config.state_dir().map_err(RunError::Config)?)?;
+    let state_dir = state.path().to_owned();
+    let tag_secret = state.tag_secret()?;
+    // Every log line and metric names sessions by tag from here on.
+    scistream_protocol::tag::set_secret(&tag_secret);
 
     let control_addr = SocketAddr::new(config.control_ip, config.port);
     let listener = TcpListener::bind(control_addr)
@@ -203,7 +183,7 @@ pub async fn run(
         None => None,
     };
 
-    let store_path = state_dir.join("sessions.redb");
+    let store_path = state.private_file("sessions.redb")?;
     let store = Arc::new(SessionStore::open(&store_path).map_err(RunError::Store)?);
     let stored = store.load().map_err(RunError::Store)?;
 
@@ -212,6 +192,10 @@ pub async fn run(
         args: config.s2ds_argv(),
         socket_path: state_dir.join("s2ds.sock"),
         call_timeout: Duration::from_secs(20),
+        env: vec![(
+            scistream_protocol::tag::SECRET_ENV.to_owned(),
+            scistream_protocol::tag::encode_secret(&tag_secret),
+        )],
     })
     .await?;
 
@@ -226,9 +210,22 @@ pub async fn run(
             data_tls: data_tls.is_some(),
             access: access.clone(),
             max_sessions: config.max_sessions,
-            max_conns_per_session: config.max_conns_per_session,
+            max_conns_per_session: config.conns_per_session(),
             capacity_bps: config.capacity,
             max_pending_per_identity: config.max_pending_per_identity,
+            max_ports_per_identity: config.ports_per_identity(),
+            max_sessions_per_identity: config.max_sessions_per_identity,
+            weak_uids: config.weak_uids.parse().map_err(RunError::Config)?,
+            verifies_peers: data_tls.as_ref().is_some_and(|d| d.peer_ca.is_file()),
+            gateway: crate::targets::Gateway {
+                listener_ip: config.listener_ip,
+                control_port: local.port(),
+                metrics_port: metrics_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok())
+                    .map(|a| a.port()),
+                data_ports: config.port_range.clone(),
+            },
         },
         dataplane,
         store,
@@ -251,6 +248,20 @@ pub async fn run(
             "recovered the sessions of the previous s2cs"
         );
     }
+
+    // Sessions that got their hello but never their update hold ports and
+    // forward nothing: released after --update-timeout.
+    let _expiry = (!config.update_timeout.is_zero()).then(|| {
+        let registry = registry.clone();
+        let after = config.update_timeout;
+        let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                registry.expire_unused(after).await;
+            }
+        }))
+    });
 
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let (_metrics_task, metrics_local) = match metrics_listener {
@@ -319,11 +330,23 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let admission = Admission {
+        limits: ConnLimits::new(
+            config.max_control_conns,
+            config.max_control_conns_per_source,
+        ),
+        setup_timeout: config.control_setup_timeout,
+    };
     let serve = async {
         match acceptor {
             Some(acceptor) => {
                 let (tx, rx) = mpsc::channel(64);
-                let accept_loop = AbortOnDrop(tokio::spawn(accept_tls(listener, acceptor, tx)));
+                let accept_loop = AbortOnDrop(tokio::spawn(accept_tls(
+                    listener,
+                    acceptor,
+                    admission.clone(),
+                    tx,
+                )));
                 let r = server
                     .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful)
                     .await;
@@ -332,7 +355,8 @@ pub async fn run(
             }
             None => {
                 let (tx, rx) = mpsc::channel(64);
-                let accept_loop = AbortOnDrop(tokio::spawn(accept_plain(listener, tx)));
+                let accept_loop =
+                    AbortOnDrop(tokio::spawn(accept_plain(listener, admission.clone(), tx)));
                 let r = server
                     .serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful)
                     .await;
@@ -511,16 +535,68 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Incoming<T> = mpsc::Sender<Result<T, io::Error>>;
+type Incoming<T> = mpsc::Sender<Result<Admitted<T>, io::Error>>;
 
-async fn accept_plain(listener: TcpListener, tx: Incoming<tokio::net::TcpStream>) {
+/// How the accept loops bound control connections.
+#[derive(Debug, Clone)]
+struct Admission {
+    limits: Arc<ConnLimits>,
+    /// TLS handshake plus HTTP/2 preface must be done within this.
+    setup_timeout: Duration,
+}
+
+impl Admission {
+    /// A slot for a connection from `peer`, or `None` (logged, rate-limited).
+    fn admit(&self, peer: SocketAddr) -> Option<ConnSlot> {
+        match self.limits.admit(peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(why) => {
+                let verdict = REFUSED_CONTROL.check(std::time::Instant::now());
+                if verdict.log {
+                    warn!(
+                        %peer,
+                        limit = match why {
+                            Refused::Global => "--max-control-conns",
+                            Refused::PerSource => "--max-control-conns-per-source",
+                        },
+                        suppressed_before = verdict.suppressed_before,
+                        "control connection refused: too many open"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Refused control connections logged one by one: 10 per 10 s.
+static REFUSED_CONTROL: crate::logsafe::LogLimit =
+    crate::logsafe::LogLimit::new(10, Duration::from_secs(10));
+
+async fn accept_plain(
+    listener: TcpListener,
+    admission: Admission,
+    tx: Incoming<tokio::net::TcpStream>,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                let Some(slot) = admission.admit(peer) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                if tx.send(Ok(stream)).await.is_err() {
-                    return;
-                }
+                let tx = tx.clone();
+                let deadline = admission.setup_timeout;
+                tokio::spawn(async move {
+                    match await_preface(stream, slot, deadline).await {
+                        Ok(admitted) => {
+                            let _ = tx.send(Ok(admitted)).await;
+                        }
+                        Err(e) => {
+                            debug!(%peer, error = %e, "control connection closed before it spoke HTTP/2")
+                        }
+                    }
+                });
             }
             Err(e) => accept_error(e).await,
         }
@@ -530,23 +606,38 @@ async fn accept_plain(listener: TcpListener, tx: Incoming<tokio::net::TcpStream>
 async fn accept_tls(
     listener: TcpListener,
     acceptor: SharedAcceptor,
+    admission: Admission,
     tx: Incoming<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = admission.admit(peer) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let tx = tx.clone();
+                let deadline = admission.setup_timeout;
                 // Each handshake runs on its own and is bounded in time, so a
-                // client that stalls mid-handshake holds up nobody.
+                // client that stalls mid-handshake (or after it) holds up nobody.
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                    let started = tokio::time::Instant::now();
+                    let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            return debug!(%peer, error = %e, "control TLS handshake failed");
                         }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "control TLS handshake failed"),
-                        Err(_) => debug!(%peer, "control TLS handshake timed out"),
+                        Err(_) => return debug!(%peer, "control TLS handshake timed out"),
+                    };
+                    let left = deadline.saturating_sub(started.elapsed());
+                    match await_preface(tls, slot, left).await {
+                        Ok(admitted) => {
+                            let _ = tx.send(Ok(admitted)).await;
+                        }
+                        Err(e) => {
+                            debug!(%peer, error = %e, "control connection closed before it spoke HTTP/2")
+                        }
                     }
                 });
             }

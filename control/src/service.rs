@@ -95,11 +95,25 @@ impl ControlService {
     {
         let _call = self.in_flight.enter();
         let started = Instant::now();
-        let who = self.auth.authenticate(request.metadata()).await;
+        let source = request.remote_addr().map(|a| a.ip());
+        let who = self
+            .auth
+            .authenticate(request.metadata())
+            .await
+            .map(|mut who| {
+                who.source = source;
+                who
+            });
         let m = request.into_inner();
-        let uid = loggable(uid_of(&m));
-        // Every line logged while serving the call names the rpc and session.
-        let span = tracing::info_span!("call", rpc, uid = %uid);
+        // Every line logged while serving the call names the rpc and the
+        // session's tag (never its uid, a secret).
+        let uid = uid_of(&m);
+        let uid = if uid.is_empty() {
+            "-".to_owned()
+        } else {
+            scistream_protocol::tag::session_tag(uid)
+        };
+        let span = tracing::info_span!("call", rpc, session = %uid);
         let (who, r) = match who {
             Ok(who) => (Some(who.clone()), op(who, m).instrument(span).await),
             Err(e) => (None, Err(e)),
@@ -131,22 +145,15 @@ fn finish<T>(
     };
     match r {
         Ok(v) => {
-            info!(rpc, uid, caller, auth, elapsed_ms, "ok");
+            info!(rpc, session = uid, caller, auth, elapsed_ms, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
-            warn!(rpc, uid, caller, auth, elapsed_ms, code = ?e.code(), error = %e, "call failed");
+            let error = crate::logsafe::escape(&e.to_string());
+            warn!(rpc, session = uid, caller, auth, elapsed_ms, code = ?e.code(), %error, "call failed");
             Err(e.into())
         }
     }
-}
-
-/// A uid safe to put in a log line, whatever the caller sent.
-fn loggable(uid: &str) -> String {
-    uid.chars()
-        .take(64)
-        .filter(|c| c.is_ascii_graphic())
-        .collect()
 }
 
 #[tonic::async_trait]

@@ -60,6 +60,42 @@ pub struct Policy {
     pub capacity_bps: Option<u64>,
     /// Most requests one identity may have waiting for their hello.
     pub max_pending_per_identity: usize,
+    /// Most data ports one identity (or anonymous source address) may hold.
+    pub max_ports_per_identity: usize,
+    /// Most sessions one identity (or anonymous source address) may hold.
+    pub max_sessions_per_identity: usize,
+    /// How sessions with a uid that is not random are protected.
+    pub weak_uids: WeakUids,
+    /// The data plane can verify a peer gateway's certificate (it has a
+    /// peer CA), which `WeakUids::RequireClientCert` needs.
+    pub verifies_peers: bool,
+    /// This gateway's own endpoints, which no session may target.
+    pub gateway: crate::targets::Gateway,
+}
+
+/// How a session whose uid is not a random UUID is protected (`--weak-uids`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeakUids {
+    /// Its inbound side requires the peer gateway's certificate.
+    RequireClientCert,
+    /// Like any other session: the uid alone.
+    Allow,
+    /// Refused.
+    Refuse,
+}
+
+impl std::str::FromStr for WeakUids {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "require-client-cert" => Ok(WeakUids::RequireClientCert),
+            "allow" => Ok(WeakUids::Allow),
+            "refuse" => Ok(WeakUids::Refuse),
+            other => Err(format!(
+                "--weak-uids {other:?}: expected require-client-cert, allow or refuse"
+            )),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -72,6 +108,11 @@ impl Default for Policy {
             max_conns_per_session: MAX_LISTENERS_PER_SESSION,
             capacity_bps: None,
             max_pending_per_identity: 16,
+            max_ports_per_identity: usize::MAX,
+            max_sessions_per_identity: usize::MAX,
+            weak_uids: WeakUids::Allow,
+            verifies_peers: false,
+            gateway: crate::targets::Gateway::default(),
         }
     }
 }
@@ -102,6 +143,10 @@ struct Session {
     hello_tx: Option<oneshot::Sender<()>>,
     /// Serialises update/release of this session across awaits.
     op_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Since when it has been Ready (hello done, no update yet).
+    ready_since: Option<tokio::time::Instant>,
+    /// Its inbound side requires the peer gateway's certificate (its uid is not random).
+    client_cert: bool,
 }
 
 impl Session {
@@ -226,7 +271,7 @@ impl Drop for PendingReq<'_> {
                 let (owner, listeners) = (s.owner.to_string(), s.listener_strings());
                 drop(s);
                 table.ports.free(ports);
-                info!(event = "timed_out", uid = %self.key.uid, role = %self.key.role, %owner, ?listeners, "request ended before its hello; ports freed");
+                info!(event = "timed_out", session = %self.key, %owner, ?listeners, "request ended before its hello; ports freed");
             }
         }
     }
@@ -293,7 +338,13 @@ impl Registry {
     }
 
     /// Admission control: session count, pending requests per identity, capacity.
-    fn admit(&self, table: &Table, who: &Identity, rate_kbps: u64) -> Result<(), ControlError> {
+    fn admit(
+        &self,
+        table: &Table,
+        who: &Identity,
+        num_conn: usize,
+        rate_kbps: u64,
+    ) -> Result<(), ControlError> {
         if let Some(max) = self.policy.max_sessions {
             if table.sessions.len() >= max {
                 return Err(ControlError::ResourceExhausted(format!(
@@ -304,12 +355,30 @@ impl Registry {
         let pending = table
             .sessions
             .values()
-            .filter(|s| s.phase == Phase::AwaitingHello && s.owner.id == who.id)
+            .filter(|s| s.phase == Phase::AwaitingHello && s.owner.quota_key() == who.quota_key())
             .count();
         if pending >= self.policy.max_pending_per_identity {
             return Err(ControlError::ResourceExhausted(format!(
                 "{pending} requests of {who} are already waiting for their hello (the most allowed); \
                  send their hellos or let them time out"
+            )));
+        }
+        let (sessions, ports) = table
+            .sessions
+            .values()
+            .filter(|s| s.owner.quota_key() == who.quota_key())
+            .fold((0, 0), |(n, p), s| (n + 1, p + s.listeners.len()));
+        if sessions >= self.policy.max_sessions_per_identity {
+            return Err(ControlError::ResourceExhausted(format!(
+                "{who} holds {sessions} sessions here, the most one caller may; release some first"
+            )));
+        }
+        if ports + num_conn > self.policy.max_ports_per_identity {
+            return Err(ControlError::ResourceExhausted(format!(
+                "{who} holds {ports} of the {} data ports one caller may hold here; \
+                 ask for at most {} connections, or release a session first",
+                self.policy.max_ports_per_identity,
+                self.policy.max_ports_per_identity.saturating_sub(ports)
             )));
         }
         if let Some(capacity) = self.policy.capacity_bps {
@@ -329,6 +398,42 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Checks a new session's uid for strength: `Ok(true)` when its inbound
+    /// side must require the peer gateway's certificate (`--weak-uids`).
+    fn uid_protection(&self, uid: &str, role: Role) -> Result<bool, ControlError> {
+        if uid.len() < scistream_protocol::MIN_UID_LEN {
+            return Err(ControlError::InvalidArgument(format!(
+                "the uid is {} characters long; a uid is the data channel's credential, so this gateway needs \
+                 at least {} (s2uc makes random 36-character uids)",
+                uid.len(),
+                scistream_protocol::MIN_UID_LEN
+            )));
+        }
+        if scistream_protocol::uid_kind(uid) == scistream_protocol::UidKind::Random {
+            return Ok(false);
+        }
+        match (self.policy.weak_uids, role) {
+            (WeakUids::Allow, _) => Ok(false),
+            (WeakUids::Refuse, _) => Err(ControlError::InvalidArgument(
+                "the uid is not a random UUID, and this gateway refuses such uids (--weak-uids refuse); \
+                 let s2uc make the uid"
+                    .into(),
+            )),
+            // The outbound side presents its certificate when asked; the
+            // inbound side is where the uid is checked.
+            (WeakUids::RequireClientCert, Role::Cons) => Ok(false),
+            (WeakUids::RequireClientCert, Role::Prod) if !self.policy.data_tls => Ok(false),
+            (WeakUids::RequireClientCert, Role::Prod) if self.policy.verifies_peers => Ok(true),
+            (WeakUids::RequireClientCert, Role::Prod) => Err(ControlError::FailedPrecondition(
+                "the uid is not a random UUID (SciStream's own client makes time-based ones, which can be guessed); \
+                 this gateway protects such sessions by requiring the peer gateway's certificate, but it has no \
+                 --peer-ca to verify one. Use a random uid (s2uc makes them), or ask the gateway's admin for \
+                 --peer-ca (or --weak-uids allow)"
+                    .into(),
+            )),
+        }
     }
 
     /// `req`: allocate listeners and wait for the hello.
@@ -378,6 +483,7 @@ impl Registry {
                 scistream_protocol::units::format_rate(self.policy.capacity_bps.unwrap_or(0) as f64)
             )));
         }
+        let client_cert = self.uid_protection(&r.uid, role)?;
         let key = SessionKey {
             uid: r.uid.clone(),
             role,
@@ -385,13 +491,24 @@ impl Registry {
         let (hello_tx, hello_rx) = oneshot::channel();
         let listeners = {
             let mut table = self.lock();
-            self.admit(&table, who, rate_kbps)?;
-            if table.sessions.contains_key(&key) {
-                return Err(ControlError::AlreadyExists(format!(
-                    "a {role} session with uid {} exists already; use a new uid or release it first",
-                    key.uid
+            // A uid belongs to whoever first used it, across both roles:
+            // nobody can take the other end of someone else's tunnel.
+            if let Some(other) = table
+                .sessions
+                .iter()
+                .find(|(k, s)| k.uid == key.uid && !s.owner.is(&who.id))
+            {
+                return Err(ControlError::PermissionDenied(format!(
+                    "this uid is in use here by another identity (session {}); use a new uid",
+                    other.0
                 )));
             }
+            if table.sessions.contains_key(&key) {
+                return Err(ControlError::AlreadyExists(format!(
+                    "a {role} session with this uid exists already (session {key}); use a new uid or release it first"
+                )));
+            }
+            self.admit(&table, who, num_conn, rate_kbps)?;
             let bound = table.ports.allocate(num_conn).map_err(|e| match e {
                 PortError::Exhausted { .. } => ControlError::ResourceExhausted(e.to_string()),
                 PortError::Bind { .. } => ControlError::Internal(e.to_string()),
@@ -409,6 +526,8 @@ impl Registry {
                 target_names: Vec::new(),
                 hello_tx: Some(hello_tx),
                 op_lock: Arc::default(),
+                ready_since: None,
+                client_cert,
             };
             let listeners = session.listener_strings();
             table.sessions.insert(key.clone(), session);
@@ -420,7 +539,7 @@ impl Registry {
             armed: true,
         };
         self.new_session.notify_waiters();
-        info!(event = "requested", uid = %key.uid, role = %role, owner = %who, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
+        info!(event = "requested", session = %key, owner = %who, num_conn, rate_kbps, ?listeners, "requested; waiting for hello");
 
         let waited = tokio::time::timeout(self.timing.hello_timeout, hello_rx).await;
         let table = self.lock();
@@ -431,14 +550,14 @@ impl Registry {
                 drop(pending);
                 return Err(match waited {
                     Err(_) => ControlError::DeadlineExceeded(format!(
-                        "no hello for uid {} within {} s; the listeners were released. \
+                        "no hello for session {} within {} s; the listeners were released. \
                          Start the application (or s2uc) that sends the hello, then request again",
-                        key.uid,
+                        key,
                         self.timing.hello_timeout.as_secs()
                     )),
                     Ok(_) => ControlError::Aborted(format!(
                         "session {} was released while waiting for its hello",
-                        key.uid
+                        key
                     )),
                 });
             }
@@ -454,7 +573,7 @@ impl Registry {
         let owner = session.owner.to_string();
         drop(table);
         pending.armed = false;
-        info!(event = "ready", uid = %key.uid, role = %role, %owner, listeners = ?response.listeners, "ready");
+        info!(event = "ready", session = %key, %owner, listeners = ?response.listeners, "ready");
         Ok(response)
     }
 
@@ -497,6 +616,7 @@ impl Registry {
                         &format!("session {key}"),
                     )?;
                     session.phase = Phase::Ready;
+                    session.ready_since = Some(tokio::time::Instant::now());
                     session.receivers = h.prod_listeners.clone();
                     if let Err(e) = self.persist(&key, session) {
                         session.phase = Phase::AwaitingHello;
@@ -506,7 +626,7 @@ impl Registry {
                         // The req may have given up this very moment; it re-checks the phase.
                         let _ = tx.send(());
                     }
-                    info!(uid = %key.uid, role = %key.role, receivers = ?h.prod_listeners, "hello");
+                    info!(session = %key, receivers = ?h.prod_listeners, "hello");
                     return Ok(pb::AppResponse {
                         message: match key.role {
                             Role::Prod => "Sending Prod listeners...".into(),
@@ -517,43 +637,81 @@ impl Registry {
                 }
                 if table.sessions.keys().any(|k| k.uid == h.uid) {
                     return Err(ControlError::FailedPrecondition(format!(
-                        "every session with uid {} has had its hello already",
-                        h.uid
+                        "every session with this uid (tag {}) has had its hello already",
+                        scistream_protocol::tag::session_tag(&h.uid)
                     )));
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ControlError::NotFound(format!(
-                    "no request with uid {} is waiting for a hello (waited {} s); \
+                    "no request with this uid (tag {}) is waiting for a hello (waited {} s); \
                      send the req first, or check the uid",
-                    h.uid,
+                    scistream_protocol::tag::session_tag(&h.uid),
                     self.timing.hello_grace.as_secs_f32()
                 )));
             }
         }
     }
 
-    /// Finds the session an update addresses; `role` may be absent when the
-    /// uid names one session only.
-    fn find_key(&self, uid: &str, role: Option<Role>) -> Result<SessionKey, ControlError> {
+    /// Finds the session an update addresses, among those `who` may act on
+    /// (their own; every one for an administrator). `role` may be absent,
+    /// as SciStream's client sends it, when that leaves one session.
+    fn find_key(
+        &self,
+        who: &Identity,
+        uid: &str,
+        role: Option<Role>,
+    ) -> Result<SessionKey, ControlError> {
         let table = self.lock();
-        let mut keys = table.sessions.keys().filter(|k| k.uid == uid);
-        let found = match role {
-            Some(role) => keys.find(|k| k.role == role).cloned(),
-            None => {
-                let all: Vec<_> = keys.cloned().collect();
-                if all.len() > 1 {
-                    return Err(ControlError::InvalidArgument(format!(
-                        "uid {uid} has both a PROD and a CONS session here; set the role"
-                    )));
-                }
-                all.into_iter().next()
+        let of_uid: Vec<(&SessionKey, &Session)> = table
+            .sessions
+            .iter()
+            .filter(|(k, _)| k.uid == uid)
+            .collect();
+        let tag = || scistream_protocol::tag::session_tag(uid);
+        if of_uid.is_empty() {
+            return Err(match role {
+                Some(role) => ControlError::NotFound(format!(
+                    "no {role} session with this uid (tag {})",
+                    tag()
+                )),
+                None => ControlError::NotFound(format!("no session with this uid (tag {})", tag())),
+            });
+        }
+        let mine: Vec<&SessionKey> = of_uid
+            .iter()
+            .filter(|(k, s)| {
+                role.is_none_or(|r| k.role == r)
+                    && self.policy.access.check_owner(who, &s.owner, "").is_ok()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        match mine.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => {
+                // Theirs to change, not the caller's: name the owner.
+                let (k, s) = of_uid
+                    .iter()
+                    .find(|(k, _)| role.is_none_or(|r| k.role == r))
+                    .ok_or_else(|| {
+                        ControlError::NotFound(format!(
+                            "no {} session with this uid (tag {})",
+                            role.map(Role::as_str).unwrap_or(""),
+                            tag()
+                        ))
+                    })?;
+                self.policy
+                    .access
+                    .check_owner(who, &s.owner, &format!("session {k}"))?;
+                Err(ControlError::Internal(format!(
+                    "session {k}: owner check disagrees"
+                )))
             }
-        };
-        found.ok_or_else(|| match role {
-            Some(role) => ControlError::NotFound(format!("no {role} session with uid {uid}")),
-            None => ControlError::NotFound(format!("no session with uid {uid}")),
-        })
+            _ => Err(ControlError::InvalidArgument(format!(
+                "this uid (tag {}) has both a PROD and a CONS session here; set the role",
+                tag()
+            ))),
+        }
     }
 
     fn op_lock(&self, key: &SessionKey) -> Option<Arc<tokio::sync::Mutex<()>>> {
@@ -573,18 +731,43 @@ impl Registry {
                 "remote_listeners is empty: give at least one HOST:PORT to forward to".into(),
             ));
         }
+        // Who may change which session, and how many targets it can take,
+        // are settled before any name is resolved.
+        let key = self.find_key(who, &u.uid, role)?;
+        let (num_conn, own_listeners) = {
+            let table = self.lock();
+            let s = table
+                .sessions
+                .get(&key)
+                .ok_or_else(|| ControlError::NotFound(format!("session {key} was released")))?;
+            (
+                s.num_conn,
+                s.listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+            )
+        };
+        if u.remote_listeners.len() > num_conn {
+            return Err(ControlError::InvalidArgument(format!(
+                "remote_listeners has {} entries; session {key} has {num_conn} connections, so at most {num_conn}",
+                u.remote_listeners.len()
+            )));
+        }
         let endpoints = parse_endpoints("remote_listeners", &u.remote_listeners)?;
         let mut addrs = Vec::with_capacity(endpoints.len());
         for e in &endpoints {
             addrs.push(resolve(e).await?);
         }
-        let key = self.find_key(&u.uid, role)?;
         let field = match key.role {
             Role::Prod => "receiver",
             Role::Cons => "remote listener",
         };
         for a in &addrs {
-            self.policy.access.check_target(field, a)?;
+            crate::targets::check(
+                self.policy.access.targets.as_deref(),
+                &self.policy.gateway,
+                field,
+                *a,
+                &own_listeners,
+            )?;
         }
         let op_lock = self
             .op_lock(&key)
@@ -623,7 +806,7 @@ impl Registry {
                     listeners: s.listeners.iter().map(|l| l.addr).collect(),
                     targets: target_addrs.clone(),
                     rate_kbps: s.rate_kbps,
-                    channel: self.channel(key.role, &target_names),
+                    channel: self.channel(key.role, s.client_cert, &target_names),
                 };
                 (Command::AddSession(spec), fds)
             } else {
@@ -660,13 +843,14 @@ impl Registry {
             let mut table = self.lock();
             if let Some(s) = table.sessions.get_mut(&key) {
                 s.phase = Phase::Forwarding;
+                s.ready_since = None;
                 s.targets = targets.0.clone();
                 s.target_addrs = targets.1;
                 s.target_names = targets.2;
                 self.persist(&key, s)?;
             }
         }
-        info!(event = "updated", uid = %key.uid, role = %key.role, owner = %who, targets = ?targets.0, "updated; forwarding");
+        info!(event = "updated", session = %key, owner = %who, targets = ?targets.0, "updated; forwarding");
         Ok(pb::Response {
             listeners,
             prod_listeners: targets.0,
@@ -680,68 +864,135 @@ impl Registry {
         r: pb::Release,
     ) -> Result<pb::Response, ControlError> {
         check_uid(&r.uid)?;
+        // The caller's own sessions of the uid (every one for an administrator).
         let keys: Vec<SessionKey> = {
             let table = self.lock();
-            let mut keys = Vec::new();
-            for (k, s) in table.sessions.iter().filter(|(k, _)| k.uid == r.uid) {
-                // Every session of the uid must be the caller's before any is released.
-                self.policy
-                    .access
-                    .check_owner(who, &s.owner, &format!("session {k}"))?;
-                keys.push(k.clone());
+            let of_uid: Vec<_> = table
+                .sessions
+                .iter()
+                .filter(|(k, _)| k.uid == r.uid)
+                .collect();
+            let keys: Vec<SessionKey> = of_uid
+                .iter()
+                .filter(|(_, s)| self.policy.access.check_owner(who, &s.owner, "").is_ok())
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            if keys.is_empty() {
+                if let Some((k, s)) = of_uid.first() {
+                    self.policy
+                        .access
+                        .check_owner(who, &s.owner, &format!("session {k}"))?;
+                }
             }
             keys
         };
         if keys.is_empty() {
             return Err(ControlError::NotFound(format!(
-                "no session with uid {} to release",
-                r.uid
+                "no session with this uid (tag {}) to release",
+                scistream_protocol::tag::session_tag(&r.uid)
             )));
         }
         for key in keys {
-            let Some(op_lock) = self.op_lock(&key) else {
-                continue;
-            };
-            let _op = op_lock.lock().await;
-            // Out of the store first, so a restart cannot bring it back.
-            self.store.remove(&key).map_err(|e| {
-                ControlError::Internal(format!(
-                    "this gateway cannot record the release of {key} durably ({e}); the session is kept"
-                ))
-            })?;
-            // Out of the table next, so a data-plane restart cannot bring it back.
-            let Some(session) = self.lock().sessions.remove(&key) else {
-                continue;
-            };
-            if session.phase == Phase::Forwarding {
-                let removal = self
-                    .dataplane
-                    .call(Command::RemoveSession { key: key.clone() }, Vec::new());
-                match removal.await {
-                    Ok(Outcome::Failed { message }) => {
-                        warn!(%key, %message, "data plane could not remove session")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(%key, error = %e, "data plane unreachable during release; its restart drops the session")
-                    }
-                }
-            }
-            let ports: Vec<u16> = session.listeners.iter().map(|l| l.addr.port()).collect();
-            let (owner, listeners) = (session.owner.to_string(), session.listener_strings());
-            drop(session);
-            self.lock().ports.free(ports);
-            info!(event = "released", uid = %key.uid, role = %key.role, %owner, by = %who, ?listeners, "released");
+            self.remove(&key, &who.to_string(), "released", false)
+                .await?;
         }
         Ok(pb::Response::default())
     }
 
+    /// Takes one session out of the store, the table and the data plane,
+    /// and frees its ports. `event` names why in the log line. With
+    /// `only_if_ready`, a session that got its update meanwhile is kept.
+    async fn remove(
+        &self,
+        key: &SessionKey,
+        by: &str,
+        event: &str,
+        only_if_ready: bool,
+    ) -> Result<(), ControlError> {
+        let Some(op_lock) = self.op_lock(key) else {
+            return Ok(());
+        };
+        let _op = op_lock.lock().await;
+        if only_if_ready
+            && self
+                .lock()
+                .sessions
+                .get(key)
+                .is_none_or(|s| s.phase != Phase::Ready)
+        {
+            return Ok(());
+        }
+        // Out of the store first, so a restart cannot bring it back.
+        self.store.remove(key).map_err(|e| {
+            ControlError::Internal(format!(
+                "this gateway cannot record the release of {key} durably ({e}); the session is kept"
+            ))
+        })?;
+        // Out of the table next, so a data-plane restart cannot bring it back.
+        let Some(session) = self.lock().sessions.remove(key) else {
+            return Ok(());
+        };
+        if session.phase == Phase::Forwarding {
+            let removal = self
+                .dataplane
+                .call(Command::RemoveSession { key: key.clone() }, Vec::new());
+            match removal.await {
+                Ok(Outcome::Failed { message }) => {
+                    warn!(%key, %message, "data plane could not remove session")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(%key, error = %e, "data plane unreachable during release; its restart drops the session")
+                }
+            }
+        }
+        let ports: Vec<u16> = session.listeners.iter().map(|l| l.addr.port()).collect();
+        let (owner, listeners) = (session.owner.to_string(), session.listener_strings());
+        drop(session);
+        self.lock().ports.free(ports);
+        info!(event, session = %key, %owner, by, ?listeners, "released");
+        Ok(())
+    }
+
+    /// Releases the sessions that have waited for their `update` longer
+    /// than `after` (they hold ports and forward nothing). Returns how many.
+    pub async fn expire_unused(&self, after: Duration) -> usize {
+        let now = tokio::time::Instant::now();
+        let stale: Vec<SessionKey> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.phase == Phase::Ready
+                    && s.ready_since
+                        .is_some_and(|t| now.duration_since(t) >= after)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut n = 0;
+        for key in stale {
+            match self
+                .remove(&key, "this gateway (--update-timeout)", "expired", true)
+                .await
+            {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    warn!(%key, error = %e, "cannot release a session that never got its update")
+                }
+            }
+        }
+        n
+    }
+
     /// The data channel of a session: an inbound (PROD) gateway receives
     /// from the peer gateway, an outbound (CONS) gateway sends to it.
-    fn channel(&self, role: Role, target_names: &[String]) -> DataChannel {
+    fn channel(&self, role: Role, client_cert: bool, target_names: &[String]) -> DataChannel {
         let tls = self.policy.data_tls;
         match role {
-            Role::Prod => DataChannel::FromPeer { tls },
+            Role::Prod => DataChannel::FromPeer {
+                tls,
+                client_cert: tls && client_cert,
+            },
             Role::Cons => DataChannel::ToPeer {
                 tls,
                 server_names: target_names.to_vec(),
@@ -771,7 +1022,7 @@ impl Registry {
                         listeners: s.listeners.iter().map(|l| l.addr).collect(),
                         targets: s.target_addrs.clone(),
                         rate_kbps: s.rate_kbps,
-                        channel: self.channel(key.role, &s.target_names),
+                        channel: self.channel(key.role, s.client_cert, &s.target_names),
                     },
                     fds,
                 )),

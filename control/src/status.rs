@@ -55,7 +55,8 @@ pub async fn sessions(
     if let Some(uid) = uid {
         if views.is_empty() {
             return Err(ControlError::NotFound(format!(
-                "no session with uid {uid} that you may see here"
+                "no session with this uid (tag {}) that you may see here",
+                scistream_protocol::tag::session_tag(uid)
             )));
         }
     }
@@ -75,6 +76,7 @@ pub async fn sessions(
             let (bps_to, bps_from) = rates.rates(&v.key, st.bytes_to_target, st.bytes_from_target);
             pb::SessionStatus {
                 uid: v.key.uid.clone(),
+                tag: v.key.tag(),
                 role: v.key.role.to_string(),
                 owner: v.owner.to_string(),
                 phase: v.phase.into(),

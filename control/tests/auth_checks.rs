@@ -189,11 +189,16 @@ async fn a_down_or_slow_introspection_endpoint_gives_unavailable_in_time() {
     probe(&c, Some(&slow)).await.unwrap();
 }
 
+/// The uid a test's short name stands for (uids have at least 16 characters).
+fn long(uid: &str) -> String {
+    format!("{uid}-0123456789abcdef")
+}
+
 /// req + hello + update as SciStream's client does, as one caller.
 async fn create(c: &Client, who: &str, uid: &str, receiver: &str) -> Result<(), tonic::Status> {
     let mut rc = c.clone();
     let who_req = who.to_owned();
-    let uid_req = uid.to_owned();
+    let uid_req = long(uid);
     let pending = tokio::spawn(async move {
         rc.req(call(
             Request {
@@ -210,7 +215,7 @@ async fn create(c: &Client, who: &str, uid: &str, receiver: &str) -> Result<(), 
         .clone()
         .hello(call(
             Hello {
-                uid: uid.into(),
+                uid: long(uid),
                 role: "PROD".into(),
                 prod_listeners: vec![receiver.into()],
             },
@@ -227,7 +232,7 @@ async fn update(c: &Client, who: &str, uid: &str, target: &str) -> Result<(), to
     c.clone()
         .update(call(
             UpdateTargets {
-                uid: uid.into(),
+                uid: long(uid),
                 remote_listeners: vec![target.into()],
                 role: "PROD".into(),
             },
@@ -239,7 +244,7 @@ async fn update(c: &Client, who: &str, uid: &str, target: &str) -> Result<(), to
 
 async fn release(c: &Client, who: &str, uid: &str) -> Result<(), tonic::Status> {
     c.clone()
-        .release(call(Release { uid: uid.into() }, Some(who)))
+        .release(call(Release { uid: long(uid) }, Some(who)))
         .await
         .map(|_| ())
 }

@@ -306,7 +306,7 @@ fn with_v_each_data_connection_logs_inside_its_own_span() {
     let mut s = TcpStream::connect(&listener).unwrap();
     s.write_all(&[0x42; 64]).unwrap();
     let _ = s.read(&mut [0u8; 16]);
-    let want = format!("conn{{session={uid}/PROD listener=0 peer=");
+    let want = format!("conn{{session={}/PROD listener=0 peer=", hpc.tag(&uid));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !hpc.log().contains(&want) {
         assert!(
@@ -316,4 +316,5 @@ fn with_v_each_data_connection_logs_inside_its_own_span() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(!hpc.log().contains(&uid), "the uid itself is in no line");
 }

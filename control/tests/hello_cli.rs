@@ -14,7 +14,7 @@ async fn s2uc_hello_completes_a_waiting_request() {
         .unwrap();
     let req = tokio::spawn(async move {
         c.req(Request {
-            uid: "app-1".into(),
+            uid: "app-1-0123456789abcdef".into(),
             role: "PROD".into(),
             num_conn: 2,
             rate: 0,
@@ -28,7 +28,7 @@ async fn s2uc_hello_completes_a_waiting_request() {
             "--insecure",
             "--s2cs",
             &control,
-            "app-1",
+            "app-1-0123456789abcdef",
             "--role",
             "PROD",
             "--prod-listeners",

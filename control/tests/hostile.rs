@@ -25,30 +25,49 @@ async fn legit(gw: &Gw, pki: &Pki) {
     assert_eq!(e.grpc_code(), Some(tonic::Code::NotFound), "{e}");
 }
 
+/// A connection to `addr` from the loopback address `source`.
+fn connect_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_port_shrugs_off_garbage_and_idlers() {
     let pki = Pki::new();
     let gw = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
     let addr = gw.gw.addr;
+    // The attacker's connections come from another address than the
+    // legitimate caller's (127.0.0.1): one source can hold only
+    // --max-control-conns-per-source (64) of them.
+    let attacker = "127.0.0.3";
 
     // Garbage, and an HTTP/1 request, on the TLS port.
-    let mut g = TcpStream::connect(addr).unwrap();
+    let mut g = connect_from(attacker, addr);
     let junk: Vec<u8> = (0..65536u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let _ = g.write_all(&junk);
-    let mut h = TcpStream::connect(addr).unwrap();
+    let mut h = connect_from(attacker, addr);
     h.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     // A TLS client that sends half a ClientHello and stalls.
-    let mut stalled = TcpStream::connect(addr).unwrap();
+    let mut stalled = connect_from(attacker, addr);
     stalled
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
         .unwrap();
-    // 1000 idle connections.
-    let idle: Vec<TcpStream> = (0..1000)
-        .map(|_| TcpStream::connect(addr).unwrap())
-        .collect();
+    // 1000 idle connections: past the per-source cap they are closed at once.
+    let mut idle: Vec<TcpStream> = (0..1000).map(|_| connect_from(attacker, addr)).collect();
     legit(&gw, &pki).await;
+    let last = idle.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    assert!(matches!(last.read(&mut [0u8; 1]), Ok(0) | Err(_)));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed at once, not at the setup deadline"
+    );
 
     // The garbage connection was answered by a close, not left open.
     g.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

@@ -25,6 +25,9 @@ fn gateway(pki: &Pki, name: &str, range: (u16, u16), dir: &std::path::Path) -> L
         extra_args: vec![
             format!("--peer-ca={}", pki.ca.display()),
             "--max-pending-per-identity=1000".into(),
+            // One caller sets up every tunnel: lift the per-caller quotas.
+            "--max-sessions-per-identity=1000".into(),
+            "--max-ports-per-identity=1000".into(),
             "--drain-timeout=2s".into(),
         ],
     })

@@ -167,14 +167,17 @@ fn metrics_show_live_sessions_calls_and_forget_released_sessions() {
         1.0
     );
     let uid = &t.uid;
+    // Sessions are labelled by tag: the uid (a credential) is in no series.
+    assert!(!during.text.contains(uid.as_str()), "{}", during.text);
+    let tag = hpc.tag(uid);
     let bytes = during.value(&format!(
-        "scistream_session_bytes_total{{uid=\"{uid}\",role=\"PROD\",direction=\"to_target\"}}"
+        "scistream_session_bytes_total{{session=\"{tag}\",role=\"PROD\",direction=\"to_target\"}}"
     ));
     let off = (bytes - sent as f64).abs() / sent as f64;
     assert!(off < 0.03, "{bytes} bytes counted, {sent} sent");
     assert_eq!(
         during.value(&format!(
-            "scistream_session_connections_total{{uid=\"{uid}\",role=\"PROD\"}}"
+            "scistream_session_connections_total{{session=\"{tag}\",role=\"PROD\"}}"
         )),
         1.0
     );
@@ -201,7 +204,7 @@ fn metrics_show_live_sessions_calls_and_forget_released_sessions() {
     let released = s2uc(&["release", "--s2cs", &control, "--server_cert", ca, uid]);
     assert!(released.status.success(), "{released:?}");
     let after = scrape(addr);
-    assert!(!after.has_uid(uid), "{uid} still in\n{}", after.text);
+    assert!(!after.has_uid(&tag), "{tag} still in\n{}", after.text);
     assert_eq!(after.value("scistream_sessions{phase=\"forwarding\"}"), 0.0);
     assert!(after.value("scistream_control_calls_total{rpc=\"release\",outcome=\"ok\"}") >= 1.0);
 }

@@ -18,7 +18,14 @@ fn gateway(range_len: u16) -> Gw {
     Gw::start(
         None,
         range_len,
-        &["--hello-timeout", "2s", "--hello-grace", "500ms"],
+        &[
+            "--hello-timeout",
+            "2s",
+            "--hello-grace",
+            "500ms",
+            // These tests take whole (small) ranges as one caller.
+            "--max-ports-per-identity=1000",
+        ],
     )
 }
 
@@ -96,8 +103,8 @@ async fn scistream_inbound_sequence() {
     let c = client(&gw).await;
     let (r, h) = req_with_hello(
         &c,
-        req("sci-in", "PROD", 2),
-        hello("sci-in", "PROD", &["127.0.0.1:7001"]),
+        req("sci-in-0123456789abcdef", "PROD", 2),
+        hello("sci-in-0123456789abcdef", "PROD", &["127.0.0.1:7001"]),
     )
     .await;
     let r = r.unwrap();
@@ -111,7 +118,7 @@ async fn scistream_inbound_sequence() {
     let mut cc = c.clone();
     let u = cc
         .update(UpdateTargets {
-            uid: "sci-in".into(),
+            uid: "sci-in-0123456789abcdef".into(),
             remote_listeners: r.prod_listeners.clone(),
             role: "PROD".into(),
         })
@@ -127,7 +134,7 @@ async fn scistream_inbound_sequence() {
 
     let rel = cc
         .release(Release {
-            uid: "sci-in".into(),
+            uid: "sci-in-0123456789abcdef".into(),
         })
         .await
         .unwrap()
@@ -142,8 +149,8 @@ async fn scistream_outbound_sequence_takes_the_role_from_req() {
     // SciStream's client says "PROD" in the hello of an outbound request.
     let (r, h) = req_with_hello(
         &c,
-        req("sci-out", "CONS", 3),
-        hello("sci-out", "PROD", &["127.0.0.1:9"]),
+        req("sci-out-0123456789abcdef", "CONS", 3),
+        hello("sci-out-0123456789abcdef", "PROD", &["127.0.0.1:9"]),
     )
     .await;
     let r = r.unwrap();
@@ -157,7 +164,7 @@ async fn scistream_outbound_sequence_takes_the_role_from_req() {
     // An update without a role (SciStream's older clients) finds the one session.
     let u = cc
         .update(UpdateTargets {
-            uid: "sci-out".into(),
+            uid: "sci-out-0123456789abcdef".into(),
             remote_listeners: vec!["127.0.0.1:5100".into(), "127.0.0.1:5101".into()],
             role: String::new(),
         })
@@ -171,7 +178,7 @@ async fn scistream_outbound_sequence_takes_the_role_from_req() {
     // A second update re-points the targets.
     let u = cc
         .update(UpdateTargets {
-            uid: "sci-out".into(),
+            uid: "sci-out-0123456789abcdef".into(),
             remote_listeners: vec!["127.0.0.1:6000".into()],
             role: "CONS".into(),
         })
@@ -180,7 +187,7 @@ async fn scistream_outbound_sequence_takes_the_role_from_req() {
         .into_inner();
     assert_eq!(u.prod_listeners, vec!["127.0.0.1:6000"; 3]);
     cc.release(Release {
-        uid: "sci-out".into(),
+        uid: "sci-out-0123456789abcdef".into(),
     })
     .await
     .unwrap();
@@ -191,15 +198,21 @@ async fn a_hello_that_overtakes_its_req_is_held() {
     let gw = gateway(4);
     let c = client(&gw).await;
     let mut hc = c.clone();
-    let early =
-        tokio::spawn(async move { hc.hello(hello("early", "PROD", &["127.0.0.1:9"])).await });
+    let early = tokio::spawn(async move {
+        hc.hello(hello("early-0123456789abcdef", "PROD", &["127.0.0.1:9"]))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut rc = c.clone();
-    let r = rc.req(req("early", "PROD", 1)).await.unwrap().into_inner();
+    let r = rc
+        .req(req("early-0123456789abcdef", "PROD", 1))
+        .await
+        .unwrap()
+        .into_inner();
     let h = early.await.unwrap().unwrap().into_inner();
     assert_eq!(h.listeners, r.listeners);
     rc.release(Release {
-        uid: "early".into(),
+        uid: "early-0123456789abcdef".into(),
     })
     .await
     .unwrap();
@@ -210,23 +223,26 @@ async fn both_ends_on_one_gateway_hellos_go_by_role() {
     let gw = gateway(8);
     let c = client(&gw).await;
     let (mut a, mut b) = (c.clone(), c.clone());
-    let prod = tokio::spawn(async move { a.req(req("both", "PROD", 1)).await });
-    let cons = tokio::spawn(async move { b.req(req("both", "CONS", 2)).await });
+    let prod = tokio::spawn(async move { a.req(req("both-0123456789abcdef", "PROD", 1)).await });
+    let cons = tokio::spawn(async move { b.req(req("both-0123456789abcdef", "CONS", 2)).await });
     let mut hc = c.clone();
     wait_ports_taken(&gw, 3).await;
     for role in ["PROD", "CONS"] {
         assert_eq!(
-            hc.req(req("both", role, 1)).await.unwrap_err().code(),
+            hc.req(req("both-0123456789abcdef", role, 1))
+                .await
+                .unwrap_err()
+                .code(),
             Code::AlreadyExists
         );
     }
     let hc_cons = hc
-        .hello(hello("both", "CONS", &[]))
+        .hello(hello("both-0123456789abcdef", "CONS", &[]))
         .await
         .unwrap()
         .into_inner();
     let hc_prod = hc
-        .hello(hello("both", "PROD", &["127.0.0.1:9"]))
+        .hello(hello("both-0123456789abcdef", "PROD", &["127.0.0.1:9"]))
         .await
         .unwrap()
         .into_inner();
@@ -243,7 +259,7 @@ async fn both_ends_on_one_gateway_hellos_go_by_role() {
     // An update without a role is ambiguous now.
     let e = hc
         .update(UpdateTargets {
-            uid: "both".into(),
+            uid: "both-0123456789abcdef".into(),
             remote_listeners: vec!["127.0.0.1:9".into()],
             role: String::new(),
         })
@@ -251,12 +267,18 @@ async fn both_ends_on_one_gateway_hellos_go_by_role() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     // Release takes both.
-    hc.release(Release { uid: "both".into() }).await.unwrap();
+    hc.release(Release {
+        uid: "both-0123456789abcdef".into(),
+    })
+    .await
+    .unwrap();
     assert_eq!(
-        hc.release(Release { uid: "both".into() })
-            .await
-            .unwrap_err()
-            .code(),
+        hc.release(Release {
+            uid: "both-0123456789abcdef".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
         Code::NotFound
     );
 }
@@ -277,7 +299,7 @@ fn assert_code<T: std::fmt::Debug>(
 
 /// Waits until a full-range request can be made, proving no port leaked.
 async fn all_ports_free(c: &Client, n: i32) {
-    let uid = format!("probe-{n}-{}", std::process::id());
+    let uid = format!("probe-{n}-{}-0123456789", std::process::id());
     let (r, h) = req_with_hello(
         c,
         req(&uid, "PROD", n),
@@ -297,27 +319,27 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
 
     // Unknown uids.
     assert_code(
-        cc.hello(hello("ghost", "PROD", &[])).await,
+        cc.hello(hello("ghost-0123456789abcdef", "PROD", &[])).await,
         Code::NotFound,
-        "ghost",
+        "tag",
     );
     assert_code(
         cc.update(UpdateTargets {
-            uid: "ghost".into(),
+            uid: "ghost-0123456789abcdef".into(),
             remote_listeners: vec!["127.0.0.1:9".into()],
             role: "PROD".into(),
         })
         .await,
         Code::NotFound,
-        "ghost",
+        "tag",
     );
     assert_code(
         cc.release(Release {
-            uid: "ghost".into(),
+            uid: "ghost-0123456789abcdef".into(),
         })
         .await,
         Code::NotFound,
-        "ghost",
+        "tag",
     );
 
     // Bad uids.
@@ -347,23 +369,23 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
 
     // Bad numbers and roles.
     assert_code(
-        cc.req(req("n0", "PROD", 0)).await,
+        cc.req(req("n0-0123456789abcdef", "PROD", 0)).await,
         Code::InvalidArgument,
         "num_conn",
     );
     assert_code(
-        cc.req(req("n0", "PROD", -3)).await,
+        cc.req(req("n0-0123456789abcdef", "PROD", -3)).await,
         Code::InvalidArgument,
         "num_conn",
     );
     assert_code(
-        cc.req(req("n0", "BOTH", 1)).await,
+        cc.req(req("n0-0123456789abcdef", "BOTH", 1)).await,
         Code::InvalidArgument,
         "role",
     );
     assert_code(
         cc.req(Request {
-            uid: "r".into(),
+            uid: "r-0123456789abcdef".into(),
             role: "PROD".into(),
             num_conn: 1,
             rate: -1,
@@ -375,48 +397,61 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
 
     // More than the range holds: RESOURCE_EXHAUSTED, nothing kept.
     assert_code(
-        cc.req(req("big", "PROD", 5)).await,
+        cc.req(req("big-0123456789abcdef", "PROD", 5)).await,
         Code::ResourceExhausted,
         "4",
     );
 
     // A second req with the same uid and role.
     let mut first = c.clone();
-    let waiting = tokio::spawn(async move { first.req(req("dup", "PROD", 1)).await });
+    let waiting =
+        tokio::spawn(async move { first.req(req("dup-0123456789abcdef", "PROD", 1)).await });
     wait_ports_taken(&gw, 1).await;
     assert_code(
-        cc.req(req("dup", "PROD", 1)).await,
+        cc.req(req("dup-0123456789abcdef", "PROD", 1)).await,
         Code::AlreadyExists,
-        "dup",
+        "exists already",
     );
 
     // Malformed listener strings, in hello and in update.
     for bad in ["foo", "1.2.3.4:99999", "", "[::1]"] {
         assert_code(
-            cc.hello(hello("dup", "PROD", &[bad])).await,
+            cc.hello(hello("dup-0123456789abcdef", "PROD", &[bad]))
+                .await,
             Code::InvalidArgument,
             "prod_listeners[0]",
         );
     }
-    cc.hello(hello("dup", "PROD", &["127.0.0.1:9"]))
+    cc.hello(hello("dup-0123456789abcdef", "PROD", &["127.0.0.1:9"]))
         .await
         .unwrap();
     waiting.await.unwrap().unwrap();
     for bad in ["foo", "1.2.3.4:99999", "", "[::1]"] {
         assert_code(
             cc.update(UpdateTargets {
-                uid: "dup".into(),
-                remote_listeners: vec!["127.0.0.1:9".into(), bad.into()],
+                uid: "dup-0123456789abcdef".into(),
+                remote_listeners: vec![bad.into()],
                 role: "PROD".into(),
             })
             .await,
             Code::InvalidArgument,
-            "remote_listeners[1]",
+            "remote_listeners[0]",
         );
     }
+    // More targets than connections: refused before anything is resolved.
     assert_code(
         cc.update(UpdateTargets {
-            uid: "dup".into(),
+            uid: "dup-0123456789abcdef".into(),
+            remote_listeners: vec!["127.0.0.1:9".into(), "no-such-host.invalid:9".into()],
+            role: "PROD".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "at most 1",
+    );
+    assert_code(
+        cc.update(UpdateTargets {
+            uid: "dup-0123456789abcdef".into(),
             remote_listeners: vec![],
             role: "PROD".into(),
         })
@@ -426,11 +461,15 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
     );
     // A second hello for a session that had its own.
     assert_code(
-        cc.hello(hello("dup", "PROD", &[])).await,
+        cc.hello(hello("dup-0123456789abcdef", "PROD", &[])).await,
         Code::FailedPrecondition,
-        "dup",
+        "hello already",
     );
-    cc.release(Release { uid: "dup".into() }).await.unwrap();
+    cc.release(Release {
+        uid: "dup-0123456789abcdef".into(),
+    })
+    .await
+    .unwrap();
 
     // After all that, the whole range is free and a session works.
     all_ports_free(&c, 4).await;
@@ -441,10 +480,14 @@ async fn hello_timeout_frees_the_ports() {
     let gw = gateway(3);
     let c = client(&gw).await;
     let started = Instant::now();
-    let e = c.clone().req(req("late", "PROD", 3)).await.unwrap_err();
+    let e = c
+        .clone()
+        .req(req("late-0123456789abcdef", "PROD", 3))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded);
     assert!(
-        e.message().contains("late") && e.message().contains("hello"),
+        e.message().contains("session") && e.message().contains("hello"),
         "{}",
         e.message()
     );
@@ -453,7 +496,9 @@ async fn hello_timeout_frees_the_ports() {
     // The timed-out uid is gone.
     assert_eq!(
         c.clone()
-            .release(Release { uid: "late".into() })
+            .release(Release {
+                uid: "late-0123456789abcdef".into()
+            })
             .await
             .unwrap_err()
             .code(),
@@ -466,7 +511,8 @@ async fn a_client_that_goes_away_mid_req_leaks_nothing() {
     let gw = gateway(2);
     // Its own connection, dropped while the req waits for its hello.
     let mut gone = client(&gw).await;
-    let task = tokio::spawn(async move { gone.req(req("vanish", "PROD", 2)).await });
+    let task =
+        tokio::spawn(async move { gone.req(req("vanish-0123456789abcdef", "PROD", 2)).await });
     let c = client(&gw).await;
     wait_ports_taken(&gw, 2).await;
     task.abort();
@@ -474,7 +520,7 @@ async fn a_client_that_goes_away_mid_req_leaks_nothing() {
     // The server notices the stream is gone and frees the session: well before the 2 s hello timeout.
     let deadline = Instant::now() + Duration::from_millis(1500);
     loop {
-        let uid = "vanish";
+        let uid = "vanish-0123456789abcdef";
         let (r, h) = req_with_hello(
             &c,
             req(uid, "PROD", 2),
@@ -501,11 +547,21 @@ async fn a_client_that_goes_away_mid_req_leaks_nothing() {
 
 #[tokio::test]
 async fn max_rate_bounds_what_a_request_may_ask_for() {
-    let gw = Gw::start(None, 4, &["--hello-timeout", "2s", "--max-rate", "100Mbit"]);
+    let gw = Gw::start(
+        None,
+        4,
+        &[
+            "--hello-timeout",
+            "2s",
+            "--max-rate",
+            "100Mbit",
+            "--max-ports-per-identity=1000",
+        ],
+    );
     let c = client(&gw).await;
     let mut cc = c.clone();
     let too_much = Request {
-        uid: "fast".into(),
+        uid: "fast-0123456789abcdef".into(),
         role: "PROD".into(),
         num_conn: 1,
         rate: 200_000,
@@ -516,19 +572,24 @@ async fn max_rate_bounds_what_a_request_may_ask_for() {
         "at most 100000 kbit/s",
     );
     let uncapped = Request {
-        uid: "fast".into(),
+        uid: "fast-0123456789abcdef".into(),
         role: "PROD".into(),
         num_conn: 1,
         rate: 0,
     };
     assert_code(cc.req(uncapped).await, Code::InvalidArgument, "0 (no cap)");
     let fine = Request {
-        uid: "ok".into(),
+        uid: "ok-0123456789abcdef".into(),
         role: "PROD".into(),
         num_conn: 1,
         rate: 100_000,
     };
-    let (r, h) = req_with_hello(&c, fine, hello("ok", "PROD", &["127.0.0.1:9"])).await;
+    let (r, h) = req_with_hello(
+        &c,
+        fine,
+        hello("ok-0123456789abcdef", "PROD", &["127.0.0.1:9"]),
+    )
+    .await;
     r.unwrap();
     h.unwrap();
 }

@@ -41,7 +41,11 @@ pub const MAX_FDS_PER_MESSAGE: usize = MAX_LISTENERS_PER_SESSION;
 
 /// Identifies a session: sessions are keyed by (uid, role) so that one
 /// gateway can hold both ends of a tunnel.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// The uid is a secret (the data channel's credential): `Display` and
+/// `Debug` show the session's tag instead ([`crate::tag`]), so a key can go
+/// into any log line.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionKey {
     /// The session uid.
     pub uid: String,
@@ -49,9 +53,25 @@ pub struct SessionKey {
     pub role: Role,
 }
 
+impl SessionKey {
+    /// The session's tag: what logs, metrics and `s2uc status` call it.
+    pub fn tag(&self) -> String {
+        crate::tag::session_tag(&self.uid)
+    }
+}
+
 impl std::fmt::Display for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.uid, self.role)
+        write!(f, "{}/{}", self.tag(), self.role)
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKey")
+            .field("tag", &self.tag())
+            .field("role", &self.role)
+            .finish()
     }
 }
 
@@ -88,6 +108,11 @@ pub enum DataChannel {
     FromPeer {
         /// The channel is TLS 1.3 (this side is the server).
         tls: bool,
+        /// The peer gateway must present a certificate that the peer CA
+        /// verifies (mutual TLS) for this session: set for sessions whose
+        /// uid is not random, so that knowing the uid is not enough.
+        #[serde(default)]
+        client_cert: bool,
     },
     /// Outbound gateway: connections to the targets (the inbound gateway's
     /// listeners) carry a preamble first (inside TLS when `tls`).
@@ -332,23 +357,43 @@ pub fn send<T: Serialize>(
     Ok(())
 }
 
+/// The sender of a message as the kernel saw it (`SCM_CREDENTIALS`, present
+/// when the receiving socket has [`pass_credentials`] on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// Process id of the process that sent the message.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+}
+
 /// A reusable receive buffer.
 #[derive(Debug)]
 pub struct Receiver {
     buf: Vec<u8>,
     space: Vec<MaybeUninit<u8>>,
+    sender: Option<Sender>,
 }
 
 impl Default for Receiver {
     fn default() -> Self {
         Receiver {
             buf: vec![0; MAX_MESSAGE_LEN + 1],
-            space: vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))],
+            space: vec![
+                MaybeUninit::uninit();
+                rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE), ScmCredentials(1))
+            ],
+            sender: None,
         }
     }
 }
 
 impl Receiver {
+    /// Who sent the last message received, when the kernel said so.
+    pub fn last_sender(&self) -> Option<Sender> {
+        self.sender
+    }
+
     /// Receives and decodes one message. `Ok(None)` when the peer closed the
     /// socket. Descriptors arrive close-on-exec.
     pub fn recv<T: DeserializeOwned>(
@@ -365,9 +410,17 @@ impl Receiver {
         .map_err(io::Error::from)?;
         // Take ownership of every descriptor first, so none leaks on an error path.
         let mut fds = Vec::new();
+        self.sender = None;
         for m in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = m {
-                fds.extend(received);
+            match m {
+                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+                RecvAncillaryMessage::ScmCredentials(cred) => {
+                    self.sender = Some(Sender {
+                        pid: cred.pid.as_raw_nonzero().get() as u32,
+                        uid: cred.uid.as_raw(),
+                    });
+                }
+                _ => {}
             }
         }
         if msg
@@ -408,6 +461,35 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
     rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
     Ok(fd)
+}
+
+/// The user id of the process at the other end of a connected handoff
+/// socket (`SO_PEERCRED`: for the connecting side, the process that
+/// created the listening socket; for the accepting side, the process that
+/// connected).
+pub fn peer_uid(sock: impl AsFd) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
+}
+
+/// Refuses a handoff peer that runs as another user than this process:
+/// only the same user may command (or be) the data plane.
+pub fn check_peer_is_same_user(sock: impl AsFd) -> io::Result<()> {
+    let theirs = peer_uid(sock)?;
+    let ours = rustix::process::geteuid().as_raw();
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the handoff peer runs as uid {theirs}, this process as uid {ours}"),
+        ))
+    }
+}
+
+/// Asks the kernel to attach the sender's credentials to every message
+/// received on `sock` ([`Receiver::last_sender`]).
+pub fn pass_credentials(sock: impl AsFd) -> io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_passcred(sock, true)?)
 }
 
 /// Accepts one control connection (close-on-exec).
@@ -461,6 +543,35 @@ mod tests {
         // The received descriptor is the same listening socket.
         let l = TcpListener::from(fds.into_iter().next().unwrap());
         assert_eq!(l.local_addr().unwrap(), spec.listeners[0]);
+    }
+
+    #[test]
+    fn the_kernel_names_the_sender() {
+        let (a, b) = pair().unwrap();
+        check_peer_is_same_user(&a).unwrap();
+        pass_credentials(&b).unwrap();
+        let req = Request {
+            id: 1,
+            command: Command::Stats,
+        };
+        send(&a, &req, &[]).unwrap();
+        let mut r = Receiver::default();
+        let _: (Request, _) = r.recv(&b).unwrap().unwrap();
+        let sender = r.last_sender().unwrap();
+        assert_eq!(sender.pid, std::process::id());
+        assert_eq!(sender.uid, rustix::process::geteuid().as_raw());
+    }
+
+    #[test]
+    fn keys_show_their_tag_not_their_uid() {
+        let k = SessionKey {
+            uid: "a-secret-uid-0123456789".into(),
+            role: Role::Cons,
+        };
+        for shown in [k.to_string(), format!("{k:?}")] {
+            assert!(!shown.contains("a-secret-uid"), "{shown}");
+            assert!(shown.contains(&k.tag()), "{shown}");
+        }
     }
 
     #[test]

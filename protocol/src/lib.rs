@@ -9,13 +9,17 @@
 //!   rejects bad input with the same words as `s2cs`.
 //!
 //! This crate defines formats only; it holds no I/O policy (no retries, no
-//! timeouts, no threads).
+//! timeouts, no threads). Two small helpers both daemons need live here
+//! too: [`tag`] (how logs name sessions) and [`loglimit`] (bounding log
+//! lines that anyone can cause).
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
 pub mod handoff;
+pub mod loglimit;
 pub mod preamble;
 pub mod session;
+pub mod tag;
 pub mod units;
 
 /// Generated code for the `scistream` protobuf package.
@@ -26,5 +30,6 @@ pub mod pb {
 
 pub use endpoint::{Endpoint, EndpointError, Host};
 pub use session::{
-    MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, Role, RoleError, UidError, validate_uid,
+    MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, MIN_UID_LEN, Role, RoleError, UidError, UidKind,
+    uid_kind, validate_uid,
 };

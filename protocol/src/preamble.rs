@@ -26,6 +26,8 @@ pub const HEADER_LEN: usize = 9;
 pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN;
 /// Flag: the channel is TLS.
 pub const FLAG_TLS: u8 = 1;
+/// Every flag this version knows; a preamble with any other bit set is refused.
+pub const KNOWN_FLAGS: u8 = FLAG_TLS;
 /// The answer byte for "accepted".
 pub const ACCEPTED: u8 = 0x06;
 /// The answer byte for "refused", followed by a [`Refusal`] code. Not a TLS
@@ -33,8 +35,8 @@ pub const ACCEPTED: u8 = 0x06;
 /// TLS peer's alert.
 pub const REFUSED: u8 = 0x7f;
 
-/// A decoded preamble.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decoded preamble. Its `Debug` leaves the uid out (a secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Preamble {
     /// Flags ([`FLAG_TLS`]).
     pub flags: u8,
@@ -58,6 +60,9 @@ pub enum PreambleError {
     /// The uid is empty, too long, or has characters a uid cannot have.
     #[error("malformed uid in preamble")]
     Uid,
+    /// Flags this version does not know.
+    #[error("unknown preamble flags {0:#04x}")]
+    Flags(u8),
 }
 
 impl PreambleError {
@@ -65,7 +70,9 @@ impl PreambleError {
     pub fn refusal(self) -> Refusal {
         match self {
             PreambleError::Version(_) => Refusal::Version,
-            PreambleError::Magic(_) | PreambleError::Uid => Refusal::Malformed,
+            PreambleError::Magic(_) | PreambleError::Uid | PreambleError::Flags(_) => {
+                Refusal::Malformed
+            }
         }
     }
 }
@@ -107,6 +114,16 @@ impl Refusal {
     }
 }
 
+impl std::fmt::Debug for Preamble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preamble")
+            .field("flags", &self.flags)
+            .field("conn_index", &self.conn_index)
+            .field("uid", &format_args!("<{} bytes>", self.uid.len()))
+            .finish()
+    }
+}
+
 impl Preamble {
     /// Encodes. The uid must be valid (it came from a validated request).
     pub fn encode(&self) -> Vec<u8> {
@@ -145,6 +162,9 @@ impl Preamble {
         }
         if buf.len() > 4 && buf[4] != VERSION {
             return Err(PreambleError::Version(buf[4]));
+        }
+        if buf.len() > 5 && buf[5] & !KNOWN_FLAGS != 0 {
+            return Err(PreambleError::Flags(buf[5]));
         }
         if buf.len() < HEADER_LEN {
             return Ok(None);
@@ -234,6 +254,11 @@ mod tests {
             Preamble::parse(b"S2PA\x01\x00\x00\x00\x81"),
             Err(PreambleError::Uid)
         );
+        assert_eq!(
+            Preamble::parse(b"S2PA\x01\x03"),
+            Err(PreambleError::Flags(3)),
+            "an unknown flag"
+        );
     }
 
     #[test]
@@ -275,7 +300,11 @@ mod tests {
         fn valid_shapes_round_trip(flags in any::<u8>(), idx in any::<u16>(), uid in "[A-Za-z0-9._-]{1,128}") {
             let p = Preamble { flags, conn_index: idx, uid };
             let bytes = p.encode();
-            prop_assert_eq!(Preamble::parse(&bytes), Ok(Some((p, bytes.len()))));
+            if flags & !KNOWN_FLAGS == 0 {
+                prop_assert_eq!(Preamble::parse(&bytes), Ok(Some((p, bytes.len()))));
+            } else {
+                prop_assert_eq!(Preamble::parse(&bytes), Err(PreambleError::Flags(flags)));
+            }
         }
     }
 }

@@ -45,6 +45,46 @@ pub fn validate_uid(uid: &str) -> Result<(), UidError> {
     }
 }
 
+/// Shortest uid a gateway accepts for a new session: a uid is the data
+/// channel's credential, and a short one can be guessed.
+pub const MIN_UID_LEN: usize = 16;
+
+/// How hard a uid is to guess, judged from its form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UidKind {
+    /// A random UUID (version 4, or version 7 with its 74 random bits):
+    /// what `s2uc` makes. Guessing one is out of reach.
+    Random,
+    /// A time-based UUID (versions 1, 2 and 6; SciStream's own client makes
+    /// version 1): its unknown part is a timestamp, a 14-bit counter and
+    /// often a known MAC address.
+    TimeBased,
+    /// Anything else (a name the user chose, a name-based UUID): its
+    /// strength is unknown, so it is treated as weak.
+    Other,
+}
+
+/// Classifies a uid by its form (see [`UidKind`]).
+pub fn uid_kind(uid: &str) -> UidKind {
+    let b = uid.as_bytes();
+    let is_uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if !is_uuid {
+        return UidKind::Other;
+    }
+    // The version is the first hex digit of the third group; random
+    // versions also carry the RFC 4122 variant (10xx) in the fourth.
+    let variant_ok = matches!(b[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b');
+    match (b[14], variant_ok) {
+        (b'4' | b'7', true) => UidKind::Random,
+        (b'1' | b'2' | b'6', _) => UidKind::TimeBased,
+        _ => UidKind::Other,
+    }
+}
+
 /// Which end of a tunnel a session is.
 ///
 /// SciStream's names: `PROD` is the producer-facing *inbound* gateway at the
@@ -109,6 +149,34 @@ mod tests {
         assert_eq!(validate_uid("a b"), Err(UidError::BadChar(' ')));
         assert_eq!(validate_uid("é"), Err(UidError::BadChar('é')));
         assert_eq!(validate_uid("a\n"), Err(UidError::BadChar('\n')));
+    }
+
+    #[test]
+    fn uid_kinds() {
+        assert_eq!(
+            uid_kind("4f1c2a9e-3b7d-4c1e-9f00-123456789abc"),
+            UidKind::Random
+        );
+        assert_eq!(
+            uid_kind("0190a6f2-7c3e-7b1a-8f00-123456789abc"),
+            UidKind::Random
+        );
+        // What Python's uuid.uuid1() makes (SciStream's client).
+        assert_eq!(
+            uid_kind("5b2e6f3c-cf2b-11ef-9a4e-0242ac120002"),
+            UidKind::TimeBased
+        );
+        assert_eq!(
+            uid_kind("4f1c2a9e-3b7d-4c1e-7f00-123456789abc"),
+            UidKind::Other,
+            "bad variant"
+        );
+        assert_eq!(uid_kind("run-2026-12-01-detector-7"), UidKind::Other);
+        assert_eq!(
+            uid_kind("4f1c2a9e-3b7d-5c1e-9f00-123456789abc"),
+            UidKind::Other,
+            "name-based"
+        );
     }
 
     #[test]

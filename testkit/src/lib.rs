@@ -138,6 +138,22 @@ impl Gw {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("s2cs.log")).unwrap_or_default()
     }
+
+    /// The tag this gateway's logs and metrics give the session `uid`.
+    pub fn tag(&self, uid: &str) -> String {
+        tag_in(&self.dir.path().join("state"), uid)
+    }
+}
+
+/// The tag that the gateway with state directory `state_dir` gives `uid`
+/// (HMAC-SHA-256 with its `tag.key`, as `scistream_protocol::tag` computes it).
+pub fn tag_in(state_dir: &Path, uid: &str) -> String {
+    let secret = std::fs::read(state_dir.join("tag.key")).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    ring::hmac::sign(&key, uid.as_bytes()).as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs `s2uc` with `args`; returns its output.

@@ -22,9 +22,14 @@ use crate::relay::{Relay, SpliceRelay, Turn, set_reset_on_close};
 use crate::setup::{Inbound, Outbound, Step};
 use crate::tlsrelay::TlsRelay;
 use crate::worker::{Counters, Kind, Worker, WorkerOptions, bump, token};
+use scistream_protocol::loglimit::LogLimit;
+
+/// Refused data connections logged one by one: 20 per 10 s over all workers.
+static REFUSALS: LogLimit = LogLimit::new(20, std::time::Duration::from_secs(10));
 
 /// What a listener's connections carry, from the session's data channel.
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves the uid out (a secret).
+#[derive(Clone)]
 pub enum ListenerChannel {
     /// Plain TCP both ways.
     Raw,
@@ -34,6 +39,8 @@ pub enum ListenerChannel {
         tls: bool,
         /// The session uid the preamble must carry.
         uid: Arc<str>,
+        /// The peer gateway must present a verified certificate (mutual TLS).
+        client_cert: bool,
     },
     /// To a peer gateway: preamble (in TLS when `tls`) before anything.
     ToPeer {
@@ -44,6 +51,28 @@ pub enum ListenerChannel {
         /// The name the peer's certificate must carry.
         server_name: String,
     },
+}
+
+impl std::fmt::Debug for ListenerChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerChannel::Raw => f.write_str("Raw"),
+            ListenerChannel::FromPeer {
+                tls, client_cert, ..
+            } => f
+                .debug_struct("FromPeer")
+                .field("tls", tls)
+                .field("client_cert", client_cert)
+                .finish_non_exhaustive(),
+            ListenerChannel::ToPeer {
+                tls, server_name, ..
+            } => f
+                .debug_struct("ToPeer")
+                .field("tls", tls)
+                .field("server_name", server_name)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// Where a connection is in its life.
@@ -258,7 +287,7 @@ impl Worker {
         };
         match crate::ktls::offload(fd, tls) {
             crate::ktls::Offload::Done => {
-                debug!(worker = self.id, key = %c.key, peer = %c.peer, "connection offloaded to kTLS");
+                debug!(worker = self.id, session = %c.key, peer = %c.peer, "connection offloaded to kTLS");
                 let relay = SpliceRelay::new(self.options.pipe_size);
                 Ok(Relay::Splice(relay.with_ktls(tls_on_client)))
             }
@@ -282,11 +311,22 @@ impl Worker {
     }
 
     /// Refuses a connection during setup: counted, one log line without
-    /// secrets (never the uid presented), reset.
+    /// secrets (never the uid presented), reset. Past a few lines in 10 s
+    /// the lines are summed up instead (anyone can cause them).
     pub(crate) fn reject(&mut self, slot: usize, reason: &str) {
         if let Some(c) = self.conns.get(slot) {
             bump(&c.counters.rejected, 1);
-            warn!(worker = self.id, key = %c.key, listener = c.listener, peer = %c.peer, target = %c.target_addr, reason, "data connection refused");
+            let verdict = REFUSALS.check(Instant::now());
+            if verdict.suppressed_before > 0 {
+                warn!(
+                    refused = verdict.suppressed_before,
+                    window_s = REFUSALS.window().as_secs(),
+                    "more data connections were refused than logged in the last window (see the sessions' rejected counters)"
+                );
+            }
+            if verdict.log {
+                warn!(worker = self.id, session = %c.key, listener = c.listener, peer = %c.peer, target = %c.target_addr, reason, "data connection refused");
+            }
         }
         self.close_conn(slot, true);
     }
@@ -342,7 +382,7 @@ impl Worker {
                     }
                     ConnectResult::Failed(e) => {
                         bump(&c.counters.errors, 1);
-                        warn!(worker = self.id, key = %c.key, peer = %c.peer, target = %c.target_addr, error = %e, "target refused or unreachable; closing the client");
+                        warn!(worker = self.id, session = %c.key, peer = %c.peer, target = %c.target_addr, error = %e, "target refused or unreachable; closing the client");
                         if let Some(mut inbound) = inbound {
                             let _ = inbound
                                 .answer(c.client.as_fd(), Some(Refusal::ReceiverUnreachable));
@@ -401,12 +441,12 @@ impl Worker {
                         Next::Wait
                     }
                     Ok(Turn::Finished) => {
-                        debug!(worker = self.id, key = %c.key, peer = %c.peer, bytes_to_target = up, bytes_from_target = down, "connection finished");
+                        debug!(worker = self.id, session = %c.key, peer = %c.peer, bytes_to_target = up, bytes_from_target = down, "connection finished");
                         Next::Close { reset: false }
                     }
                     Err(e) => {
                         bump(&c.counters.errors, 1);
-                        debug!(worker = self.id, key = %c.key, peer = %c.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
+                        debug!(worker = self.id, session = %c.key, peer = %c.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
                         Next::Close { reset: true }
                     }
                 }
@@ -425,9 +465,18 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return Next::Wait;
         };
-        let ListenerChannel::FromPeer { tls, uid } = &c.channel else {
+        let ListenerChannel::FromPeer { tls, uid, .. } = &c.channel else {
             return Next::Close { reset: true };
         };
+        let flagged_tls = preamble.flags & scistream_protocol::preamble::FLAG_TLS != 0;
+        if flagged_tls != *tls {
+            let _ = inbound.answer(c.client.as_fd(), Some(Refusal::Malformed));
+            self.reject(
+                slot,
+                "the preamble's TLS flag does not match the channel (is the peer misconfigured?)",
+            );
+            return Next::Wait;
+        }
         let matches =
             uid_matches(&preamble.uid, uid) && usize::from(preamble.conn_index) == c.listener;
         if !matches {
@@ -451,7 +500,7 @@ impl Worker {
             Err(e) => {
                 if let Some(c) = self.conns.get_mut(slot) {
                     bump(&c.counters.errors, 1);
-                    warn!(worker = self.id, key = %c.key, target = %c.target_addr, error = %e, "cannot connect to the receiver");
+                    warn!(worker = self.id, session = %c.key, target = %c.target_addr, error = %e, "cannot connect to the receiver");
                     if let ConnState::Connecting(Some(inbound)) = &mut c.state {
                         let _ =
                             inbound.answer(c.client.as_fd(), Some(Refusal::ReceiverUnreachable));
@@ -470,7 +519,7 @@ impl Worker {
         match (inbound, c.channel.clone()) {
             (Some(mut inbound), _) => {
                 if let Err(e) = inbound.answer(c.client.as_fd(), None) {
-                    warn!(worker = self.id, key = %c.key, peer = %c.peer, error = %e, "cannot accept the peer gateway's connection");
+                    warn!(worker = self.id, session = %c.key, peer = %c.peer, error = %e, "cannot accept the peer gateway's connection");
                     return Next::Close { reset: true };
                 }
                 let clean = inbound.at_record_boundary();
@@ -546,7 +595,7 @@ impl Worker {
             }
             Err(e) => {
                 bump(&c.counters.errors, 1);
-                warn!(worker = self.id, key = %c.key, error = %e, "cannot set up forwarding; closing the connection");
+                warn!(worker = self.id, session = %c.key, error = %e, "cannot set up forwarding; closing the connection");
                 Next::Close { reset: true }
             }
         }

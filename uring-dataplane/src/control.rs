@@ -46,7 +46,11 @@ fn listener_channel(spec: &SessionSpec, index: usize) -> ListenerChannel {
     let uid: std::sync::Arc<str> = spec.key.uid.as_str().into();
     match &spec.channel {
         DataChannel::Raw => ListenerChannel::Raw,
-        DataChannel::FromPeer { tls } => ListenerChannel::FromPeer { tls: *tls, uid },
+        DataChannel::FromPeer { tls, client_cert } => ListenerChannel::FromPeer {
+            tls: *tls,
+            uid,
+            client_cert: *client_cert,
+        },
         DataChannel::ToPeer { tls, server_names } => ListenerChannel::ToPeer {
             tls: *tls,
             uid,
@@ -206,7 +210,7 @@ impl DataPlane {
         self.listeners.insert(key.clone(), copies);
         match result {
             Ok(()) => {
-                info!(%key, listeners = ?spec.listeners, targets = ?spec.targets, rate_kbps = spec.rate_kbps, "forwarding");
+                info!(session = %key, listeners = ?spec.listeners, targets = ?spec.targets, rate_kbps = spec.rate_kbps, "forwarding");
                 Outcome::Done
             }
             Err(e) => {
@@ -219,8 +223,11 @@ impl DataPlane {
     /// Refuses sessions this data plane cannot serve, with what is missing.
     fn check_channel(&self, spec: &SessionSpec) -> Result<(), String> {
         match &spec.channel {
-            DataChannel::FromPeer { tls: true } if self.tls.server().is_none() => {
+            DataChannel::FromPeer { tls: true, .. } if self.tls.server().is_none() => {
                 Err("the TLS data channel needs a certificate: s2cs --data-cert/--data-key (default --server_crt/--server_key)".into())
+            }
+            DataChannel::FromPeer { tls: true, client_cert: true } if self.tls.server_mtls().is_none() => {
+                Err("this session needs the peer gateway's certificate verified (mutual TLS), and this data plane has no --peer-ca to verify it with".into())
             }
             DataChannel::ToPeer { tls: true, .. } if self.tls.client().is_none() => {
                 Err("the TLS data channel needs the peer facilities' CA: s2cs --peer-ca FILE".into())
@@ -265,7 +272,7 @@ impl DataPlane {
         }
         match wait_acks(&rx, involved.len()) {
             Ok(()) => {
-                info!(%key, ?targets, "targets updated");
+                info!(session = %key, ?targets, "targets updated");
                 Outcome::Done
             }
             Err(e) => failed(e),
@@ -275,7 +282,7 @@ impl DataPlane {
     fn remove_session(&mut self, key: &SessionKey) -> Outcome {
         self.listeners.remove(key);
         let Some(mut involved) = self.sessions.remove(key) else {
-            debug!(%key, "remove: session not here (already removed)");
+            debug!(session = %key, "remove: session not here (already removed)");
             return Outcome::Done;
         };
         involved.sort_unstable();
@@ -371,6 +378,12 @@ impl DataPlane {
 pub fn run(listener: OwnedFd, mut dp: DataPlane) -> io::Result<()> {
     loop {
         let conn = handoff::accept(&listener)?;
+        // Only the user s2ds runs as may command it: whoever holds this
+        // socket can hand it sockets and read every session.
+        if let Err(e) = handoff::check_peer_is_same_user(&conn) {
+            warn!(error = %e, "control connection refused");
+            continue;
+        }
         info!("control connection from s2cs");
         match dp.serve_controller(&conn) {
             Ok(()) => info!(

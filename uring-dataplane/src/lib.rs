@@ -73,7 +73,12 @@ pub fn run(config: &Config) -> Result<(), StartError> {
             .map_err(StartError::Control)?
     } else if let Some(path) = &config.control_socket {
         let _ = std::fs::remove_file(path);
-        scistream_protocol::handoff::listen(path).map_err(StartError::Control)?
+        let l = scistream_protocol::handoff::listen(path).map_err(StartError::Control)?;
+        // Whatever the umask, only this user may command the data plane
+        // (connections from other users are refused as well).
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(StartError::Control)?;
+        l
     } else {
         return Err(StartError::NoControl);
     };

@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    // Logs name sessions by tag, with the key s2cs keeps in its state directory.
+    scistream_protocol::tag::set_secret_from_env();
     let level = match config.verbose {
         0 => "info",
         1 => "debug",

@@ -114,6 +114,13 @@ impl Inbound {
                     return Step::Failed(format!("writing the handshake: {e}"));
                 }
                 if !conn.is_handshaking() {
+                    // rustls lets a client without ALPN through; a peer that
+                    // does not say it speaks the data channel is not a gateway.
+                    if conn.alpn_protocol() != Some(crate::tls::ALPN) {
+                        return Step::Failed(
+                            "the peer did not negotiate the data channel's ALPN (scistream-data/1): not a SciStream gateway".into(),
+                        );
+                    }
                     let mut tmp = [0u8; 512];
                     match conn.reader().read(&mut tmp) {
                         Ok(0) => {

@@ -49,6 +49,9 @@ pub struct TlsContext {
 struct TlsConfigs {
     /// For `FromPeer` sessions (needs cert and key).
     server: Option<Arc<ServerConfig>>,
+    /// For `FromPeer` sessions that require the peer's certificate (needs
+    /// cert, key and the peer CA).
+    server_mtls: Option<Arc<ServerConfig>>,
     /// For `ToPeer` sessions (needs the peer CA).
     client: Option<Arc<ClientConfig>>,
 }
@@ -126,6 +129,12 @@ impl TlsContext {
         self.read().server.clone()
     }
 
+    /// The server configuration for sessions that require a client
+    /// certificate (mutual TLS), if the peer CA allows one.
+    pub fn server_mtls(&self) -> Option<Arc<ServerConfig>> {
+        self.read().server_mtls.clone()
+    }
+
     /// The client configuration new outbound connections use, if any.
     pub fn client(&self) -> Option<Arc<ClientConfig>> {
         self.read().client.clone()
@@ -169,40 +178,46 @@ impl TlsConfigs {
         };
         let roots = files.peer_ca.as_deref().map(roots).transpose()?;
         let versions = &[&rustls::version::TLS13];
-        let server = match &identity {
-            Some((chain, key)) => {
-                let builder = ServerConfig::builder_with_provider(provider())
-                    .with_protocol_versions(versions)
-                    .map_err(|e| file_err("--data-cert", Path::new(""), e))?;
-                let builder = if files.require_client_cert {
-                    let roots = roots.clone().ok_or_else(|| {
-                        file_err(
-                            "--require-client-cert",
-                            Path::new("(no --peer-ca)"),
-                            "needs --peer-ca to verify client certificates",
-                        )
-                    })?;
-                    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                        roots,
-                        provider(),
+        let server_config = |mtls: bool| -> Result<Option<Arc<ServerConfig>>, TlsFileError> {
+            let Some((chain, key)) = &identity else {
+                return Ok(None);
+            };
+            let builder = ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(versions)
+                .map_err(|e| file_err("--data-cert", Path::new(""), e))?;
+            let builder = if mtls {
+                let roots = roots.clone().ok_or_else(|| {
+                    file_err(
+                        "--require-client-cert",
+                        Path::new("(no --peer-ca)"),
+                        "needs --peer-ca to verify client certificates",
                     )
-                    .build()
-                    .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
-                    builder.with_client_cert_verifier(verifier)
-                } else {
-                    builder.with_no_client_auth()
-                };
-                let path = files.cert.clone().unwrap_or_default();
-                let mut config = builder
-                    .with_single_cert(chain.clone(), key.clone_key())
-                    .map_err(|e| file_err("--data-cert/--data-key", &path, e))?;
-                config.alpn_protocols = vec![ALPN.to_vec()];
-                config.send_tls13_tickets = 0;
-                config.enable_secret_extraction = true;
-                config.max_early_data_size = 0;
-                Some(Arc::new(config))
-            }
-            None => None,
+                })?;
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_no_client_auth()
+            };
+            let path = files.cert.clone().unwrap_or_default();
+            let mut config = builder
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(|e| file_err("--data-cert/--data-key", &path, e))?;
+            config.alpn_protocols = vec![ALPN.to_vec()];
+            config.send_tls13_tickets = 0;
+            config.enable_secret_extraction = true;
+            config.max_early_data_size = 0;
+            Ok(Some(Arc::new(config)))
+        };
+        let server = server_config(files.require_client_cert)?;
+        let server_mtls = if files.require_client_cert {
+            server.clone()
+        } else if roots.is_some() {
+            server_config(true)?
+        } else {
+            None
         };
         let client = match &roots {
             Some(roots) => {
@@ -223,7 +238,11 @@ impl TlsConfigs {
             }
             None => None,
         };
-        Ok(TlsConfigs { server, client })
+        Ok(TlsConfigs {
+            server,
+            server_mtls,
+            client,
+        })
     }
 }
 

@@ -387,7 +387,7 @@ impl Worker {
                     .register(fd.as_fd(), t)
                     .map_err(|e| e.to_string());
                 if result.is_ok() {
-                    debug!(worker = self.id, %key, index, %target, "listener added");
+                    debug!(worker = self.id, session = %key, index, %target, "listener added");
                     entry.insert(Listener {
                         key,
                         index,
@@ -510,7 +510,7 @@ impl Worker {
             self.close_conn(slot, true);
         }
         self.sessions.remove(key);
-        info!(worker = self.id, %key, connections_closed = n, "session removed");
+        info!(worker = self.id, session = %key, connections_closed = n, "session removed");
     }
 
     fn dispatch(&mut self, ev: Event) {
@@ -550,7 +550,7 @@ impl Worker {
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection stays queued in
                     // the kernel; retry in a moment instead of spinning.
-                    warn!(worker = self.id, key = %l.key, error = %e, "cannot accept a connection; retrying in 100 ms");
+                    warn!(worker = self.id, session = %l.key, error = %e, "cannot accept a connection; retrying in 100 ms");
                     let t = token(Kind::Listener, slot, l.generation);
                     self.paused
                         .push((t, Instant::now() + Duration::from_millis(100)));
@@ -583,13 +583,22 @@ impl Worker {
         tune(&client, &self.options, rate);
         bump(&counters.conns_total, 1);
         let (state, deadline) = match &channel {
-            ListenerChannel::FromPeer { tls, .. } => {
+            ListenerChannel::FromPeer {
+                tls, client_cert, ..
+            } => {
                 let config = if *tls {
-                    match self.options.tls.server() {
+                    // A session whose uid is not random needs the peer's
+                    // certificate too: its own configuration, chosen per listener.
+                    let config = if *client_cert {
+                        self.options.tls.server_mtls()
+                    } else {
+                        self.options.tls.server()
+                    };
+                    match config {
                         Some(c) => Some(c),
                         None => {
                             bump(&counters.rejected, 1);
-                            warn!(worker = self.id, %key, %peer, "TLS data channel asked for, but this gateway has no --data-cert; closing");
+                            warn!(worker = self.id, session = %key, %peer, client_cert, "TLS data channel asked for, but this gateway has no --data-cert (or no --peer-ca for mutual TLS); closing");
                             set_reset_on_close(&client);
                             return;
                         }
@@ -604,7 +613,7 @@ impl Worker {
                     ),
                     Err(e) => {
                         bump(&counters.errors, 1);
-                        warn!(worker = self.id, %key, error = %e, "cannot start TLS; closing");
+                        warn!(worker = self.id, session = %key, error = %e, "cannot start TLS; closing");
                         set_reset_on_close(&client);
                         return;
                     }
@@ -624,12 +633,12 @@ impl Worker {
             .register(client.as_fd(), token(Kind::Client, slot, generation))
         {
             bump(&counters.errors, 1);
-            warn!(worker = self.id, %key, error = %e, "cannot watch a new connection; closing it");
+            warn!(worker = self.id, session = %key, error = %e, "cannot watch a new connection; closing it");
             set_reset_on_close(&client);
             return;
         }
         bump(&counters.conns_open, 1);
-        debug!(worker = self.id, %key, index, %peer, target = %target_addr, "connection accepted");
+        debug!(worker = self.id, session = %key, index, %peer, target = %target_addr, "connection accepted");
         let from_peer = matches!(channel, ListenerChannel::FromPeer { .. });
         let span = tracing::debug_span!("conn", session = %key, listener = index, %peer);
         entry.insert(Conn {
@@ -664,7 +673,7 @@ impl Worker {
             if let Err(e) = self.connect_target(slot) {
                 if let Some(c) = self.conns.get(slot) {
                     bump(&c.counters.errors, 1);
-                    warn!(worker = self.id, key = %c.key, target = %c.target_addr, error = %e, "cannot connect to target; closing the client");
+                    warn!(worker = self.id, session = %c.key, target = %c.target_addr, error = %e, "cannot connect to target; closing the client");
                 }
                 self.close_conn(slot, true);
                 return;
@@ -695,7 +704,7 @@ impl Worker {
                 self.idle_timers.push(Reverse((due, t)));
                 continue;
             }
-            info!(worker = self.id, key = %c.key, peer = %c.peer, idle_s = idle.as_secs_f32(), "closing a connection idle for --idle-timeout");
+            info!(worker = self.id, session = %c.key, peer = %c.peer, idle_s = idle.as_secs_f32(), "closing a connection idle for --idle-timeout");
             self.close_conn(slot, false);
         }
     }

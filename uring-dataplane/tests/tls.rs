@@ -67,7 +67,10 @@ fn gateways(
         UID,
         Role::Prod,
         vec![receiver; n],
-        DataChannel::FromPeer { tls: tls.0 },
+        DataChannel::FromPeer {
+            tls: tls.0,
+            client_cert: false,
+        },
     );
     let peer_ca = outbound_extra
         .iter()
@@ -117,6 +120,16 @@ fn tls_client(
     ca: &std::path::Path,
     client_cert: Option<(PathBuf, PathBuf)>,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    tls_client_alpn(addr, ca, client_cert, Some(b"scistream-data/1"))
+}
+
+/// [`tls_client`] offering `alpn` (or none).
+fn tls_client_alpn(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    client_cert: Option<(PathBuf, PathBuf)>,
+    alpn: Option<&[u8]>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -138,7 +151,7 @@ fn tls_client(
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"scistream-data/1".to_vec()];
+    config.alpn_protocols = alpn.into_iter().map(|a| a.to_vec()).collect();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
             .unwrap();
@@ -178,8 +191,12 @@ trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 fn preamble(uid: &str, index: u16) -> Vec<u8> {
+    preamble_flagged(1, uid, index)
+}
+
+fn preamble_flagged(flags: u8, uid: &str, index: u16) -> Vec<u8> {
     Preamble {
-        flags: 1,
+        flags,
         conn_index: index,
         uid: uid.into(),
     }
@@ -282,6 +299,10 @@ fn strangers_are_refused_and_the_session_keeps_working() {
         "right uid, wrong listener"
     );
     refused += 1;
+    // A TLS client that offers no ALPN: not a gateway, closed after the handshake.
+    let mut no_alpn = tls_client_alpn(target, &pki.ca, None, None).unwrap();
+    assert_eq!(offer(&mut no_alpn, &preamble(UID, 0)), Vec::<u8>::new());
+    refused += 1;
     let mut garbage = tls_client(target, &pki.ca, None).unwrap();
     assert_eq!(
         offer(&mut garbage, b"S2PA\x01\x00\x00\x00\x03../and more"),
@@ -319,7 +340,9 @@ fn strangers_are_refused_and_the_session_keeps_working() {
     assert_eq!(st.rejected, refused, "{st:?}");
     let log = g.inbound.wait_log("handshake timeout");
     assert!(
-        log.contains("wrong session") && log.contains("bad preamble"),
+        log.contains("wrong session")
+            && log.contains("bad preamble")
+            && log.contains("did not negotiate the data channel's ALPN"),
         "{log}"
     );
     assert!(
@@ -461,8 +484,19 @@ fn a_plaintext_channel_still_checks_the_capability() {
     let mut s = TcpStream::connect(g.inbound_listeners[0]).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(
-        offer(&mut s, &preamble("not-the-uid", 0)),
+        offer(&mut s, &preamble_flagged(0, "not-the-uid", 0)),
         vec![REFUSED, Refusal::WrongSession as u8]
     );
-    assert_eq!(stats(&mut g.inbound)[0].rejected, 1);
+    // A preamble whose flags do not match the channel, or carry bits this
+    // version does not know, is refused as malformed.
+    for flags in [1u8, 0x80] {
+        let mut s = TcpStream::connect(g.inbound_listeners[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(
+            offer(&mut s, &preamble_flagged(flags, "not-the-uid", 0)),
+            vec![REFUSED, Refusal::Malformed as u8],
+            "flags {flags:#x}"
+        );
+    }
+    assert_eq!(stats(&mut g.inbound)[0].rejected, 3);
 }

@@ -325,6 +325,7 @@ impl Introspector {
             id,
             username: i.username,
             linked,
+            source: None,
         };
         debug!(%identity, "token introspected");
         Verdict::Valid {

@@ -28,6 +28,9 @@ pub use tokens::TokenFile;
 /// anything longer is refused before it is hashed or sent anywhere.
 pub const MAX_TOKEN_LEN: usize = 8192;
 
+/// The identity of every caller under `--auth none`.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// What SciStream's clients send when they have no token.
 pub const NO_TOKEN: &str = "INVALID_TOKEN";
 
@@ -40,15 +43,30 @@ pub struct Identity {
     pub username: Option<String>,
     /// Every identity linked to this one (Globus identity sets), including `id`.
     pub linked: Vec<String>,
+    /// Where the call came from (not stored): what quotas count by when
+    /// nobody is authenticated (`--auth none`).
+    #[serde(skip)]
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Identity {
     /// The caller when authentication is off.
     pub fn anonymous() -> Self {
         Identity {
-            id: "anonymous".into(),
+            id: ANONYMOUS.into(),
             username: None,
             linked: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// What per-identity quotas count by: the identity, or for an
+    /// unauthenticated caller its source address (else one anonymous caller
+    /// could use up every quota for everyone).
+    pub fn quota_key(&self) -> String {
+        match (self.id.as_str(), self.source) {
+            (ANONYMOUS, Some(ip)) => format!("{ANONYMOUS}@{ip}"),
+            _ => self.id.clone(),
         }
     }
 
@@ -67,9 +85,14 @@ impl Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.display_name())?;
+        // Names come from token servers and files: escaped, so that one
+        // cannot break a log line.
+        write!(f, "{}", crate::logsafe::escape(self.display_name()))?;
         if self.username.is_some() {
-            write!(f, " ({})", self.id)?;
+            write!(f, " ({})", crate::logsafe::escape(&self.id))?;
+        }
+        if let (ANONYMOUS, Some(ip)) = (self.id.as_str(), self.source) {
+            write!(f, "@{ip}")?;
         }
         Ok(())
     }
@@ -202,6 +225,7 @@ mod tests {
             id: "u-1".into(),
             username: Some("alice@anl.gov".into()),
             linked: vec!["u-1".into(), "u-2".into()],
+            source: None,
         };
         assert!(id.is("u-1") && id.is("alice@anl.gov") && id.is("u-2"));
         assert!(!id.is("bob"));

@@ -118,6 +118,7 @@ impl TokenFile {
                 id: id.to_owned(),
                 username: None,
                 linked: Vec::new(),
+                source: None,
             }),
             None => Err(ControlError::Unauthenticated(
                 "the token is not one this gateway knows; ask its administrators for one".into(),

@@ -30,6 +30,48 @@ pub struct Recovered {
 }
 
 impl Registry {
+    /// Checks a stored session against this start's policy: its uid, its
+    /// listeners against the listener address and port range, its targets
+    /// against the target rules. `Ok(client_cert)` as for a new session.
+    fn still_allowed(&self, s: &StoredSession) -> Result<bool, String> {
+        let client_cert = self
+            .uid_protection(&s.uid, s.role)
+            .map_err(|e| e.to_string())?;
+        let gw = &self.policy.gateway;
+        for l in &s.listeners {
+            if !gw.data_ports.contains(&l.port()) {
+                return Err(format!(
+                    "its listener {l} is outside the port range {}-{}",
+                    gw.data_ports.start(),
+                    gw.data_ports.end()
+                ));
+            }
+            if !gw.listener_ip.is_unspecified()
+                && crate::targets::canonical(*l).ip() != gw.listener_ip
+            {
+                return Err(format!(
+                    "its listener {l} is not on the listener address {}",
+                    gw.listener_ip
+                ));
+            }
+        }
+        let field = match s.role {
+            scistream_protocol::Role::Prod => "receiver",
+            scistream_protocol::Role::Cons => "remote listener",
+        };
+        for t in &s.target_addrs {
+            crate::targets::check(
+                self.policy.access.targets.as_deref(),
+                gw,
+                field,
+                *t,
+                &s.listeners,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(client_cert)
+    }
+
     async fn listeners_from_dataplane(&self, key: &SessionKey) -> Result<Vec<BoundPort>, String> {
         match self
             .dataplane
@@ -59,6 +101,25 @@ impl Registry {
         for s in stored {
             let key = s.key();
             let in_dataplane = attached.sessions.contains(&key);
+            // What the store holds was allowed by the policy of its day;
+            // this start's policy (targets, port range, uid rules) decides now.
+            let client_cert = match self.still_allowed(&s) {
+                Ok(client_cert) => client_cert,
+                Err(why) => {
+                    warn!(%key, %why, "stored session released: it no longer passes this gateway's policy");
+                    report.lost.push(format!("{key}: {why}"));
+                    if let Err(e) = self.store.remove(&key) {
+                        error!(%key, error = %e, "cannot remove the released session from the store");
+                    }
+                    if in_dataplane {
+                        let _ = self
+                            .dataplane
+                            .call(Command::RemoveSession { key: key.clone() }, Vec::new())
+                            .await;
+                    }
+                    continue;
+                }
+            };
             let listeners = if in_dataplane {
                 self.listeners_from_dataplane(&key).await
             } else {
@@ -103,6 +164,8 @@ impl Registry {
                 target_names: s.target_names.clone(),
                 hello_tx: None,
                 op_lock: Arc::default(),
+                ready_since: (phase == Phase::Ready).then(tokio::time::Instant::now),
+                client_cert,
             };
             if phase == Phase::Forwarding && !in_dataplane {
                 let fds: Result<Vec<OwnedFd>, _> = session
@@ -115,7 +178,7 @@ impl Registry {
                     listeners: session.listeners.iter().map(|l| l.addr).collect(),
                     targets: session.target_addrs.clone(),
                     rate_kbps: session.rate_kbps,
-                    channel: self.channel(key.role, &session.target_names),
+                    channel: self.channel(key.role, session.client_cert, &session.target_names),
                 };
                 match fds {
                     Ok(fds) => match self.dataplane.call(Command::AddSession(spec), fds).await {
