@@ -80,12 +80,7 @@ fn scrape(addr: SocketAddr) -> Scrape {
 }
 
 fn metrics_addr(gw: &Gw) -> SocketAddr {
-    let log = gw.log();
-    let at = log
-        .find("metrics at http://")
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
-    let rest = &log[at + "metrics at http://".len()..];
-    rest[..rest.find("/metrics").unwrap()].parse().unwrap()
+    gw.metrics_addr()
 }
 
 #[test]

@@ -139,6 +139,16 @@ impl Gw {
         std::fs::read_to_string(self.dir.path().join("s2cs.log")).unwrap_or_default()
     }
 
+    /// The metrics address it logged (started with `--metrics-addr`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let at = log
+            .find("metrics at http://")
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+        let rest = &log[at + "metrics at http://".len()..];
+        rest[..rest.find("/metrics").unwrap()].parse().unwrap()
+    }
+
     /// The tag this gateway's logs and metrics give the session `uid`.
     pub fn tag(&self, uid: &str) -> String {
         tag_in(&self.dir.path().join("state"), uid)
