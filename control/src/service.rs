@@ -127,6 +127,10 @@ impl ControlService {
     }
 }
 
+/// Failed calls logged one by one: 50 per 10 s.
+static FAILED_CALLS: crate::logsafe::LogLimit =
+    crate::logsafe::LogLimit::new(50, std::time::Duration::from_secs(10));
+
 fn finish<T>(
     rpc: &'static str,
     uid: &str,
@@ -149,8 +153,20 @@ fn finish<T>(
             Ok(Response::new(v))
         }
         Err(e) => {
-            let error = crate::logsafe::escape(&e.to_string());
-            warn!(rpc, session = uid, caller, auth, elapsed_ms, code = ?e.code(), %error, "call failed");
+            // Anyone who reaches the port can make calls fail: a burst of
+            // lines per window, then one summary line.
+            let verdict = FAILED_CALLS.check(std::time::Instant::now());
+            if verdict.suppressed_before > 0 {
+                warn!(
+                    failed = verdict.suppressed_before,
+                    window_s = FAILED_CALLS.window().as_secs(),
+                    "more control calls failed than logged in the last window (see scistream_control_failures_total)"
+                );
+            }
+            if verdict.log {
+                let error = crate::logsafe::escape(&e.to_string());
+                warn!(rpc, session = uid, caller, auth, elapsed_ms, code = ?e.code(), %error, "call failed");
+            }
             Err(e.into())
         }
     }

@@ -337,6 +337,9 @@ async fn uids_are_in_no_log_line_and_no_metric() {
         assert!(Instant::now() < wait_until, "{}", hpc.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // 30 refused probes in well under 10 s: at most 20 lines one by one.
+    let lines = hpc.log().matches("data connection refused").count();
+    assert!((1..=20).contains(&lines), "{lines} refusal lines");
     for (name, log) in [("hpc", hpc.log()), ("inst", inst.log())] {
         assert!(
             log.contains(&format!("{tag}/")) || name == "inst",
