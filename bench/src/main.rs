@@ -87,10 +87,11 @@ struct IdleArgs {
 
 #[derive(Debug, Args)]
 struct CompareArgs {
-    /// Topologies to run, comma-separated: direct, scistream, haproxy, stunnel,
-    /// socat, nginx; and data-plane variants scistream-plain, scistream-epoll,
-    /// scistream-copy, scistream-pipe64k.
-    #[arg(long, value_delimiter = ',', default_value = "direct,scistream,haproxy,stunnel,socat,nginx", value_parser = topology)]
+    /// Topologies to run, comma-separated: direct, scistream, haproxy-tls,
+    /// nginx-tls, stunnel (the encrypting peers), haproxy, socat, nginx
+    /// (plaintext peers); and data-plane variants scistream-plain,
+    /// scistream-epoll, scistream-copy, scistream-pipe64k.
+    #[arg(long, value_delimiter = ',', default_value = "direct,scistream,haproxy-tls,nginx-tls,stunnel,haproxy,socat,nginx", value_parser = topology)]
     only: Vec<scistream_bench::compare::topology::Kind>,
     /// Parallel connections; a list measures each, e.g. 1,4.
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = positive_usize)]

@@ -635,18 +635,20 @@ impl Registry {
                         listeners: session.listener_strings(),
                     });
                 }
-                if table.sessions.keys().any(|k| k.uid == h.uid) {
+            }
+            // Nothing waits for this hello yet: its req may still be on its
+            // way (also when the uid's other role is here already, as when
+            // one gateway holds both ends), so it is held for the grace time.
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let tag = scistream_protocol::tag::session_tag(&h.uid);
+                if self.lock().sessions.keys().any(|k| k.uid == h.uid) {
                     return Err(ControlError::FailedPrecondition(format!(
-                        "every session with this uid (tag {}) has had its hello already",
-                        scistream_protocol::tag::session_tag(&h.uid)
+                        "every session with this uid (tag {tag}) has had its hello already"
                     )));
                 }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ControlError::NotFound(format!(
-                    "no request with this uid (tag {}) is waiting for a hello (waited {} s); \
+                    "no request with this uid (tag {tag}) is waiting for a hello (waited {} s); \
                      send the req first, or check the uid",
-                    scistream_protocol::tag::session_tag(&h.uid),
                     self.timing.hello_grace.as_secs_f32()
                 )));
             }

@@ -172,6 +172,107 @@ pub fn nginx(dir: &Path, sink: u16) -> Result<Chain, String> {
     })
 }
 
+/// HAProxy with TLS 1.3 between its two hops: hop 1 a TLS client that
+/// verifies hop 2's certificate against the CA (as our outbound gateway
+/// does), hop 2 a TLS server; OpenSSL's default suites; splice where the
+/// legs are plaintext. Its defaults otherwise, as the plaintext chain.
+pub fn haproxy_tls(
+    dir: &Path,
+    sink: u16,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Chain, String> {
+    let bin = find_program(&["haproxy"])
+        .ok_or("haproxy not installed (Debian: apt-get install haproxy)")?;
+    // HAProxy wants the certificate and its key in one PEM file.
+    let combined = dir.join("haproxy-gateway.pem");
+    let pem = [cert, key]
+        .iter()
+        .map(std::fs::read_to_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading the gateway certificate: {e}"))?
+        .join("\n");
+    std::fs::write(&combined, pem).map_err(|e| e.to_string())?;
+    two_hops(dir, sink, "haproxy-tls", |listen, to, hop| {
+        let cfg = dir.join(format!("haproxy-tls{hop}.cfg"));
+        let (bind, server) = if hop == 1 {
+            (
+                String::new(),
+                format!(
+                    " ssl verify required ca-file {} verifyhost localhost sni str(localhost) ssl-min-ver TLSv1.3",
+                    ca.display()
+                ),
+            )
+        } else {
+            (
+                format!(" ssl crt {} ssl-min-ver TLSv1.3", combined.display()),
+                String::new(),
+            )
+        };
+        let text = format!(
+            "global\n  maxconn 4000\ndefaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten hop{hop}\n  bind 127.0.0.1:{listen}{bind}\n  server next 127.0.0.1:{to}{server}\n"
+        );
+        std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+        let mut c = Command::new(&bin);
+        c.arg("-db").arg("-f").arg(&cfg);
+        Ok(c)
+    })
+}
+
+/// nginx `stream` proxies with TLS 1.3 between the hops (`proxy_ssl` on hop
+/// 1, verifying hop 2 against the CA; an `ssl` listener on hop 2), one
+/// worker each, as the plaintext chain.
+pub fn nginx_tls(
+    dir: &Path,
+    sink: u16,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Chain, String> {
+    let bin = find_program(&["nginx"])
+        .ok_or("nginx not installed (Debian: apt-get install nginx-light libnginx-mod-stream)")?;
+    let module = [
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "/usr/lib64/nginx/modules/ngx_stream_module.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_file());
+    two_hops(dir, sink, "nginx-tls", |listen, to, hop| {
+        let prefix = dir.join(format!("nginx-tls{hop}"));
+        std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
+        let load = module
+            .map(|m| format!("load_module {m};\n"))
+            .unwrap_or_default();
+        let server = if hop == 1 {
+            format!(
+                "    listen 127.0.0.1:{listen};\n    proxy_pass 127.0.0.1:{to};\n    proxy_ssl on;\n    proxy_ssl_protocols TLSv1.3;\n    proxy_ssl_verify on;\n    proxy_ssl_trusted_certificate {};\n    proxy_ssl_name localhost;\n    proxy_ssl_server_name on;\n",
+                ca.display()
+            )
+        } else {
+            format!(
+                "    listen 127.0.0.1:{listen} ssl;\n    proxy_pass 127.0.0.1:{to};\n    ssl_protocols TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {};\n",
+                cert.display(),
+                key.display()
+            )
+        };
+        let text = format!(
+            "{load}daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{ worker_connections 20000; }}\nstream {{\n  server {{\n{server}    proxy_timeout 1h;\n  }}\n}}\n",
+            p = prefix.display()
+        );
+        let cfg = prefix.join("nginx.conf");
+        std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+        let mut c = Command::new(&bin);
+        c.arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"));
+        Ok(c)
+    })
+}
+
 /// stunnel: hop 1 a TLS 1.3 client verifying hop 2's certificate, hop 2 a TLS server.
 pub fn stunnel(dir: &Path, sink: u16, ca: &Path, cert: &Path, key: &Path) -> Result<Chain, String> {
     let bin = find_program(&["stunnel4", "stunnel"])

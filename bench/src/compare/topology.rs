@@ -30,6 +30,10 @@ pub enum Kind {
     Haproxy,
     /// Two stunnel hops, TLS 1.3 between them.
     Stunnel,
+    /// Two HAProxy hops, TLS 1.3 between them.
+    HaproxyTls,
+    /// Two nginx stream hops, TLS 1.3 between them.
+    NginxTls,
     /// Two socat hops.
     Socat,
     /// Two nginx stream hops.
@@ -38,11 +42,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every topology, in table order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Scistream,
-        Kind::Haproxy,
+        Kind::HaproxyTls,
+        Kind::NginxTls,
         Kind::Stunnel,
+        Kind::Haproxy,
         Kind::Socat,
         Kind::Nginx,
     ];
@@ -66,6 +72,8 @@ impl Kind {
             Kind::ScistreamPipe64k => "scistream-pipe64k",
             Kind::Haproxy => "haproxy",
             Kind::Stunnel => "stunnel",
+            Kind::HaproxyTls => "haproxy-tls",
+            Kind::NginxTls => "nginx-tls",
             Kind::Socat => "socat",
             Kind::Nginx => "nginx",
         }
@@ -86,6 +94,10 @@ impl Kind {
             Kind::ScistreamPipe64k => "scistream-plain with 64 KiB pipes (--pipe-size 64KiB)",
             Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
             Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
+            Kind::HaproxyTls => {
+                "haproxy -> haproxy, mode tcp, TLS 1.3 between them (OpenSSL, its default suites), splice-auto"
+            }
+            Kind::NginxTls => "nginx stream -> nginx stream, TLS 1.3 between them, one worker each",
             Kind::Socat => "socat -> socat, fork per connection",
             Kind::Nginx => "nginx stream -> nginx stream, one worker each",
         }
@@ -119,7 +131,7 @@ mod tests {
         let all: Vec<Kind> = Kind::ALL.into_iter().chain(Kind::VARIANTS).collect();
         assert_eq!(
             all.len(),
-            10,
+            12,
             "a new Kind must be listed in ALL or VARIANTS"
         );
         for k in all {
@@ -206,6 +218,12 @@ pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<
         Kind::Nginx => peers::nginx(&env.dir, sink_port).map(chain),
         Kind::Stunnel => {
             peers::stunnel(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
+        }
+        Kind::HaproxyTls => {
+            peers::haproxy_tls(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
+        }
+        Kind::NginxTls => {
+            peers::nginx_tls(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
         }
         Kind::Scistream => scistream(env, sink_port, max_conns, &[]),
         Kind::ScistreamPlain => scistream(env, sink_port, max_conns, &["--data-tls=off"]),
