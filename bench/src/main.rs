@@ -114,6 +114,10 @@ struct CompareArgs {
     /// The s2cs binary (default: next to s2bench).
     #[arg(long = "s2cs-bin")]
     s2cs_bin: Option<PathBuf>,
+    /// The traffic: `s2bench` (its source and sink, every byte verified) or
+    /// `iperf3` (iperf3 -c through each topology to iperf3 -s).
+    #[arg(long, value_enum, default_value = "s2bench")]
+    load: scistream_bench::compare::Load,
     /// Extra argument for every SciStream gateway (repeatable), e.g.
     /// --s2cs-arg=--s2ds-arg=--no-pin or --s2cs-arg=--ktls-off.
     #[arg(long = "s2cs-arg", allow_hyphen_values = true)]
@@ -140,6 +144,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
         s2cs: a.s2cs_bin,
         s2cs_args: a.s2cs_args,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        load: a.load,
     };
     let report = scistream_bench::compare::run(&cfg).map_err(anyhow::Error::msg)?;
     print!("{}", report.table());

@@ -1,6 +1,10 @@
 //! The user-space TLS record path per chunk size: what the outbound gateway
 //! pays to encrypt and the inbound gateway to decrypt, in memory (no
-//! sockets), with the provider and suites the data plane uses (ring).
+//! sockets). Two groups side by side: `tls_record_path` is rustls's
+//! buffered API (what the relay used before the record layer: a copy into
+//! rustls and out again, a buffer per record), `record_layer` is the data
+//! plane's own record layer (sealed and opened in place) with each crypto
+//! provider.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -95,5 +99,32 @@ fn record_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, record_path);
+fn record_layer(c: &mut Criterion) {
+    use scistream_dataplane::record::{Cipher, ContentType, Crypto, MAX_PAYLOAD, SLOT, Suite};
+    let mut group = c.benchmark_group("record_layer");
+    for crypto in [Crypto::Ring, Crypto::AwsLc] {
+        for suite in Suite::ALL {
+            // 16 full records: what one readv of the relay seals.
+            let records = 16;
+            let key = vec![3u8; suite.key_len()];
+            let mut tx = Cipher::from_raw(crypto, suite, &key, [5u8; 12], 0).expect("key");
+            let mut rx = Cipher::from_raw(crypto, suite, &key, [5u8; 12], 0).expect("key");
+            let mut buf = vec![7u8; records * SLOT];
+            group.throughput(Throughput::Bytes((records * MAX_PAYLOAD) as u64));
+            group.bench_function(BenchmarkId::new(crypto.name(), suite.name()), |b| {
+                b.iter(|| {
+                    for slot in buf.chunks_mut(SLOT) {
+                        let n = tx
+                            .seal(slot, MAX_PAYLOAD, ContentType::ApplicationData)
+                            .expect("seal");
+                        rx.open(&mut slot[..n]).expect("open");
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, record_path, record_layer);
 criterion_main!(benches);

@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "auto", env = "S2DS_KTLS")]
     pub ktls: crate::ktls::KtlsChoice,
 
+    /// Whose AEAD code encrypts the data channel: `auto` (default) seals a
+    /// few MiB with *ring* and with AWS-LC at start and takes the faster
+    /// (and orders the suites by the same measurement), or `ring`, or `aws-lc`.
+    #[arg(long, value_enum, default_value = "auto", env = "S2DS_CRYPTO")]
+    pub crypto: crate::crypto::CryptoChoice,
+
     /// Do not pin workers to cores.
     #[arg(long = "no-pin")]
     pub no_pin: bool,

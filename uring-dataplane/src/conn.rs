@@ -18,9 +18,11 @@ use tracing::{debug, warn};
 
 use crate::config::Forward;
 use crate::copy::CopyRelay;
+use crate::record::Cipher;
 use crate::relay::{Relay, SpliceRelay, Turn, set_reset_on_close};
+use crate::setup::Established;
 use crate::setup::{Inbound, Outbound, Step};
-use crate::tlsrelay::TlsRelay;
+use crate::tlsrelay::{TlsRelay, TlsSession};
 use crate::worker::{Counters, Kind, Worker, WorkerOptions, bump, token};
 use scistream_protocol::loglimit::LogLimit;
 
@@ -251,63 +253,69 @@ impl Worker {
 
     /// A relay for a set-up TLS session: the kernel's (kTLS, then splice)
     /// when this host offloads the session's suite and setup ended cleanly
-    /// (at a record boundary, nothing buffered either way); else rustls in
-    /// user space.
+    /// (at a record boundary, nothing buffered either way); else the
+    /// user-space record layer.
     fn tls_relay(
         &mut self,
         slot: usize,
-        tls: rustls::Connection,
+        established: Result<Established, String>,
         tls_on_client: bool,
         clean: bool,
         early: Vec<u8>,
     ) -> io::Result<Relay> {
-        let eligible = tls
-            .negotiated_cipher_suite()
-            .is_some_and(|s| self.options.ktls.offloads(self.options.ktls_choice, s));
-        let rekey = self.options.rekey_records;
-        if !(eligible && clean && early.is_empty() && !tls.wants_write()) {
-            return Ok(Relay::Tls(Box::new(TlsRelay::new(
-                tls,
-                tls_on_client,
-                early,
-                rekey,
-                self.options.rekey_any_suite,
-            ))));
-        }
-        let Some(c) = self.conns.get(slot) else {
-            return Err(io::Error::other("connection vanished"));
-        };
-        let fd = if tls_on_client {
-            c.client.as_fd()
+        let Established { keys, secrets } = established.map_err(io::Error::other)?;
+        let suite = keys.suite();
+        let eligible = self.options.ktls.offloads(self.options.ktls_choice, suite);
+        let secrets = if eligible && clean && early.is_empty() {
+            let Some(c) = self.conns.get(slot) else {
+                return Err(io::Error::other("connection vanished"));
+            };
+            let fd = if tls_on_client {
+                c.client.as_fd()
+            } else {
+                match c.target.as_ref() {
+                    Some(t) => t.as_fd(),
+                    None => return Err(io::Error::other("no target socket")),
+                }
+            };
+            match crate::ktls::offload(fd, suite, secrets) {
+                crate::ktls::Offload::Done => {
+                    debug!(worker = self.id, session = %c.key, peer = %c.peer, "connection offloaded to kTLS");
+                    let relay = SpliceRelay::new(self.options.pipe_size);
+                    return Ok(Relay::Splice(relay.with_ktls(tls_on_client)));
+                }
+                crate::ktls::Offload::Declined(secrets, reason) => {
+                    debug!(
+                        worker = self.id,
+                        reason, "kTLS not used for this connection; TLS stays in user space"
+                    );
+                    *secrets
+                }
+                crate::ktls::Offload::Failed(reason) => {
+                    return Err(io::Error::other(format!(
+                        "moving the TLS keys to the kernel failed: {reason}"
+                    )));
+                }
+            }
         } else {
-            match c.target.as_ref() {
-                Some(t) => t.as_fd(),
-                None => return Err(io::Error::other("no target socket")),
-            }
+            secrets
         };
-        match crate::ktls::offload(fd, tls) {
-            crate::ktls::Offload::Done => {
-                debug!(worker = self.id, session = %c.key, peer = %c.peer, "connection offloaded to kTLS");
-                let relay = SpliceRelay::new(self.options.pipe_size);
-                Ok(Relay::Splice(relay.with_ktls(tls_on_client)))
-            }
-            crate::ktls::Offload::Declined(tls, reason) => {
-                debug!(
-                    worker = self.id,
-                    reason, "kTLS not used for this connection; TLS stays in user space"
-                );
-                Ok(Relay::Tls(Box::new(TlsRelay::new(
-                    *tls,
-                    tls_on_client,
-                    early,
-                    rekey,
-                    self.options.rekey_any_suite,
-                ))))
-            }
-            crate::ktls::Offload::Failed(reason) => Err(io::Error::other(format!(
-                "moving the TLS keys to the kernel failed: {reason}"
-            ))),
-        }
+        let crypto = self.options.crypto;
+        let cipher = |(seq, s)| Cipher::new(crypto, s, seq).map_err(io::Error::other);
+        let session = TlsSession {
+            tx: cipher(secrets.tx)?,
+            rx: cipher(secrets.rx)?,
+            keys,
+            crypto,
+            early,
+            pending_ciphertext: Vec::new(),
+        };
+        Ok(Relay::Tls(Box::new(TlsRelay::new(
+            session,
+            tls_on_client,
+            self.options.rekey_records,
+            self.options.rekey_any_suite,
+        ))))
     }
 
     /// Refuses a connection during setup: counted, one log line without
@@ -408,7 +416,7 @@ impl Worker {
                     }
                     Step::Done(early) => {
                         let clean = outbound.at_record_boundary() && early.is_empty();
-                        let relay = match outbound.into_tls() {
+                        let relay = match outbound.into_established() {
                             Some(tls) => self.tls_relay(slot, tls, false, clean, early),
                             None => self.plain_relay(),
                         };
@@ -493,7 +501,7 @@ impl Worker {
             return Next::Wait;
         }
         c.state = ConnState::Connecting(Some(inbound));
-        // The early bytes of a TLS peer stay inside rustls; the relay delivers them.
+        // The early bytes of a TLS peer stay with the setup; the relay delivers them.
         let _ = early;
         match self.connect_target(slot) {
             Ok(()) => Next::Again,
@@ -523,8 +531,19 @@ impl Worker {
                     return Next::Close { reset: true };
                 }
                 let clean = inbound.at_record_boundary();
-                let relay = match inbound.into_tls() {
-                    Some(tls) => self.tls_relay(slot, tls, true, clean, Vec::new()),
+                let early = inbound.take_early();
+                // The answer goes out before the relay starts; a socket too
+                // full for two bytes right after setup is not a peer to keep.
+                match inbound.flush_answer(c.client.as_fd()) {
+                    Ok(true) => {}
+                    Ok(false) => return Next::Close { reset: true },
+                    Err(e) => {
+                        warn!(worker = self.id, session = %c.key, peer = %c.peer, error = %e, "cannot accept the peer gateway's connection");
+                        return Next::Close { reset: true };
+                    }
+                }
+                let relay = match inbound.into_established() {
+                    Some(tls) => self.tls_relay(slot, tls, true, clean, early),
                     None => self.plain_relay(),
                 };
                 self.start_relay(slot, relay)

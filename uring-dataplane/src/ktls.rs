@@ -135,31 +135,38 @@ fn probe_inner() -> io::Result<KtlsSupport> {
 }
 
 /// How moving a session into the kernel went.
-#[derive(Debug)]
 pub enum Offload {
     /// The kernel has the keys: plain I/O on the socket carries application data.
     Done,
-    /// Not moved; the session is intact and goes on in user space.
-    Declined(Box<rustls::Connection>, String),
-    /// The keys were extracted but the kernel refused them: the session is lost.
+    /// Not moved; the keys are handed back and the session goes on in user space.
+    Declined(Box<rustls::ExtractedSecrets>, String),
+    /// The kernel refused the keys after the ULP was attached: the session is lost.
     Failed(String),
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Offload::Done => f.write_str("Done"),
+            Offload::Declined(_, why) => write!(f, "Declined({why})"),
+            Offload::Failed(why) => write!(f, "Failed({why})"),
+        }
+    }
 }
 
 /// Moves a set-up TLS session's keys into the kernel for `fd`: after this,
 /// plain `read`/`write`/`splice` on `fd` carry application data, encrypted
 /// and decrypted by the kernel. Attaching the ULP is tried first, while the
 /// session can still go on in user space.
-pub fn offload(fd: impl AsFd + Copy, tls: rustls::Connection) -> Offload {
-    let Some(suite) = tls.negotiated_cipher_suite() else {
-        return Offload::Declined(Box::new(tls), "no cipher suite negotiated".into());
-    };
+pub fn offload(
+    fd: impl AsFd + Copy,
+    suite: SupportedCipherSuite,
+    secrets: rustls::ExtractedSecrets,
+) -> Offload {
     if let Err(e) = attach_ulp(fd) {
-        return Offload::Declined(Box::new(tls), format!("cannot attach the tls ULP: {e}"));
+        return Offload::Declined(Box::new(secrets), format!("cannot attach the tls ULP: {e}"));
     }
     let result = (|| {
-        let secrets = tls
-            .dangerous_extract_secrets()
-            .map_err(|e| format!("cannot extract the session keys: {e}"))?;
         let tx = ktls::CryptoInfo::from_rustls(suite, secrets.tx).map_err(|e| e.to_string())?;
         let rx = ktls::CryptoInfo::from_rustls(suite, secrets.rx).map_err(|e| e.to_string())?;
         install(fd, Direction::Tx, &tx)

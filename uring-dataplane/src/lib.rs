@@ -10,8 +10,10 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod copy;
+pub mod crypto;
 pub mod ktls;
 pub mod reactor;
+pub mod record;
 pub mod relay;
 pub mod setup;
 pub mod sys;
@@ -93,12 +95,15 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     }
     let ktls_support = ktls::KtlsSupport::probe();
     ktls_support.log(config.ktls);
+    let crypto = crypto::CryptoPlan::choose(config.crypto, 8 << 20);
+    tracing::info!(plan = %crypto.describe(), "data-channel crypto");
     let tls = tls::TlsContext::load(&tls::TlsFiles {
         cert: config.data_cert.clone(),
         key: config.data_key.clone(),
         peer_ca: config.peer_ca.clone(),
         require_client_cert: config.require_client_cert,
         prefer_chacha: ktls_support.prefers_chacha(config.ktls) || config.prefer_chacha,
+        crypto: crypto.clone(),
     })
     .map_err(StartError::Tls)?;
     let options = worker::WorkerOptions {
@@ -116,6 +121,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
         user_timeout: config.user_timeout,
         forward: config.forward,
+        crypto: crypto.crypto,
     };
     let cpus = allowed_cpus();
     let n = config.workers.unwrap_or(cpus.len()).max(1);

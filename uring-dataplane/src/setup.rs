@@ -6,16 +6,28 @@
 //! handshake → read the preamble → (the worker checks the uid and connects
 //! to the receiver) → answer. Outbound (we connected to the peer's listener):
 //! handshake → send the preamble → read the answer.
+//!
+//! TLS runs on rustls's unbuffered API ([`Handshake`]): this code owns the
+//! buffers, reads only up to record boundaries (so that nothing after the
+//! setup records leaves the kernel before kTLS or the relay takes over),
+//! and at the end turns the session into its keys and key schedule
+//! ([`Established`]) for kTLS or for [`crate::tlsrelay`].
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::{ClientConfig, ExtractedSecrets, ServerConfig};
 use scistream_protocol::preamble::{ACCEPTED, Preamble, REFUSED, Refusal};
 
-use crate::tls::{FdIo, RecordRead, RecordReader};
+use crate::tls::RecordReader;
+use crate::tlsrelay::Keys;
 
 /// What a step of setup came to.
 #[derive(Debug)]
@@ -30,77 +42,319 @@ pub enum Step<T> {
     Refuse(Refusal, String),
 }
 
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+/// A set-up TLS session, ready to carry data: its keys (for kTLS or the
+/// user-space record layer) and rustls's key schedule.
+pub struct Established {
+    /// The key schedule (new keys on key updates).
+    pub keys: Keys,
+    /// The current keys and sequence numbers, both ways.
+    pub secrets: ExtractedSecrets,
 }
 
-/// Pushes rustls's queued ciphertext out; false when the socket is full.
-fn flush(conn: &mut rustls::Connection, fd: BorrowedFd<'_>) -> io::Result<bool> {
-    while conn.wants_write() {
-        match conn.write_tls(&mut FdIo(fd)) {
-            Ok(_) => {}
-            Err(e) if would_block(&e) => return Ok(false),
-            Err(e) => return Err(e),
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An unbuffered rustls connection, either side.
+trait Unbuffered {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn alpn(&self) -> Option<&[u8]>;
+    fn into_established(self) -> Result<Established, rustls::Error>;
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn alpn(&self) -> Option<&[u8]> {
+        self.alpn_protocol()
+    }
+    fn into_established(self) -> Result<Established, rustls::Error> {
+        let (secrets, keys) = self.dangerous_into_kernel_connection()?;
+        Ok(Established {
+            keys: Keys::Client(keys),
+            secrets,
+        })
+    }
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn alpn(&self) -> Option<&[u8]> {
+        self.alpn_protocol()
+    }
+    fn into_established(self) -> Result<Established, rustls::Error> {
+        let (secrets, keys) = self.dangerous_into_kernel_connection()?;
+        Ok(Established {
+            keys: Keys::Server(keys),
+            secrets,
+        })
+    }
+}
+
+/// A TLS session being set up, over its own buffers.
+struct Handshake<C> {
+    conn: C,
+    /// Ciphertext read, not yet consumed by rustls.
+    incoming: Vec<u8>,
+    /// TLS bytes to send: `outgoing[sent..]`.
+    outgoing: Vec<u8>,
+    sent: usize,
+    reader: RecordReader,
+    /// Application data received (the preamble, or the answer).
+    plaintext: Vec<u8>,
+    /// The handshake is over (rustls offered to encrypt application data).
+    done: bool,
+}
+
+impl<C> std::fmt::Debug for Handshake<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("done", &self.done)
+            .field("unsent", &(self.outgoing.len() - self.sent))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most one setup record takes on the wire (header + 16 KiB + 256).
+const MAX_RECORD: usize = 5 + (16 << 10) + 256;
+
+impl<C: Unbuffered> Handshake<C> {
+    fn new(conn: C) -> Self {
+        Handshake {
+            conn,
+            incoming: Vec::with_capacity(MAX_RECORD),
+            outgoing: Vec::with_capacity(4096),
+            sent: 0,
+            reader: RecordReader::default(),
+            plaintext: Vec::new(),
+            done: false,
         }
     }
-    Ok(true)
-}
 
-/// Reads one batch of ciphertext (never past a record) and processes it.
-/// `Ok(false)`: nothing to read now.
-fn pull(
-    conn: &mut rustls::Connection,
-    reader: &mut RecordReader,
-    fd: BorrowedFd<'_>,
-    what: &str,
-) -> Result<bool, String> {
-    match conn.read_tls(&mut RecordRead(reader, fd)) {
-        Ok(0) => Err(match reader.diagnose() {
-            Some(d) => d.to_owned(),
-            None => format!("the peer closed the connection {what}"),
-        }),
-        Ok(_) => match conn.process_new_packets() {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                // Tell the peer why (an alert), best effort.
-                let _ = flush(conn, fd);
-                Err(match reader.diagnose() {
+    /// Sends what rustls produced; `Ok(false)` while the socket is full.
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        while self.sent < self.outgoing.len() {
+            match rustix::net::send(
+                fd,
+                &self.outgoing[self.sent..],
+                rustix::net::SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => self.sent += n,
+                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.outgoing.clear();
+        self.sent = 0;
+        Ok(true)
+    }
+
+    /// Lets rustls take what arrived and say what it wants, until it needs
+    /// more from the peer; `to_send` is encrypted as soon as the handshake
+    /// allows. Reads from the socket only when `may_read` (never once the
+    /// setup messages are in: what follows is the relay's). `Ok(false)`:
+    /// waiting for the socket.
+    fn pump(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        mut to_send: Option<&[u8]>,
+        may_read: bool,
+    ) -> Result<bool, String> {
+        loop {
+            if let Err(e) = self.flush(fd) {
+                return Err(format!("writing to the peer: {e}"));
+            }
+            let mut need_input = false;
+            let status = self.conn.process(&mut self.incoming);
+            let discard = status.discard;
+            let state = match status.state {
+                Ok(s) => s,
+                Err(e) => {
+                    self.send_alert(fd);
+                    return Err(match self.reader.diagnose() {
+                        Some(d) => d.to_owned(),
+                        None => format!("TLS handshake failed: {e}"),
+                    });
+                }
+            };
+            match state {
+                ConnectionState::EncodeTlsData(mut s) => {
+                    let at = self.outgoing.len();
+                    self.outgoing.resize(at + 4096, 0);
+                    let n = match s.encode(&mut self.outgoing[at..]) {
+                        Ok(n) => n,
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => {
+                            self.outgoing.resize(at + required_size, 0);
+                            s.encode(&mut self.outgoing[at..])
+                                .map_err(|e| format!("encoding the handshake: {e}"))?
+                        }
+                        Err(e) => return Err(format!("encoding the handshake: {e}")),
+                    };
+                    self.outgoing.truncate(at + n);
+                }
+                // What was encoded stays in `outgoing` and goes out at the
+                // top of the loop, in order.
+                ConnectionState::TransmitTlsData(s) => s.done(),
+                ConnectionState::BlockedHandshake => need_input = true,
+                ConnectionState::WriteTraffic(mut w) => {
+                    self.done = true;
+                    if let Some(data) = to_send.take() {
+                        let at = self.outgoing.len();
+                        let room = data.len() + 64;
+                        self.outgoing.resize(at + room, 0);
+                        match w.encrypt(data, &mut self.outgoing[at..]) {
+                            Ok(n) => self.outgoing.truncate(at + n),
+                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            })) => {
+                                self.outgoing.resize(at + required_size, 0);
+                                let n = w
+                                    .encrypt(data, &mut self.outgoing[at..])
+                                    .map_err(|e| format!("encrypting: {e}"))?;
+                                self.outgoing.truncate(at + n);
+                            }
+                            Err(e) => return Err(format!("encrypting: {e}")),
+                        }
+                    } else {
+                        need_input = true;
+                    }
+                }
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record.map_err(|e| format!("reading from the peer: {e}"))?;
+                        self.plaintext.extend_from_slice(record.payload);
+                    }
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    return Err("the peer closed the TLS session during setup".into());
+                }
+                other => return Err(format!("unexpected TLS state during setup: {other:?}")),
+            }
+            self.incoming.drain(..discard);
+            if need_input {
+                if let Err(e) = self.flush(fd) {
+                    return Err(format!("writing to the peer: {e}"));
+                }
+                if !may_read || (self.done && to_send.is_none() && !self.plaintext.is_empty()) {
+                    return Ok(true);
+                }
+                match self.read_record(fd)? {
+                    true => continue,
+                    false => return Ok(false),
+                }
+            }
+        }
+    }
+
+    /// After a failure, tells the peer why: rustls queued an alert, which
+    /// it hands out before reporting its error again. Best effort.
+    fn send_alert(&mut self, fd: BorrowedFd<'_>) {
+        self.incoming.clear();
+        let status = self.conn.process(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut s)) = status.state {
+            let at = self.outgoing.len();
+            self.outgoing.resize(at + 64, 0);
+            match s.encode(&mut self.outgoing[at..]) {
+                Ok(n) => self.outgoing.truncate(at + n),
+                Err(_) => self.outgoing.truncate(at),
+            }
+        }
+        let _ = self.flush(fd);
+    }
+
+    /// Reads ciphertext, never past the current record. `Ok(false)`: nothing to read now.
+    fn read_record(&mut self, fd: BorrowedFd<'_>) -> Result<bool, String> {
+        let at = self.incoming.len();
+        self.incoming.resize(at + MAX_RECORD, 0);
+        let r = self.reader.read(fd, &mut self.incoming[at..]);
+        match r {
+            Ok(0) => {
+                self.incoming.truncate(at);
+                Err(match self.reader.diagnose() {
                     Some(d) => d.to_owned(),
-                    None => format!("TLS handshake failed: {e}"),
+                    None => "the peer closed the connection during setup".into(),
                 })
             }
-        },
-        Err(e) if would_block(&e) => Ok(false),
-        Err(e) => Err(format!("reading {what}: {e}")),
+            Ok(n) => {
+                self.incoming.truncate(at + n);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.incoming.truncate(at);
+                Ok(false)
+            }
+            Err(e) => {
+                self.incoming.truncate(at);
+                Err(format!("reading from the peer: {e}"))
+            }
+        }
+    }
+
+    /// The session's keys, once setup is over and everything is sent.
+    fn establish(self) -> Result<Established, String> {
+        if !self.incoming.is_empty() {
+            return Err("TLS data arrived past the setup records before the answer".into());
+        }
+        self.conn
+            .into_established()
+            .map_err(|e| format!("cannot take the session's keys: {e}"))
     }
 }
 
 /// The accepting side.
 #[derive(Debug)]
 pub struct Inbound {
-    tls: Option<rustls::Connection>,
-    reader: RecordReader,
+    tls: Option<Handshake<UnbufferedServerConnection>>,
+    /// What arrived so far (the preamble).
     buf: Vec<u8>,
+    /// Payload that came after the preamble (from a peer that did not wait
+    /// for the answer), for the relay.
+    early: Vec<u8>,
+    /// Bytes of the answer not yet sent on a plaintext channel.
+    plain_answer: Vec<u8>,
 }
 
 impl Inbound {
     /// Starts setup; `tls` is the server configuration for a TLS channel.
     pub fn new(tls: Option<&Arc<ServerConfig>>) -> Result<Inbound, String> {
         let tls = match tls {
-            Some(c) => Some(
-                ServerConnection::new(c.clone())
-                    .map_err(|e| e.to_string())?
-                    .into(),
-            ),
+            Some(c) => Some(Handshake::new(
+                UnbufferedServerConnection::new(c.clone()).map_err(|e| e.to_string())?,
+            )),
             None => None,
         };
         Ok(Inbound {
             tls,
-            reader: RecordReader::default(),
             buf: Vec::new(),
+            early: Vec::new(),
+            plain_answer: Vec::new(),
         })
     }
 
@@ -109,67 +363,62 @@ impl Inbound {
     /// well-behaved peer, which waits for the answer).
     pub fn drive(&mut self, fd: BorrowedFd<'_>) -> Step<(Preamble, Vec<u8>)> {
         loop {
-            if let Some(conn) = self.tls.as_mut() {
-                if let Err(e) = flush(conn, fd) {
-                    return Step::Failed(format!("writing the handshake: {e}"));
-                }
-                if !conn.is_handshaking() {
-                    // rustls lets a client without ALPN through; a peer that
-                    // does not say it speaks the data channel is not a gateway.
-                    if conn.alpn_protocol() != Some(crate::tls::ALPN) {
-                        return Step::Failed(
-                            "the peer did not negotiate the data channel's ALPN (scistream-data/1): not a SciStream gateway".into(),
-                        );
-                    }
-                    let mut tmp = [0u8; 512];
-                    match conn.reader().read(&mut tmp) {
-                        Ok(0) => {
+            match self.tls.as_mut() {
+                Some(hs) => {
+                    let waiting = match hs.pump(fd, None, true) {
+                        Ok(more) => !more,
+                        Err(e) => return Step::Failed(e),
+                    };
+                    if hs.done || !hs.plaintext.is_empty() {
+                        // rustls lets a client without ALPN through; a peer that
+                        // does not say it speaks the data channel is not a gateway.
+                        if hs.conn.alpn() != Some(crate::tls::ALPN) {
                             return Step::Failed(
-                                "the peer closed before sending its preamble".into(),
+                                "the peer did not negotiate the data channel's ALPN (scistream-data/1): not a SciStream gateway".into(),
                             );
                         }
-                        Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                        Err(e) if would_block(&e) => {}
-                        Err(e) => return Step::Failed(format!("reading the preamble: {e}")),
+                    }
+                    let got = std::mem::take(&mut hs.plaintext);
+                    self.buf.extend_from_slice(&got);
+                    if got.is_empty() && (waiting || self.buf.is_empty()) {
+                        return Step::Pending;
                     }
                 }
-            } else {
-                let want = Preamble::wanted(&self.buf);
-                if self.buf.len() < want {
-                    let mut tmp = [0u8; scistream_protocol::preamble::MAX_LEN];
-                    match rustix::io::read(fd, &mut tmp[..want - self.buf.len()]) {
-                        Ok(0) => {
-                            return Step::Failed(
-                                "the peer closed before sending its preamble".into(),
-                            );
+                None => {
+                    let want = Preamble::wanted(&self.buf);
+                    if self.buf.len() < want {
+                        let mut tmp = [0u8; scistream_protocol::preamble::MAX_LEN];
+                        match rustix::io::read(fd, &mut tmp[..want - self.buf.len()]) {
+                            Ok(0) => {
+                                return Step::Failed(
+                                    "the peer closed before sending its preamble".into(),
+                                );
+                            }
+                            Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                            Err(rustix::io::Errno::AGAIN) => return Step::Pending,
+                            Err(rustix::io::Errno::INTR) => continue,
+                            Err(e) => return Step::Failed(format!("reading the preamble: {e}")),
                         }
-                        Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                        Err(rustix::io::Errno::AGAIN) => return Step::Pending,
-                        Err(rustix::io::Errno::INTR) => continue,
-                        Err(e) => return Step::Failed(format!("reading the preamble: {e}")),
                     }
                 }
             }
-            if !self.buf.is_empty() {
-                match Preamble::parse(&self.buf) {
-                    Ok(Some((p, used))) => return Step::Done((p, self.buf[used..].to_vec())),
-                    Ok(None) => {}
-                    Err(e) if self.tls.is_none() && self.buf.first() == Some(&0x16) => {
-                        let _ = e;
-                        return Step::Failed(
-                            "the peer speaks TLS while this gateway runs with --data-tls off"
-                                .into(),
-                        );
+            match Preamble::parse(&self.buf) {
+                Ok(Some((p, used))) => {
+                    self.early = self.buf[used..].to_vec();
+                    return Step::Done((p, self.early.clone()));
+                }
+                Ok(None) => {
+                    if self.tls.is_some() {
+                        // More of it comes in another record.
+                        continue;
                     }
-                    Err(e) => return Step::Refuse(e.refusal(), format!("bad preamble: {e}")),
                 }
-            }
-            if let Some(conn) = self.tls.as_mut() {
-                match pull(conn, &mut self.reader, fd, "during the TLS handshake") {
-                    Ok(true) => continue,
-                    Ok(false) => return Step::Pending,
-                    Err(e) => return Step::Failed(e),
+                Err(_) if self.tls.is_none() && self.buf.first() == Some(&0x16) => {
+                    return Step::Failed(
+                        "the peer speaks TLS while this gateway runs with --data-tls off".into(),
+                    );
                 }
+                Err(e) => return Step::Refuse(e.refusal(), format!("bad preamble: {e}")),
             }
         }
     }
@@ -181,38 +430,65 @@ impl Inbound {
             Some(r) => vec![REFUSED, r as u8],
         };
         match self.tls.as_mut() {
-            Some(conn) => {
-                conn.writer().write_all(&bytes)?;
-                // Whatever does not fit now is flushed by the relay.
-                flush(conn, fd).map(|_| ())
+            Some(hs) => {
+                hs.pump(fd, Some(&bytes), false).map_err(io::Error::other)?;
+                // Whatever does not fit now is sent by `flush_answer`.
+                hs.flush(fd).map(|_| ())
             }
             None => {
                 let n = rustix::net::send(fd, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
-                if n == bytes.len() {
-                    Ok(())
-                } else {
-                    Err(io::ErrorKind::WriteZero.into())
+                if n < bytes.len() {
+                    self.plain_answer = bytes[n..].to_vec();
                 }
+                Ok(())
             }
         }
     }
 
-    /// The TLS session, for the relay; `None` for a plaintext channel.
-    pub fn into_tls(self) -> Option<rustls::Connection> {
-        self.tls
+    /// Finishes sending the answer; `Ok(true)` once it is all out.
+    pub fn flush_answer(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        match self.tls.as_mut() {
+            Some(hs) => hs.flush(fd),
+            None => {
+                while !self.plain_answer.is_empty() {
+                    match rustix::net::send(
+                        fd,
+                        &self.plain_answer,
+                        rustix::net::SendFlags::NOSIGNAL,
+                    ) {
+                        Ok(n) => {
+                            self.plain_answer.drain(..n);
+                        }
+                        Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The TLS session's keys, for kTLS or the relay; `None` for a plaintext
+    /// channel. Call once the answer is out.
+    pub fn into_established(self) -> Option<Result<Established, String>> {
+        self.tls.map(Handshake::establish)
+    }
+
+    /// Payload that arrived after the preamble.
+    pub fn take_early(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.early)
     }
 
     /// No part of a record is left unread (kTLS can take over).
     pub fn at_record_boundary(&self) -> bool {
-        self.reader.at_boundary()
+        self.tls.as_ref().is_none_or(|hs| hs.reader.at_boundary())
     }
 }
 
 /// The connecting side.
 #[derive(Debug)]
 pub struct Outbound {
-    tls: Option<rustls::Connection>,
-    reader: RecordReader,
+    tls: Option<Handshake<UnbufferedClientConnection>>,
     preamble: Vec<u8>,
     sent: usize,
     queued: bool,
@@ -230,17 +506,15 @@ impl Outbound {
             Some((config, name)) => {
                 let name = ServerName::try_from(name.to_owned())
                     .map_err(|_| format!("'{name}' is not a valid name to verify the inbound gateway's certificate against"))?;
-                Some(
-                    ClientConnection::new(config.clone(), name)
-                        .map_err(|e| e.to_string())?
-                        .into(),
-                )
+                Some(Handshake::new(
+                    UnbufferedClientConnection::new(config.clone(), name)
+                        .map_err(|e| e.to_string())?,
+                ))
             }
             None => None,
         };
         Ok(Outbound {
             tls,
-            reader: RecordReader::default(),
             preamble: preamble.encode(),
             sent: 0,
             queued: false,
@@ -271,44 +545,25 @@ impl Outbound {
         }
     }
 
-    /// Drives the handshake, sends the preamble, reads the answer. On
-    /// acceptance: any payload that followed the answer.
+    /// Drives the handshake, sends the preamble and reads the answer. On
+    /// success: whatever payload came with the answer.
     pub fn drive(&mut self, fd: BorrowedFd<'_>) -> Step<Vec<u8>> {
         loop {
             if let Some(step) = self.check_answer() {
                 return step;
             }
             match self.tls.as_mut() {
-                Some(conn) => {
-                    if !conn.is_handshaking() && !self.queued {
-                        if let Err(e) = conn.writer().write_all(&self.preamble) {
-                            return Step::Failed(format!("sending the preamble: {e}"));
-                        }
+                Some(hs) => {
+                    let send = (!self.queued).then_some(self.preamble.as_slice());
+                    let r = hs.pump(fd, send, true);
+                    if hs.done && send.is_some() {
                         self.queued = true;
                     }
-                    if let Err(e) = flush(conn, fd) {
-                        return Step::Failed(format!("writing to the inbound gateway: {e}"));
-                    }
-                    if self.queued {
-                        let mut tmp = [0u8; 16];
-                        match conn.reader().read(&mut tmp) {
-                            Ok(0) => {
-                                return Step::Failed(
-                                    "the inbound gateway closed the connection after the handshake"
-                                        .into(),
-                                );
-                            }
-                            Ok(n) => {
-                                self.answer.extend_from_slice(&tmp[..n]);
-                                continue;
-                            }
-                            Err(e) if would_block(&e) => {}
-                            Err(e) => return Step::Failed(format!("reading the answer: {e}")),
-                        }
-                    }
-                    match pull(conn, &mut self.reader, fd, "before answering") {
-                        Ok(true) => continue,
-                        Ok(false) => return Step::Pending,
+                    let got = std::mem::take(&mut hs.plaintext);
+                    self.answer.extend_from_slice(&got);
+                    match r {
+                        Ok(_) if !got.is_empty() => continue,
+                        Ok(_) => return Step::Pending,
                         Err(e) => {
                             return Step::Failed(if self.queued {
                                 e
@@ -349,13 +604,13 @@ impl Outbound {
         }
     }
 
-    /// The TLS session, for the relay; `None` for a plaintext channel.
-    pub fn into_tls(self) -> Option<rustls::Connection> {
-        self.tls
+    /// The TLS session's keys, for kTLS or the relay; `None` for a plaintext channel.
+    pub fn into_established(self) -> Option<Result<Established, String>> {
+        self.tls.map(Handshake::establish)
     }
 
     /// No part of a record is left unread (kTLS can take over).
     pub fn at_record_boundary(&self) -> bool {
-        self.reader.at_boundary()
+        self.tls.as_ref().is_none_or(|hs| hs.reader.at_boundary())
     }
 }

@@ -1,11 +1,12 @@
 //! TLS 1.3 for the data channel: rustls configurations built from the files
 //! `s2cs` names, and socket I/O adapters for rustls on non-blocking sockets.
 //!
-//! Suites: TLS 1.3 only, with ring (measured faster than aws-lc-rs on the
-//! record path here: see BENCHMARKING.md), whose TLS 1.3 suites are all AEAD
-//! (AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305). Session tickets and
-//! resumption are off (every connection is a fresh handshake, and the
-//! secrets can move to the kernel with no ticket traffic in flight).
+//! Suites: TLS 1.3 only, all AEAD (AES-128-GCM, AES-256-GCM,
+//! ChaCha20-Poly1305), from the provider [`crate::crypto`] chose (*ring* or
+//! AWS-LC, by measuring this CPU) in the order that measurement gave.
+//! Session tickets and resumption are off (every connection is a fresh
+//! handshake, and the secrets can move to the kernel with no ticket traffic
+//! in flight).
 
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
@@ -34,6 +35,8 @@ pub struct TlsFiles {
     pub require_client_cert: bool,
     /// Offer ChaCha20-Poly1305 first (a host that can offload only that suite to kTLS).
     pub prefer_chacha: bool,
+    /// The crypto provider and suite order.
+    pub crypto: crate::crypto::CryptoPlan,
 }
 
 /// The configurations the files allow, shared by every worker and
@@ -92,23 +95,36 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsFileError> {
     Ok(Arc::new(store))
 }
 
-/// ring's TLS 1.3 suites in this gateway's order of preference: AES-128-GCM
-/// first (10 AES rounds against AES-256's 14, though on this machine the
-/// difference did not stand out of the noise), or ChaCha20-Poly1305 first
-/// when asked (the suite a kTLS host without key
+/// The chosen provider's TLS 1.3 suites, in the measured order (or
+/// ChaCha20-Poly1305 first when asked: the suite a kTLS host without key
 /// updates can offload).
-fn provider_for(prefer_chacha: bool) -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
-    let rank = |name: &str| {
-        if name.contains("CHACHA20") && prefer_chacha {
-            0
+fn provider_for(
+    plan: &crate::crypto::CryptoPlan,
+    prefer_chacha: bool,
+) -> Arc<rustls::crypto::CryptoProvider> {
+    use crate::record::{Crypto, Suite};
+    let mut p = match plan.crypto {
+        Crypto::Ring => rustls::crypto::ring::default_provider(),
+        Crypto::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
+    };
+    let suite_of = |name: &str| {
+        if name.contains("CHACHA20") {
+            Suite::Chacha20Poly1305
         } else if name.contains("AES_128") {
-            1
-        } else if name.contains("AES_256") {
-            2
+            Suite::Aes128Gcm
         } else {
-            3
+            Suite::Aes256Gcm
         }
+    };
+    let rank = |name: &str| {
+        if !name.starts_with("TLS13") {
+            return 10;
+        }
+        let suite = suite_of(name);
+        if prefer_chacha && suite == Suite::Chacha20Poly1305 {
+            return 0;
+        }
+        1 + plan.suites.iter().position(|s| *s == suite).unwrap_or(5)
     };
     p.cipher_suites
         .sort_by_key(|s| rank(&format!("{:?}", s.suite())));
@@ -158,7 +174,7 @@ impl TlsContext {
 
 impl TlsConfigs {
     fn load(files: &TlsFiles) -> Result<TlsConfigs, TlsFileError> {
-        let provider = || provider_for(files.prefer_chacha);
+        let provider = || provider_for(&files.crypto, files.prefer_chacha);
         let identity = match (&files.cert, &files.key) {
             (Some(c), Some(k)) => {
                 let chain = certs("--data-cert", c)?;

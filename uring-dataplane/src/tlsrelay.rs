@@ -1,44 +1,129 @@
 //! Forwarding a connection whose gateway-side leg is TLS, in user space
-//! (when the kernel has no kTLS): plaintext leg ⇄ rustls ⇄ TLS leg.
+//! (when the kernel has no kTLS): plaintext leg ⇄ records ⇄ TLS leg, with
+//! the record layer of [`crate::record`] and rustls keeping only the key
+//! schedule ([`Keys`]).
 //!
-//! Ciphertext is read from the socket in large gulps into one reused buffer
-//! and fed to rustls from there (rustls alone would read 4 KiB per call);
-//! queued records go out with one `writev`. Backpressure both ways: the
-//! plaintext leg is read only once rustls's ciphertext is flushed, and
-//! ciphertext is taken in only once decrypted data has been delivered.
+//! Plaintext → TLS: one `readv` puts up to [`SLOTS`] × 16 KiB of plaintext
+//! straight into the payload slots of as many records in one buffer; each is
+//! sealed in place and the buffer goes out with one `send`. TLS → plaintext:
+//! one `read` takes in as much ciphertext as the buffer holds; every whole
+//! record in it is opened in place, and the payloads go out from where they
+//! lie with one `writev`. The buffers are made on the connection's first
+//! bytes and reused; nothing is allocated per record or per turn.
 //!
-//! Keys are refreshed (TLS 1.3 KeyUpdate) every `rekey_after` records sent,
-//! well before AES-GCM's limit of about 2^24 records per key; rustls also
-//! does so on its own near the limit, and answers the peer's KeyUpdates.
+//! Backpressure both ways: the plaintext leg is read only once the sealed
+//! records are out, and ciphertext is taken in only once every opened
+//! payload is delivered. Keys are refreshed (TLS 1.3 KeyUpdate) every
+//! `rekey_after` records sent, well before AES-GCM's limit of about 2^24
+//! records per key; a peer's KeyUpdate is followed, and answered when it
+//! asks. close_notify is sent after the plaintext leg's EOF and ends the
+//! other direction cleanly when received; EOF without it is truncation.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
-use rustix::net::Shutdown;
+use rustix::net::{SendFlags, Shutdown};
+use rustls::ConnectionTrafficSecrets;
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use rustls::server::ServerConnectionData;
 
+use crate::record::{
+    CLOSE_NOTIFY, Cipher, ContentType, Crypto, HEADER, MAX_CIPHERTEXT, MAX_PAYLOAD, SLOT,
+    check_header, key_update_message,
+};
 use crate::relay::{RelayError, Turn};
-use crate::tls::FdIo;
 
 const ROUNDS_PER_TURN: usize = 16;
-const CHUNK: usize = 256 << 10;
-/// Largest TLS record payload.
-const RECORD: usize = 16 << 10;
+/// Records sealed per `readv`: 16 × 16 KiB of plaintext.
+pub const SLOTS: usize = 16;
+/// Room after the slots for one control record (KeyUpdate, close_notify).
+const SPARE: usize = 64;
+/// Ciphertext taken in per `read`, plus room for one record cut in two.
+const OPEN_BUF: usize = SLOTS * SLOT + HEADER + MAX_CIPHERTEXT;
+/// Opened payloads handed to one `writev`.
+const MAX_SEGMENTS: usize = 64;
 
 /// Keys refreshed every this many records by default: 2^22 records of 16 KiB
 /// (64 GiB), a quarter of AES-GCM's per-key budget.
 pub const DEFAULT_REKEY_RECORDS: u64 = 1 << 22;
 
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+/// rustls's key schedule for a set-up connection: new secrets on key updates.
+pub enum Keys {
+    /// We are the TLS client (outbound gateway).
+    Client(KernelConnection<ClientConnectionData>),
+    /// We are the TLS server (inbound gateway).
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Keys::Client(_) => "Keys::Client",
+            Keys::Server(_) => "Keys::Server",
+        })
+    }
+}
+
+impl Keys {
+    fn update_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Keys::Client(k) => k.update_tx_secret(),
+            Keys::Server(k) => k.update_tx_secret(),
+        }
+    }
+
+    fn update_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Keys::Client(k) => k.update_rx_secret(),
+            Keys::Server(k) => k.update_rx_secret(),
+        }
+    }
+
+    fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), rustls::Error> {
+        match self {
+            Keys::Client(k) => k.handle_new_session_ticket(payload),
+            // A client does not send tickets.
+            Keys::Server(_) => Err(rustls::Error::General(
+                "the peer (a TLS client) sent a session ticket".into(),
+            )),
+        }
+    }
+
+    /// The negotiated suite.
+    pub fn suite(&self) -> rustls::SupportedCipherSuite {
+        match self {
+            Keys::Client(k) => k.negotiated_cipher_suite(),
+            Keys::Server(k) => k.negotiated_cipher_suite(),
+        }
+    }
+}
+
+/// Everything the relay starts from, once setup is over.
+#[derive(Debug)]
+pub struct TlsSession {
+    /// The key schedule.
+    pub keys: Keys,
+    /// The first keys and sequence numbers.
+    pub tx: Cipher,
+    /// The first receive keys.
+    pub rx: Cipher,
+    /// Whose AEAD code the records use.
+    pub crypto: Crypto,
+    /// Plaintext that arrived during setup and belongs to the plain leg.
+    pub early: Vec<u8>,
+    /// Ciphertext read during setup past the last setup record (a whole or
+    /// partial record the relay opens first).
+    pub pending_ciphertext: Vec<u8>,
 }
 
 /// A connection with a TLS leg, forwarded in user space.
 pub struct TlsRelay {
-    tls: rustls::Connection,
+    keys: Keys,
+    crypto: Crypto,
+    tx: Cipher,
+    rx: Cipher,
     /// The TLS leg is the accepted client socket (inbound gateway) rather than the target.
     tls_on_client: bool,
     rekey_after: u64,
@@ -47,20 +132,31 @@ pub struct TlsRelay {
     limited: bool,
     /// Key updates sent.
     pub rekeys: u64,
-    /// Plaintext read from the plain leg (allocated once, on first use).
-    scratch: Box<[u8]>,
-    /// Ciphertext read from the socket, not yet given to rustls: `cipher[pos..len]`.
-    cipher: Box<[u8]>,
-    cipher_pos: usize,
-    cipher_len: usize,
-    /// Plaintext for the plain leg, not yet written: `out[pos..len]`.
-    out: Box<[u8]>,
-    out_pos: usize,
-    out_len: usize,
+    /// The peer asked us to update our keys too.
+    owe_key_update: bool,
+
+    /// Sealed records: `seal[seal_pos..seal_len]` not yet sent.
+    seal: Box<[u8]>,
+    seal_pos: usize,
+    seal_len: usize,
     plain_eof: bool,
+    close_sent: bool,
     tls_shut: bool,
+
+    /// Ciphertext: `open[..open_len]` read; records before `parsed` opened.
+    open: Box<[u8]>,
+    open_len: usize,
+    parsed: usize,
+    /// Opened payloads not yet delivered, as (start, end) in `open`;
+    /// `segments[seg..]` remain, the first of them from `seg_off` on.
+    segments: Vec<(usize, usize)>,
+    seg: usize,
+    seg_off: usize,
+    early: Vec<u8>,
+    early_pos: usize,
     tls_eof: bool,
     plain_shut: bool,
+
     to_tls: u64,
     to_plain: u64,
 }
@@ -68,47 +164,65 @@ pub struct TlsRelay {
 impl std::fmt::Debug for TlsRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsRelay")
+            .field("crypto", &self.crypto)
             .field("to_tls", &self.to_tls)
             .field("to_plain", &self.to_plain)
             .finish_non_exhaustive()
     }
 }
 
+fn invalid(side: &'static str, e: impl std::fmt::Display) -> RelayError {
+    RelayError::Read {
+        side,
+        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
 impl TlsRelay {
-    /// Wraps a set-up TLS session. `early` is plaintext that arrived during
-    /// setup and belongs to the plain leg.
-    /// `rekey_after` records between key updates; `rekey_any` refreshes
-    /// keys on every suite, not only those with a per-key limit (tests).
+    /// Takes over a set-up session. `rekey_after` records between key
+    /// updates; `rekey_any` refreshes keys on every suite, not only those
+    /// with a per-key limit (tests).
     pub fn new(
-        mut tls: rustls::Connection,
+        session: TlsSession,
         tls_on_client: bool,
-        early: Vec<u8>,
         rekey_after: u64,
         rekey_any: bool,
     ) -> TlsRelay {
-        // The relay bounds what it hands rustls (one chunk, and only once the
-        // previous ciphertext is out), so rustls's own cap would only get in the way.
-        tls.set_buffer_limit(None);
-        let limited = rekey_any
-            || tls
-                .negotiated_cipher_suite()
-                .is_none_or(crate::ktls::has_key_limit);
+        let limited = rekey_any || crate::ktls::has_key_limit(session.keys.suite());
+        let mut open = Box::default();
+        let mut open_len = 0;
+        if !session.pending_ciphertext.is_empty() {
+            let mut buf = vec![0u8; OPEN_BUF].into_boxed_slice();
+            let n = session.pending_ciphertext.len().min(OPEN_BUF);
+            buf[..n].copy_from_slice(&session.pending_ciphertext[..n]);
+            open = buf;
+            open_len = n;
+        }
         TlsRelay {
-            limited,
-            tls,
+            keys: session.keys,
+            crypto: session.crypto,
+            tx: session.tx,
+            rx: session.rx,
             tls_on_client,
             rekey_after: rekey_after.max(1),
             records_since_rekey: 0,
+            limited,
             rekeys: 0,
-            scratch: Box::default(),
-            cipher: Box::default(),
-            cipher_pos: 0,
-            cipher_len: 0,
-            out_pos: 0,
-            out_len: early.len(),
-            out: early.into_boxed_slice(),
+            owe_key_update: false,
+            seal: Box::default(),
+            seal_pos: 0,
+            seal_len: 0,
             plain_eof: false,
+            close_sent: false,
             tls_shut: false,
+            open,
+            open_len,
+            parsed: 0,
+            segments: Vec::new(),
+            seg: 0,
+            seg_off: 0,
+            early: session.early,
+            early_pos: 0,
             tls_eof: false,
             plain_shut: false,
             to_tls: 0,
@@ -127,10 +241,7 @@ impl TlsRelay {
 
     /// The name of the negotiated suite, for counters and logs.
     pub fn suite(&self) -> String {
-        self.tls
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default()
+        format!("{:?}", self.keys.suite().suite())
     }
 
     /// Moves whatever can move now, in both directions.
@@ -146,7 +257,7 @@ impl TlsRelay {
             ("target", "client")
         };
         for _ in 0..ROUNDS_PER_TURN {
-            let mut progressed = self.flush(tfd, sides.0)?;
+            let mut progressed = self.send_sealed(tfd, sides.0)?;
             progressed |= self.plain_to_tls(pfd, tfd, sides)?;
             progressed |= self.tls_to_plain(tfd, pfd, sides)?;
             if self.plain_shut && self.tls_shut {
@@ -159,16 +270,57 @@ impl TlsRelay {
         Ok(Turn::MoreWork)
     }
 
-    fn flush(&mut self, tfd: BorrowedFd<'_>, side: &'static str) -> Result<bool, RelayError> {
+    /// Sends sealed records; true when something went out.
+    fn send_sealed(&mut self, tfd: BorrowedFd<'_>, side: &'static str) -> Result<bool, RelayError> {
         let mut progressed = false;
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut FdIo(tfd)) {
-                Ok(n) => progressed |= n > 0,
-                Err(e) if would_block(&e) => break,
-                Err(source) => return Err(RelayError::Write { side, source }),
+        while self.seal_pos < self.seal_len {
+            match rustix::net::send(
+                tfd,
+                &self.seal[self.seal_pos..self.seal_len],
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    self.seal_pos += n;
+                    progressed = true;
+                }
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    return Err(RelayError::Write {
+                        side,
+                        source: e.into(),
+                    });
+                }
             }
         }
         Ok(progressed)
+    }
+
+    /// Seals one control record (`content`, `body`) at `at` in the seal buffer.
+    fn seal_control(
+        &mut self,
+        at: usize,
+        content: ContentType,
+        body: &[u8],
+        side: &'static str,
+    ) -> Result<usize, RelayError> {
+        let room = &mut self.seal[at..];
+        room[HEADER..HEADER + body.len()].copy_from_slice(body);
+        self.tx
+            .seal(room, body.len(), content)
+            .map_err(|e| invalid(side, e))
+    }
+
+    /// Sends a KeyUpdate (sealed with the keys in use) at `at`, then
+    /// switches to the next keys. Returns the record's length.
+    fn key_update(&mut self, at: usize, side: &'static str) -> Result<usize, RelayError> {
+        let n = self.seal_control(at, ContentType::Handshake, &key_update_message(false), side)?;
+        let (seq, secrets) = self.keys.update_tx().map_err(|e| invalid(side, e))?;
+        self.tx = Cipher::new(self.crypto, secrets, seq).map_err(|e| invalid(side, e))?;
+        self.records_since_rekey = 0;
+        self.owe_key_update = false;
+        self.rekeys += 1;
+        Ok(n)
     }
 
     fn plain_to_tls(
@@ -177,8 +329,24 @@ impl TlsRelay {
         tfd: BorrowedFd<'_>,
         sides: (&'static str, &'static str),
     ) -> Result<bool, RelayError> {
+        if self.seal_pos < self.seal_len {
+            return Ok(false);
+        }
+        (self.seal_pos, self.seal_len) = (0, 0);
+        if self.seal.is_empty() {
+            self.seal = vec![0u8; SLOTS * SLOT + SPARE].into_boxed_slice();
+        }
+        if self.owe_key_update && !self.close_sent {
+            self.seal_len = self.key_update(0, sides.0)?;
+            return Ok(true);
+        }
         if self.plain_eof {
-            if !self.tls.wants_write() && !self.tls_shut {
+            if !self.close_sent {
+                self.seal_len = self.seal_control(0, ContentType::Alert, &CLOSE_NOTIFY, sides.0)?;
+                self.close_sent = true;
+                return Ok(true);
+            }
+            if !self.tls_shut {
                 match rustix::net::shutdown(tfd, Shutdown::Write) {
                     Ok(()) | Err(Errno::NOTCONN) => {}
                     Err(e) => {
@@ -193,46 +361,50 @@ impl TlsRelay {
             }
             return Ok(false);
         }
-        if self.tls.wants_write() {
-            return Ok(false);
-        }
-        if self.scratch.is_empty() {
-            self.scratch = vec![0u8; CHUNK].into_boxed_slice();
-        }
-        match rustix::io::read(pfd, &mut self.scratch[..]) {
+        // Plaintext straight into the payload slots of SLOTS records.
+        let read = {
+            let mut slots = self.seal.chunks_mut(SLOT);
+            let mut slices: [IoSliceMut<'_>; SLOTS] = std::array::from_fn(|_| match slots.next() {
+                Some(slot) => IoSliceMut::new(&mut slot[HEADER..HEADER + MAX_PAYLOAD]),
+                None => IoSliceMut::new(&mut []),
+            });
+            rustix::io::readv(pfd, &mut slices)
+        };
+        let n = match read {
             Ok(0) => {
                 self.plain_eof = true;
-                self.tls.send_close_notify();
-                Ok(true)
+                return Ok(true);
             }
-            Ok(n) => {
-                self.tls
-                    .writer()
-                    .write_all(&self.scratch[..n])
-                    .map_err(|source| RelayError::Write {
-                        side: sides.0,
-                        source,
-                    })?;
-                self.to_tls += n as u64;
-                self.records_since_rekey += n.div_ceil(RECORD) as u64;
-                if self.records_since_rekey >= self.rekey_after && self.limited {
-                    self.tls
-                        .refresh_traffic_keys()
-                        .map_err(|e| RelayError::Write {
-                            side: sides.0,
-                            source: io::Error::other(e),
-                        })?;
-                    self.records_since_rekey = 0;
-                    self.rekeys += 1;
-                }
-                Ok(true)
+            Ok(n) => n,
+            Err(Errno::AGAIN | Errno::INTR) => return Ok(false),
+            Err(e) => {
+                return Err(RelayError::Read {
+                    side: sides.1,
+                    source: e.into(),
+                });
             }
-            Err(Errno::AGAIN | Errno::INTR) => Ok(false),
-            Err(e) => Err(RelayError::Read {
-                side: sides.1,
-                source: e.into(),
-            }),
+        };
+        let mut left = n;
+        let mut at = 0;
+        while left > 0 {
+            let len = left.min(MAX_PAYLOAD);
+            let sealed = self
+                .tx
+                .seal(&mut self.seal[at..], len, ContentType::ApplicationData)
+                .map_err(|e| invalid(sides.0, e))?;
+            left -= len;
+            // Full records are exactly one slot long; only the last may be short.
+            at += sealed;
         }
+        self.seal_len = at;
+        self.to_tls += n as u64;
+        self.records_since_rekey += n.div_ceil(MAX_PAYLOAD) as u64;
+        if self.limited && self.records_since_rekey >= self.rekey_after {
+            // After the records sealed with the keys in use, before any sealed with the next.
+            let at = self.seal_len;
+            self.seal_len += self.key_update(at, sides.0)?;
+        }
+        Ok(true)
     }
 
     fn tls_to_plain(
@@ -242,19 +414,16 @@ impl TlsRelay {
         sides: (&'static str, &'static str),
     ) -> Result<bool, RelayError> {
         let mut progressed = false;
-        // Deliver what is decrypted first.
-        if self.out_pos < self.out_len {
-            match rustix::net::send(
-                pfd,
-                &self.out[self.out_pos..self.out_len],
-                rustix::net::SendFlags::NOSIGNAL,
-            ) {
+        // Plaintext that arrived during setup goes first.
+        while self.early_pos < self.early.len() {
+            match rustix::net::send(pfd, &self.early[self.early_pos..], SendFlags::NOSIGNAL) {
                 Ok(n) => {
-                    self.out_pos += n;
+                    self.early_pos += n;
                     self.to_plain += n as u64;
                     progressed = true;
                 }
-                Err(Errno::AGAIN | Errno::INTR) => return Ok(false),
+                Err(Errno::AGAIN) => return Ok(progressed),
+                Err(Errno::INTR) => {}
                 Err(e) => {
                     return Err(RelayError::Write {
                         side: sides.1,
@@ -262,11 +431,50 @@ impl TlsRelay {
                     });
                 }
             }
-            if self.out_pos < self.out_len {
+        }
+        // Opened payloads, from where they lie.
+        if self.seg < self.segments.len() {
+            let sent = {
+                let mut slices: [IoSlice<'_>; MAX_SEGMENTS] = [IoSlice::new(&[]); MAX_SEGMENTS];
+                let mut count = 0;
+                for (i, &(start, end)) in self.segments[self.seg..].iter().enumerate() {
+                    let from = if i == 0 { start + self.seg_off } else { start };
+                    slices[count] = IoSlice::new(&self.open[from..end]);
+                    count += 1;
+                }
+                rustix::io::writev(pfd, &slices[..count])
+            };
+            match sent {
+                Ok(mut n) => {
+                    self.to_plain += n as u64;
+                    progressed = true;
+                    while n > 0 && self.seg < self.segments.len() {
+                        let (start, end) = self.segments[self.seg];
+                        let left = end - start - self.seg_off;
+                        if n >= left {
+                            n -= left;
+                            self.seg += 1;
+                            self.seg_off = 0;
+                        } else {
+                            self.seg_off += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(e) => {
+                    return Err(RelayError::Write {
+                        side: sides.1,
+                        source: e.into(),
+                    });
+                }
+            }
+            if self.seg < self.segments.len() {
                 return Ok(progressed);
             }
         }
-        (self.out_pos, self.out_len) = (0, 0);
+        self.segments.clear();
+        (self.seg, self.seg_off) = (0, 0);
         if self.tls_eof {
             if !self.plain_shut {
                 match rustix::net::shutdown(pfd, Shutdown::Write) {
@@ -283,73 +491,155 @@ impl TlsRelay {
             }
             return Ok(progressed);
         }
-        if self.out.len() < CHUNK {
-            self.out = vec![0u8; CHUNK].into_boxed_slice();
+        // Everything opened is delivered: keep only a record cut in two.
+        if self.parsed > 0 {
+            self.open.copy_within(self.parsed..self.open_len, 0);
+            self.open_len -= self.parsed;
+            self.parsed = 0;
         }
-        // Plaintext rustls already holds.
-        match self.tls.reader().read(&mut self.out) {
+        if self.open.is_empty() {
+            self.open = vec![0u8; OPEN_BUF].into_boxed_slice();
+            self.segments.reserve_exact(MAX_SEGMENTS);
+        }
+        match rustix::io::read(tfd, &mut self.open[self.open_len..]) {
             Ok(0) => {
-                self.tls_eof = true;
-                return Ok(true);
+                return Err(RelayError::Read {
+                    side: sides.0,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer gateway closed without close_notify (the stream was cut)",
+                    ),
+                });
             }
             Ok(n) => {
-                self.out_len = n;
-                return Ok(true);
+                self.open_len += n;
+                progressed = true;
             }
-            Err(e) if would_block(&e) => {}
-            // UnexpectedEof: the peer closed without close_notify (truncation).
+            Err(Errno::AGAIN | Errno::INTR) => {}
             Err(e) => {
                 return Err(RelayError::Read {
                     side: sides.0,
-                    source: e,
+                    source: e.into(),
                 });
             }
         }
-        // More ciphertext: from our buffer, else from the socket.
-        if self.cipher_pos >= self.cipher_len {
-            if self.cipher.is_empty() {
-                self.cipher = vec![0u8; CHUNK].into_boxed_slice();
-            }
-            (self.cipher_pos, self.cipher_len) = (0, 0);
-            match rustix::io::read(tfd, &mut self.cipher[..]) {
-                Ok(0) => {
-                    // EOF: let rustls see it; its reader then says clean close or truncation.
-                    let _ = self.tls.read_tls(&mut io::empty());
-                    self.process(sides.0)?;
-                    return Ok(true);
-                }
-                Ok(n) => self.cipher_len = n,
-                Err(Errno::AGAIN | Errno::INTR) => return Ok(progressed),
-                Err(e) => {
-                    return Err(RelayError::Read {
-                        side: sides.0,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
-        while self.cipher_pos < self.cipher_len {
-            let mut rest = &self.cipher[self.cipher_pos..self.cipher_len];
-            match self.tls.read_tls(&mut rest) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.cipher_pos += n;
-                    self.process(sides.0)?;
-                }
-                // rustls's buffer is full of undelivered plaintext: deliver first.
-                Err(_) => break,
-            }
-        }
-        Ok(true)
+        self.open_records(sides.0)?;
+        Ok(progressed)
     }
 
-    fn process(&mut self, side: &'static str) -> Result<(), RelayError> {
-        self.tls
-            .process_new_packets()
-            .map(|_| ())
-            .map_err(|e| RelayError::Read {
-                side,
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })
+    /// Opens every whole record read so far (up to [`MAX_SEGMENTS`] payloads).
+    fn open_records(&mut self, side: &'static str) -> Result<(), RelayError> {
+        while self.segments.len() < MAX_SEGMENTS && !self.tls_eof {
+            let rest = &self.open[self.parsed..self.open_len];
+            let Some(len) = check_header(rest).map_err(|e| invalid(side, e))? else {
+                return Ok(());
+            };
+            if rest.len() < HEADER + len {
+                return Ok(());
+            }
+            let start = self.parsed;
+            let end = start + HEADER + len;
+            let (content, payload) = self
+                .rx
+                .open(&mut self.open[start..end])
+                .map_err(|e| invalid(side, e))?;
+            self.parsed = end;
+            let (from, to) = (start + payload.start, start + payload.end);
+            match content {
+                ContentType::ApplicationData => {
+                    if to > from {
+                        self.segments.push((from, to));
+                    }
+                }
+                ContentType::Alert => {
+                    if self.open[from..to] == CLOSE_NOTIFY {
+                        self.tls_eof = true;
+                    } else {
+                        return Err(invalid(
+                            side,
+                            format!(
+                                "the peer gateway sent a TLS alert {:?}",
+                                &self.open[from..to]
+                            ),
+                        ));
+                    }
+                }
+                ContentType::Handshake => self.handshake_messages(from, to, side)?,
+                ContentType::Other(c) => {
+                    return Err(invalid(side, format!("a TLS record of content type {c}")));
+                }
+            }
+        }
+        Ok(())
     }
+
+    /// Post-handshake messages: KeyUpdate and NewSessionTicket.
+    fn handshake_messages(
+        &mut self,
+        from: usize,
+        to: usize,
+        side: &'static str,
+    ) -> Result<(), RelayError> {
+        let mut at = from;
+        while at < to {
+            let m = &self.open[at..to];
+            let (kind, len) = match m {
+                [kind, a, b, c, ..] => (
+                    *kind,
+                    usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
+                ),
+                _ => return Err(invalid(side, "a cut handshake message")),
+            };
+            if m.len() < 4 + len {
+                return Err(invalid(side, "a handshake message split across records"));
+            }
+            let body = &m[4..4 + len];
+            match (kind, body) {
+                // KeyUpdate: the peer's following records use its next keys.
+                (24, [request]) if *request <= 1 => {
+                    let (seq, secrets) = self.keys.update_rx().map_err(|e| invalid(side, e))?;
+                    self.rx =
+                        Cipher::new(self.crypto, secrets, seq).map_err(|e| invalid(side, e))?;
+                    if *request == 1 {
+                        self.owe_key_update = true;
+                    }
+                }
+                // NewSessionTicket: kept by rustls (this gateway never resumes).
+                (4, _) => {
+                    let body = body.to_vec();
+                    self.keys
+                        .new_session_ticket(&body)
+                        .map_err(|e| invalid(side, e))?;
+                }
+                (kind, _) => {
+                    return Err(invalid(
+                        side,
+                        format!(
+                            "an unexpected handshake message (type {kind}) after the handshake"
+                        ),
+                    ));
+                }
+            }
+            at += 4 + len;
+        }
+        Ok(())
+    }
+
+    /// Whether the relay still owes the peer a KeyUpdate (for tests).
+    pub fn owes_key_update(&self) -> bool {
+        self.owe_key_update
+    }
+}
+
+/// The sequence of records one `readv` of `n` plaintext bytes makes, and
+/// the length they take on the wire (for tests and the benchmarks).
+pub fn sealed_len(n: usize) -> usize {
+    let full = n / MAX_PAYLOAD;
+    let rest = n % MAX_PAYLOAD;
+    full * SLOT
+        + if rest > 0 {
+            HEADER + rest + 1 + crate::record::TAG
+        } else {
+            0
+        }
 }

@@ -111,6 +111,8 @@ pub struct WorkerOptions {
     pub rekey_records: u64,
     /// ...on every suite, not only those with a per-key limit (tests).
     pub rekey_any_suite: bool,
+    /// Whose AEAD code seals and opens records in user space.
+    pub crypto: crate::record::Crypto,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).

@@ -3,6 +3,7 @@
 //! hits all of them alike; medians, CPU cost of the forwarders, ratios.
 
 pub mod chart;
+pub mod iperf;
 pub mod machine;
 pub mod peers;
 pub mod topology;
@@ -39,6 +40,18 @@ pub struct CompareConfig {
     pub s2cs_args: Vec<String>,
     /// Progress bar on stderr.
     pub progress: bool,
+    /// What makes the traffic.
+    pub load: Load,
+}
+
+/// The traffic `compare` pushes through each topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    /// s2bench's source and sink: every byte verified.
+    S2bench,
+    /// iperf3 client and server (not verified; the shape real applications have).
+    Iperf3,
 }
 
 /// One measurement.
@@ -127,12 +140,17 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
     env.s2cs_args = cfg.s2cs_args.clone();
     let sink = Sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .map_err(|e| format!("cannot start the sink: {e}"))?;
+    let iperf = match cfg.load {
+        Load::Iperf3 => Some(iperf::Server::start()?),
+        Load::S2bench => None,
+    };
+    let target_port = iperf.as_ref().map(|s| s.port).unwrap_or(sink.addr.port());
     let max_conns = cfg.conns.iter().copied().max().unwrap_or(1);
 
     let mut running: Vec<(Kind, Running)> = Vec::new();
     let mut skipped = Vec::new();
     for &kind in &cfg.only {
-        match topology::setup(kind, &env, sink.addr.port(), max_conns) {
+        match topology::setup(kind, &env, target_port, max_conns) {
             Ok(r) => running.push((kind, r)),
             Err(reason) => {
                 eprintln!("skipped {}: {reason}", kind.name());
@@ -161,7 +179,10 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
         for (i, &(t, conns)) in pairs.iter().enumerate() {
             let (kind, r) = &running[t];
             bar.set_message(format!("round {} {} x{conns}", round + 1, kind.name()));
-            results[i].push(measure(round, r, &sink, conns, cfg));
+            results[i].push(match &iperf {
+                Some(server) => measure_iperf(round, r, server, conns, cfg),
+                None => measure(round, r, &sink, conns, cfg),
+            });
             bar.inc(1);
         }
     }
@@ -195,11 +216,44 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
         date: utc_now(),
         machine: Machine::read(),
         workload: serde_json::json!({
-            "conns": cfg.conns, "msg_size": cfg.msg_size, "duration_s": cfg.duration.as_secs_f64(), "rounds": cfg.rounds,
+            "load": cfg.load, "conns": cfg.conns, "msg_size": cfg.msg_size, "duration_s": cfg.duration.as_secs_f64(), "rounds": cfg.rounds,
         }),
         series,
         skipped,
     })
+}
+
+fn measure_iperf(
+    round: usize,
+    r: &Running,
+    server: &iperf::Server,
+    conns: usize,
+    cfg: &CompareConfig,
+) -> Round {
+    let cpu_before = tree_cpu_seconds(&r.pids);
+    let entry = r.entries.first().cloned().unwrap_or_default();
+    let result = server.run(&entry, conns, cfg.duration);
+    let cpu_seconds = tree_cpu_seconds(&r.pids) - cpu_before;
+    match result {
+        Ok(m) => Round {
+            round,
+            gbps: m.bits_per_second / 1e9,
+            bytes: m.bytes,
+            seconds: m.seconds,
+            cpu_seconds,
+            ok: true,
+            error: None,
+        },
+        Err(e) => Round {
+            round,
+            gbps: 0.0,
+            bytes: 0,
+            seconds: 0.0,
+            cpu_seconds,
+            ok: false,
+            error: Some(e),
+        },
+    }
 }
 
 fn measure(round: usize, r: &Running, sink: &Sink, conns: usize, cfg: &CompareConfig) -> Round {
@@ -251,15 +305,23 @@ fn measure(round: usize, r: &Running, sink: &Sink, conns: usize, cfg: &CompareCo
 impl Report {
     /// The table for people.
     pub fn table(&self) -> String {
+        let load = match self.workload["load"].as_str() {
+            Some("iperf3") => "iperf3 client and server".to_owned(),
+            _ => format!(
+                "s2bench source and sink, {} messages",
+                scistream_protocol::units::format_size(
+                    self.workload["msg_size"].as_u64().unwrap_or(0)
+                )
+            ),
+        };
         let mut out = format!(
-            "{} on {} ({} cores, Linux {}), {} rounds of {} s, {} messages\n",
+            "{} on {} ({} cores, Linux {}), {} rounds of {} s, {load}\n",
             self.date,
             self.machine.cpu_model,
             self.machine.cores,
             self.machine.kernel,
             self.workload["rounds"],
             self.workload["duration_s"],
-            scistream_protocol::units::format_size(self.workload["msg_size"].as_u64().unwrap_or(0))
         );
         out += &format!(
             "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>13}\n",
