@@ -114,6 +114,10 @@ struct CompareArgs {
     /// The s2cs binary (default: next to s2bench).
     #[arg(long = "s2cs-bin")]
     s2cs_bin: Option<PathBuf>,
+    /// Another build's s2cs (with its s2ds next to it), measured side by
+    /// side as the `scistream-baseline` topology (add it to --only).
+    #[arg(long = "baseline-s2cs-bin")]
+    baseline_s2cs_bin: Option<PathBuf>,
     /// The traffic: `s2bench` (its source and sink, every byte verified) or
     /// `iperf3` (iperf3 -c through each topology to iperf3 -s).
     #[arg(long, value_enum, default_value = "s2bench")]
@@ -145,6 +149,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
         s2cs_args: a.s2cs_args,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         load: a.load,
+        baseline_s2cs: a.baseline_s2cs_bin,
     };
     let report = scistream_bench::compare::run(&cfg).map_err(anyhow::Error::msg)?;
     print!("{}", report.table());

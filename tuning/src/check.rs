@@ -232,6 +232,9 @@ pub fn evaluate(f: &Facts, target: &Target) -> Vec<Item> {
     items.push(memlock(f));
     items.push(io_uring(f));
     items.push(ktls(f));
+    items.push(item("crypto", Status::Ok, f.crypto.clone(), "-").why(
+        "s2ds --crypto auto seals with the faster provider on this CPU, suites in this order",
+    ));
     items
 }
 

@@ -135,6 +135,9 @@ pub struct Facts {
     pub io_uring: Result<(), String>,
     /// The kernel's TLS offload, as s2ds probes it.
     pub ktls: scistream_dataplane::ktls::KtlsSupport,
+    /// The data channel's crypto provider and suite order as `s2ds --crypto
+    /// auto` would choose them here, with the figures.
+    pub crypto: String,
 }
 
 /// The sysctls `check` reads.
@@ -216,6 +219,11 @@ impl Facts {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             ktls: scistream_dataplane::ktls::KtlsSupport::probe(),
+            crypto: scistream_dataplane::crypto::CryptoPlan::choose(
+                scistream_dataplane::crypto::CryptoChoice::Auto,
+                8 << 20,
+            )
+            .describe(),
         }
     }
 

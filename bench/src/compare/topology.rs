@@ -26,6 +26,9 @@ pub enum Kind {
     ScistreamCopy,
     /// The same, with 64 KiB pipes (the kernel default) instead of 1 MiB.
     ScistreamPipe64k,
+    /// The TLS tunnel with another build's `s2cs`/`s2ds` (`--baseline-s2cs-bin`),
+    /// to measure a change side by side with what it replaces.
+    ScistreamBaseline,
     /// Two HAProxy hops.
     Haproxy,
     /// Two stunnel hops, TLS 1.3 between them.
@@ -54,11 +57,12 @@ impl Kind {
     ];
 
     /// Variants of the SciStream tunnel, for measuring the data plane's choices.
-    pub const VARIANTS: [Kind; 4] = [
+    pub const VARIANTS: [Kind; 5] = [
         Kind::ScistreamPlain,
         Kind::ScistreamEpoll,
         Kind::ScistreamCopy,
         Kind::ScistreamPipe64k,
+        Kind::ScistreamBaseline,
     ];
 
     /// Short name (for `--only` and tables).
@@ -70,6 +74,7 @@ impl Kind {
             Kind::ScistreamEpoll => "scistream-epoll",
             Kind::ScistreamCopy => "scistream-copy",
             Kind::ScistreamPipe64k => "scistream-pipe64k",
+            Kind::ScistreamBaseline => "scistream-baseline",
             Kind::Haproxy => "haproxy",
             Kind::Stunnel => "stunnel",
             Kind::HaproxyTls => "haproxy-tls",
@@ -92,6 +97,9 @@ impl Kind {
                 "scistream-plain forwarding by read/write through 1 MiB buffers (s2ds --forward copy)"
             }
             Kind::ScistreamPipe64k => "scistream-plain with 64 KiB pipes (--pipe-size 64KiB)",
+            Kind::ScistreamBaseline => {
+                "scistream (TLS) with the s2cs and s2ds of --baseline-s2cs-bin: another build, side by side"
+            }
             Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
             Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
             Kind::HaproxyTls => {
@@ -131,7 +139,7 @@ mod tests {
         let all: Vec<Kind> = Kind::ALL.into_iter().chain(Kind::VARIANTS).collect();
         assert_eq!(
             all.len(),
-            12,
+            13,
             "a new Kind must be listed in ALL or VARIANTS"
         );
         for k in all {
@@ -157,6 +165,8 @@ pub struct Env {
     pub key: PathBuf,
     /// More arguments for every SciStream gateway (`s2bench compare --s2cs-arg`).
     pub s2cs_args: Vec<String>,
+    /// Another build's `s2cs`, for `scistream-baseline`.
+    pub baseline_s2cs: Option<PathBuf>,
 }
 
 impl Env {
@@ -178,6 +188,7 @@ impl Env {
             cert: w.cert,
             key: w.key,
             s2cs_args: Vec::new(),
+            baseline_s2cs: None,
         })
     }
 }
@@ -226,6 +237,14 @@ pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<
             peers::nginx_tls(&env.dir, sink_port, &env.ca, &env.cert, &env.key).map(chain)
         }
         Kind::Scistream => scistream(env, sink_port, max_conns, &[]),
+        Kind::ScistreamBaseline => match &env.baseline_s2cs {
+            Some(bin) => {
+                let mut env = env.clone();
+                env.s2cs = Some(bin.clone());
+                scistream_named(&env, sink_port, max_conns, &[], "baseline")
+            }
+            None => Err("give another build's s2cs with --baseline-s2cs-bin".into()),
+        },
         Kind::ScistreamPlain => scistream(env, sink_port, max_conns, &["--data-tls=off"]),
         Kind::ScistreamEpoll => scistream(
             env,
@@ -255,6 +274,20 @@ pub fn scistream(
     conns: usize,
     s2cs_args: &[&str],
 ) -> Result<Running, String> {
+    let tag = s2cs_args
+        .join("")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    scistream_named(env, sink_port, conns, s2cs_args, &tag)
+}
+
+/// [`scistream`] with state directories named after `tag`.
+fn scistream_named(
+    env: &Env,
+    sink_port: u16,
+    conns: usize,
+    s2cs_args: &[&str],
+    tag: &str,
+) -> Result<Running, String> {
     let s2cs = env
         .s2cs
         .clone()
@@ -280,11 +313,10 @@ pub fn scistream(
         .collect(),
     };
     // Each variant gets its own state directories (and ports from the ranges).
-    let tag = s2cs_args
-        .join("")
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-    let hpc = LocalGateway::start(&gateway(&format!("hpc{tag}"), (35100, 35299)))?;
-    let inst = LocalGateway::start(&gateway(&format!("inst{tag}"), (36100, 36299)))?;
+    // Below Linux's ephemeral ports (32768-60999), where the sink and the
+    // peer proxies get theirs: a gateway refuses to target its own range.
+    let hpc = LocalGateway::start(&gateway(&format!("hpc{tag}"), (25100, 25299)))?;
+    let inst = LocalGateway::start(&gateway(&format!("inst{tag}"), (26100, 26299)))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
