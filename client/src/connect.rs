@@ -7,7 +7,7 @@ use scistream_protocol::pb::control_client::ControlClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, classify};
 
@@ -29,7 +29,10 @@ impl Trust {
     }
 }
 
-/// Adds the bearer token (or SciStream's `INVALID_TOKEN` placeholder) to every call.
+/// Adds the token (or SciStream's `INVALID_TOKEN` placeholder) to every
+/// call, and marks the call as made by this client
+/// ([`scistream_protocol::CLIENT_HEADER`]: `s2cs` then enforces the rate it
+/// asks for).
 #[derive(Clone)]
 pub struct Auth {
     header: MetadataValue<tonic::metadata::Ascii>,
@@ -42,6 +45,11 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// True when a token is sent (not `INVALID_TOKEN`).
+    pub fn has_token(&self) -> bool {
+        self.header.as_bytes() != b"INVALID_TOKEN"
+    }
+
     /// No token: sends `INVALID_TOKEN`, as SciStream's clients do.
     pub fn none() -> Self {
         Auth {
@@ -49,9 +57,11 @@ impl Auth {
         }
     }
 
-    /// A bearer token, sent as `Bearer TOKEN`.
+    /// A token, sent bare as SciStream's client sends it (SciStream's
+    /// `s2cs` hands the header's value as it is to Globus's token checker;
+    /// ours takes `Bearer TOKEN` too).
     pub fn bearer(token: &str) -> Result<Self, ClientError> {
-        let header = format!("Bearer {token}").parse().map_err(|_| {
+        let header = token.parse().map_err(|_| {
             ClientError::Input("the stored token holds characters not allowed in a header".into())
         })?;
         Ok(Auth { header })
@@ -66,9 +76,16 @@ impl Interceptor for Auth {
         request
             .metadata_mut()
             .insert("authorization", self.header.clone());
+        request.metadata_mut().insert(
+            scistream_protocol::CLIENT_HEADER,
+            MetadataValue::from_static(CLIENT_MARK),
+        );
         Ok(request)
     }
 }
+
+/// This client's mark on every call.
+const CLIENT_MARK: &str = concat!("scistream-rs/", env!("CARGO_PKG_VERSION"));
 
 /// A gRPC client for one S2CS.
 pub type Control = ControlClient<InterceptedService<Channel, Auth>>;
@@ -92,46 +109,68 @@ fn split_host(addr: &str) -> Result<String, ClientError> {
     })
 }
 
+/// The TLS client configuration for `--server_cert PATH`: its
+/// certificates as trust anchors, and pinned (so a self-signed certificate
+/// marked CA:TRUE, as `openssl req -x509` makes, works as given; see
+/// `scistream-trust`). ALPN h2, as gRPC wants.
+fn tls_config(path: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    let fail = |reason: String| ClientError::TrustRoot {
+        path: path.to_owned(),
+        reason,
+    };
+    let anchors = scistream_trust::Anchors::from_file(path).map_err(|e| match e {
+        scistream_trust::TrustError::File { reason, .. } => fail(reason),
+        other => fail(other.to_string()),
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = anchors
+        .verifier(provider.clone())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Connects (TCP and TLS) to `addr` (`host:port`).
 pub async fn connect(addr: &str, trust: &Trust, auth: Auth) -> Result<Connection, ClientError> {
     let host = split_host(addr)?;
-    let endpoint = match trust {
-        Trust::Insecure => Endpoint::from_shared(format!("http://{addr}")),
-        Trust::Root(_) => Endpoint::from_shared(format!("https://{addr}")),
-    }
-    .map_err(|e| ClientError::Input(format!("--s2cs {addr}: {e}")))?
-    .connect_timeout(Duration::from_secs(10))
-    .tcp_nodelay(true)
-    .http2_keep_alive_interval(Duration::from_secs(30))
-    .keep_alive_while_idle(true);
-    let endpoint = match trust {
-        Trust::Insecure => endpoint,
+    // TLS is this client's own (a connector below), so the URI stays http.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Input(format!("--s2cs {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let channel = match trust {
+        Trust::Insecure => endpoint.connect().await,
         Trust::Root(path) => {
-            let pem = std::fs::read(path).map_err(|e| ClientError::TrustRoot {
-                path: path.clone(),
-                reason: e.to_string(),
+            let config = tls_config(path)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                ClientError::Input(format!(
+                    "--s2cs {addr}: '{host}' is not a host name or IP address"
+                ))
             })?;
-            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ClientError::TrustRoot {
-                    path: path.clone(),
-                    reason: "holds no PEM certificate".into(),
-                });
-            }
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pem))
-                .domain_name(host);
-            endpoint
-                .tls_config(tls)
-                .map_err(|e| ClientError::TrustRoot {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?
+            let target = addr.to_owned();
+            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                let (config, name, target) = (config.clone(), name.clone(), target.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(&target).await?;
+                    tcp.set_nodelay(true)?;
+                    let tls = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            });
+            endpoint.connect_with_connector(connector).await
         }
-    };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| classify(addr, &trust.describe(), &e))?;
+    }
+    .map_err(|e| classify(addr, &trust.describe(), &e))?;
     Ok(Connection {
         client: ControlClient::with_interceptor(channel, auth),
         addr: addr.to_owned(),

@@ -50,6 +50,12 @@ enum Cmd {
     /// Use case 2 (instrument side): open listeners on the outbound gateway that forward to the inbound gateway.
     #[command(name = "outbound_request", visible_alias = "outbound-request")]
     OutboundRequest(OutboundArgs),
+    /// SciStream's `prod-req`: a PROD request whose hello comes from the
+    /// application (`s2uc hello`, or SciStream's application controller);
+    /// prints the gateway's answer as SciStream's client does, then forwards
+    /// to the receivers that hello announced.
+    #[command(name = "prod_req", visible_alias = "prod-req")]
+    ProdReq(ProdReqArgs),
     /// Announce an application for a request waiting for its hello (what
     /// SciStream's application controller sent), e.g. after a `req` made by a workflow tool.
     Hello(HelloArgs),
@@ -137,7 +143,35 @@ struct InboundArgs {
     /// Receiver ports, comma-separated (5001,5002).
     #[arg(long = "receiver_ports", alias = "receiver-ports")]
     receiver_ports: String,
+    /// SciStream's test switch: `True` uses its fixed uid
+    /// 4f8583bc-a4d3-11ee-9fd6-034d1fcbd7c3 instead of a fresh one.
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool, default_value = "False", action = clap::ArgAction::Set)]
+    mock: bool,
 }
+
+#[derive(Debug, Args)]
+struct ProdReqArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// SciStream's test switch: `True` uses its fixed uid
+    /// 4f8583bc-a4d3-11ee-9fd6-034d1fcbd7c3 instead of a fresh one.
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool, default_value = "False", action = clap::ArgAction::Set)]
+    mock: bool,
+}
+
+/// `True`/`False` as SciStream's tutorials write them (also true/false, 1/0, yes/no).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{s}' is not True or False")),
+    }
+}
+
+/// The uid SciStream's clients use with `--mock True`.
+const MOCK_UID: &str = "4f8583bc-a4d3-11ee-9fd6-034d1fcbd7c3";
 
 #[derive(Debug, Args)]
 struct OutboundArgs {
@@ -245,6 +279,18 @@ impl ControlArgs {
         self.s2cs.as_deref().unwrap_or("localhost:5000")
     }
 
+    /// For `outbound_request`, whose default gateway in SciStream's client
+    /// is localhost:6000 (the instrument side's): the same here, said aloud.
+    fn default_outbound(&mut self) {
+        if self.s2cs.is_none() {
+            eprintln!(
+                "s2uc: no --s2cs given: using localhost:6000, SciStream's default for outbound_request \
+                 (inbound_request and the other commands default to localhost:5000)"
+            );
+            self.s2cs = Some("localhost:6000".into());
+        }
+    }
+
     fn server_cert(&self) -> &std::path::Path {
         self.server_cert
             .as_deref()
@@ -268,6 +314,7 @@ impl Cmd {
         match self {
             Cmd::InboundRequest(a) => Some(&mut a.control),
             Cmd::OutboundRequest(a) => Some(&mut a.control),
+            Cmd::ProdReq(a) => Some(&mut a.control),
             Cmd::Hello(a) => Some(&mut a.control),
             Cmd::List(a) => Some(&mut a.control),
             Cmd::Status(a) => Some(&mut a.control),
@@ -283,6 +330,49 @@ fn trust(c: &ControlArgs) -> Trust {
     } else {
         Trust::Root(c.server_cert().to_owned())
     }
+}
+
+/// The lines SciStream's client prints for a request, which scripts parse:
+/// its `uid; s2cs; access_token; role` header and the line after it (the
+/// token is never printed: `INVALID_TOKEN` when there is none, `REDACTED`
+/// when there is one), its progress lines, the gateway's answer in protobuf
+/// text form, and the listeners as a Python list.
+fn print_scistream_lines(t: &Tunnel, s2cs: &str, has_token: bool, hello_sent: bool) {
+    let role = t.role.as_str();
+    let token = if has_token {
+        "REDACTED"
+    } else {
+        "INVALID_TOKEN"
+    };
+    println!("uid; s2cs; access_token; role");
+    println!("{} {s2cs} {token} {role}", t.uid);
+    println!("sending client request message");
+    println!("started client request");
+    println!("waiting for hello message");
+    if hello_sent {
+        println!("Hello message sent successfully");
+    }
+    print!("{}", protobuf_text(&t.requested));
+    println!();
+    println!("Listeners: {}", python_list(&t.listeners));
+}
+
+/// A `Response` as Python's `print(message)` shows it (protobuf text format).
+fn protobuf_text(r: &scistream_protocol::pb::Response) -> String {
+    let mut out = String::new();
+    for l in &r.listeners {
+        out.push_str(&format!("listeners: \"{l}\"\n"));
+    }
+    for l in &r.prod_listeners {
+        out.push_str(&format!("prod_listeners: \"{l}\"\n"));
+    }
+    out
+}
+
+/// A list of strings as Python prints one: `['a', 'b']`.
+fn python_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 fn print_tunnel(t: &Tunnel, json: bool, s2cs: &str) {
@@ -346,6 +436,9 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
     let mut cli = cli;
     if let Some(c) = cli.command.control_mut() {
         c.default_from(&config);
+    }
+    if let Cmd::OutboundRequest(a) = &mut cli.command {
+        a.control.default_outbound();
     }
     match cli.command {
         Cmd::Login(a) => {
@@ -443,13 +536,65 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
         Cmd::InboundRequest(a) => {
             let ports = parse_ports(&a.receiver_ports)?;
             receiver_endpoints(&a.remote_ip, &ports)?;
-            let conn = control(&config, &a.control).await?;
+            let auth = auth(&config, &a.control).await?;
+            let has_token = auth.has_token();
+            let conn = connect(a.control.s2cs(), &trust(&a.control), auth).await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
             };
-            let t =
-                scistream_client::inbound_request(&conn, &a.remote_ip, &ports, &options).await?;
+            let uid = if a.mock {
+                MOCK_UID.to_owned()
+            } else {
+                scistream_client::tunnel::new_uid()
+            };
+            let t = scistream_client::tunnel::inbound_request_as(
+                &conn,
+                &uid,
+                &a.remote_ip,
+                &ports,
+                &options,
+            )
+            .await?;
+            if !cli.json {
+                print_scistream_lines(&t, a.control.s2cs(), has_token, true);
+            }
+            print_tunnel(&t, cli.json, a.control.s2cs());
+        }
+        Cmd::ProdReq(a) => {
+            let auth = auth(&config, &a.control).await?;
+            let has_token = auth.has_token();
+            let conn = connect(a.control.s2cs(), &trust(&a.control), auth).await?;
+            let options = RequestOptions {
+                num_conn: a.request.num_conn,
+                rate_kbps: a.request.rate,
+            };
+            let uid = if a.mock {
+                MOCK_UID.to_owned()
+            } else {
+                scistream_client::tunnel::new_uid()
+            };
+            if !cli.json {
+                // As SciStream's prod-req: the uid first, so that the
+                // application can send its hello while this waits.
+                println!("uid; s2cs; access_token; role");
+                let token = if has_token {
+                    "REDACTED"
+                } else {
+                    "INVALID_TOKEN"
+                };
+                println!("{uid} {} {token} PROD", a.control.s2cs());
+                println!("waiting for hello message");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+            let t = scistream_client::tunnel::prod_req(&conn, &uid, &options).await?;
+            if !cli.json {
+                print!("{}", protobuf_text(&t.requested));
+                println!();
+                println!("{}", python_list(&t.listeners));
+                println!("Listeners: {}", python_list(&t.listeners));
+            }
             print_tunnel(&t, cli.json, a.control.s2cs());
         }
         Cmd::OutboundRequest(a) => {
@@ -460,7 +605,9 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
                 (Some(ip), Some(ports)) => receiver_endpoints(ip, &parse_ports(ports)?)?,
                 _ => Vec::new(),
             };
-            let conn = control(&config, &a.control).await?;
+            let auth = auth(&config, &a.control).await?;
+            let has_token = auth.has_token();
+            let conn = connect(a.control.s2cs(), &trust(&a.control), auth).await?;
             let options = RequestOptions {
                 num_conn: a.request.num_conn,
                 rate_kbps: a.request.rate,
@@ -468,6 +615,9 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
             let t =
                 scistream_client::outbound_request(&conn, &a.uid, listeners, announce, &options)
                     .await?;
+            if !cli.json {
+                print_scistream_lines(&t, a.control.s2cs(), has_token, true);
+            }
             print_tunnel(&t, cli.json, a.control.s2cs());
         }
         Cmd::Release(a) => {
@@ -585,6 +735,13 @@ async fn run(cli: Cli) -> Result<(), anyhow::Error> {
 }
 
 fn main() -> ExitCode {
+    // SciStream's client prints its version for `-v`; here `-v` is
+    // verbosity, so alone (where it does nothing else) it still prints it.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["-v"] {
+        println!("s2uc {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -23,6 +23,10 @@ pub struct Tunnel {
     pub targets: Vec<String>,
     /// Rate cap asked for, kbit/s (0: none).
     pub rate_kbps: u32,
+    /// What the `req` answered, before the update (SciStream's client
+    /// prints it in protobuf text form).
+    #[serde(skip)]
+    pub requested: pb::Response,
 }
 
 /// Options common to both requests.
@@ -155,9 +159,22 @@ pub async fn inbound_request(
     receiver_ports: &[u16],
     options: &RequestOptions,
 ) -> Result<Tunnel, ClientError> {
+    inbound_request_as(conn, &new_uid(), remote_ip, receiver_ports, options).await
+}
+
+/// [`inbound_request`] with a uid of the caller's choosing (`s2uc --mock`
+/// uses SciStream's fixed test uid).
+pub async fn inbound_request_as(
+    conn: &Connection,
+    uid: &str,
+    remote_ip: &str,
+    receiver_ports: &[u16],
+    options: &RequestOptions,
+) -> Result<Tunnel, ClientError> {
     let (num_conn, rate) = options.check()?;
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
     let receivers = receiver_endpoints(remote_ip, receiver_ports)?;
-    let uid = new_uid();
+    let uid = uid.to_owned();
     let resp = req_and_hello(
         conn,
         &uid,
@@ -171,15 +188,49 @@ pub async fn inbound_request(
     let targets = if resp.prod_listeners.is_empty() {
         receivers
     } else {
-        resp.prod_listeners
+        resp.prod_listeners.clone()
     };
     let updated = update(conn, &uid, Role::Prod, targets).await?;
     Ok(Tunnel {
         uid,
         role: Role::Prod,
-        listeners: resp.listeners,
+        listeners: resp.listeners.clone(),
         targets: updated.prod_listeners,
         rate_kbps: options.rate_kbps,
+        requested: resp,
+    })
+}
+
+/// SciStream's `prod-req`: a PROD request whose hello comes from the
+/// application itself (`s2uc hello`, or SciStream's application
+/// controller), then the update to the receivers that hello announced.
+/// Waits as long as the gateway holds the request (its hello timeout).
+pub async fn prod_req(
+    conn: &Connection,
+    uid: &str,
+    options: &RequestOptions,
+) -> Result<Tunnel, ClientError> {
+    let (num_conn, rate) = options.check()?;
+    validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
+    let mut client = conn.client.clone();
+    let resp = client
+        .req(pb::Request {
+            uid: uid.into(),
+            role: Role::Prod.as_str().into(),
+            num_conn,
+            rate,
+        })
+        .await
+        .map_err(|s| conn.status_error("req", s))?
+        .into_inner();
+    let updated = update(conn, uid, Role::Prod, resp.prod_listeners.clone()).await?;
+    Ok(Tunnel {
+        uid: uid.to_owned(),
+        role: Role::Prod,
+        listeners: resp.listeners.clone(),
+        targets: updated.prod_listeners,
+        rate_kbps: options.rate_kbps,
+        requested: resp,
     })
 }
 
@@ -203,9 +254,10 @@ pub async fn outbound_request(
     Ok(Tunnel {
         uid: uid.to_owned(),
         role: Role::Cons,
-        listeners: resp.listeners,
+        listeners: resp.listeners.clone(),
         targets: updated.prod_listeners,
         rate_kbps: options.rate_kbps,
+        requested: resp,
     })
 }
 

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// What `--version` prints: this build, and the protocol it speaks.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (scistream-rs; speaks SciStream 1.2's control protocol, gRPC scistream.Control)"
+);
+
 /// Most ports a `--port-range` may span.
 const MAX_RANGE: usize = 65535;
 
@@ -14,7 +20,7 @@ const MAX_RANGE: usize = 65535;
 /// `scistream.Control` gRPC calls from `s2uc` (and SciStream's own clients),
 /// and runs the data plane (`s2ds`) that forwards the streams.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "s2cs", version, about, long_about = None, after_help = AFTER_HELP, args_override_self = true)]
+#[command(name = "s2cs", version = VERSION, about, long_about = None, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Config {
     /// Address the data listeners bind to and that is advertised to clients
     /// (the gateway's address as the peer gateway or the instrument sees it).
@@ -96,8 +102,12 @@ pub struct Config {
     pub data_key: Option<PathBuf>,
 
     /// PEM bundle of the CAs (or gateway certificates) of the peer facilities:
-    /// what this gateway trusts when it connects to an inbound gateway, and
-    /// checks client certificates against with --require-client-cert.
+    /// what this gateway trusts when it connects to an inbound gateway (a
+    /// certificate in it is also trusted as pinned, even one marked CA:TRUE),
+    /// and checks client certificates against (mutual TLS: --require-client-cert,
+    /// and sessions with weak uids). Optional: without it outbound sessions
+    /// trust the system's CA store, and a gateway serving inbound sessions
+    /// needs only its certificate and key.
     #[arg(long = "peer-ca", alias = "peer_ca")]
     pub peer_ca: Option<PathBuf>,
 
@@ -123,6 +133,14 @@ pub struct Config {
     /// may differ.
     #[arg(long, default_value = "auto", value_parser = ["auto", "ring", "aws-lc"])]
     pub crypto: String,
+
+    /// The rate of a `req` that does not come from this project's `s2uc`
+    /// (SciStream's own client sends `rate=10000`, 10 Mbit/s, on every
+    /// request, and SciStream never enforced it): `ignore` (default: such
+    /// sessions are not rate-capped) or `enforce`. Rates asked for through
+    /// `s2uc --rate` are always enforced.
+    #[arg(long = "unmarked-rates", alias = "unmarked_rates", default_value = "ignore", value_parser = ["ignore", "enforce"])]
+    pub unmarked_rates: String,
 
     /// Highest rate a request may ask for, e.g. 10Gbit; requests above it,
     /// or without a cap (rate 0), get INVALID_ARGUMENT. Default: no bound.
@@ -425,8 +443,10 @@ pub struct DataTls {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
-    /// The peer facilities' CAs.
-    pub peer_ca: PathBuf,
+    /// The peer facilities' CAs (or gateway certificates, trusted as
+    /// pinned); `None`: outbound sessions trust the system's CA store, and
+    /// client certificates (mutual TLS) cannot be verified.
+    pub peer_ca: Option<PathBuf>,
 }
 
 /// Parses a rate (`10Gbit`, `1.5Gb/s`), bits per second, above zero.
@@ -526,12 +546,21 @@ impl Config {
         if self.insecure && (!cert.is_file() || !key.is_file() || self.peer_ca.is_none()) {
             return Ok((None, Some("--insecure without --data-cert/--data-key and --peer-ca: the data channel between gateways is PLAINTEXT".into())));
         }
-        let Some(peer_ca) = self.peer_ca.clone() else {
-            return Err("the TLS data channel needs --peer-ca FILE: the CA (or gateway certificates) of the peer \
-                        facilities this gateway connects to or accepts from; or --data-tls off inside one facility"
-                .into());
-        };
-        Ok((Some(DataTls { cert, key, peer_ca }), None))
+        if self.require_client_cert && self.peer_ca.is_none() {
+            return Err(
+                "--require-client-cert needs --peer-ca FILE: the CAs (or gateway certificates) of the peer \
+                 facilities whose certificates this gateway checks"
+                    .into(),
+            );
+        }
+        Ok((
+            Some(DataTls {
+                cert,
+                key,
+                peer_ca: self.peer_ca.clone(),
+            }),
+            None,
+        ))
     }
 
     /// The arguments s2ds gets: the data-plane options, then `--s2ds-arg`s.
@@ -544,7 +573,9 @@ impl Config {
         if let Ok((Some(tls), _)) = self.data_tls() {
             v.push(format!("--data-cert={}", tls.cert.display()));
             v.push(format!("--data-key={}", tls.key.display()));
-            v.push(format!("--peer-ca={}", tls.peer_ca.display()));
+            if let Some(ca) = &tls.peer_ca {
+                v.push(format!("--peer-ca={}", ca.display()));
+            }
             if self.require_client_cert {
                 v.push("--require-client-cert".into());
             }
@@ -663,6 +694,8 @@ mod tests {
                 "--engine=epoll",
                 "--ktls=auto",
                 "--crypto=auto",
+                "--data-cert=server.crt",
+                "--data-key=server.key",
                 "--handshake-timeout=10000ms",
                 "--keepalive=30000ms",
                 "--user-timeout=60000ms",
@@ -689,12 +722,14 @@ mod tests {
 
     #[test]
     fn data_channel_needs_its_files_or_says_so() {
+        // Only a certificate and key, as SciStream's gateways start: TLS,
+        // trusting the system's CA store for outbound sessions.
         let c = Config::try_parse_from(["s2cs"]).unwrap();
-        let e = c.data_tls().unwrap_err();
-        assert!(
-            e.contains("--peer-ca") && e.contains("--data-tls off"),
-            "{e}"
-        );
+        let (tls, warning) = c.data_tls().unwrap();
+        assert_eq!(tls.unwrap().peer_ca, None);
+        assert!(warning.is_none());
+        let c = Config::try_parse_from(["s2cs", "--require-client-cert"]).unwrap();
+        assert!(c.data_tls().unwrap_err().contains("--peer-ca"));
         let c = Config::try_parse_from([
             "s2cs",
             "--peer-ca",

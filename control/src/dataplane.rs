@@ -404,7 +404,8 @@ impl Supervisor {
             .map_err(|e| not_ready(format!("cannot connect: {e}")))?;
         let mut link = Link::new(fd).map_err(|e| not_ready(e.to_string()))?;
         let hello = tokio::select! {
-            m = tokio::time::timeout(Duration::from_secs(15), link.recv()) => m,
+            // Generous: under CPU emulation (the kTLS VM) start-up takes seconds.
+            m = tokio::time::timeout(Duration::from_secs(60), link.recv()) => m,
             status = child.wait() => {
                 return Err(not_ready(match status {
                     Ok(s) => format!("it exited ({s}) before it was ready; see its log above"),
@@ -445,7 +446,7 @@ impl Supervisor {
             }
             Err(_) => {
                 let _ = child.start_kill();
-                return Err(not_ready("no hello within 15 s".into()));
+                return Err(not_ready("no hello within 60 s".into()));
             }
         }
         self.child = Some(child);

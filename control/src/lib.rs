@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod compat;
 pub mod config;
 pub mod config_file;
 pub mod conn_limits;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod logsafe;
 pub mod metrics;
 pub mod ports;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod sessions;

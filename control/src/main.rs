@@ -15,6 +15,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SciStream 1.2's spellings (--type, --verbose=True, --ssl=False, -l).
+    let (argv, compat_notes) = match scistream_control::compat::translate(argv) {
+        Ok(t) => (t.argv, t.notes),
+        Err(e) => {
+            eprintln!("s2cs: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config::parse_from(&argv);
     if config.print_config {
         return match scistream_control::config_file::print(&argv) {
@@ -29,6 +37,9 @@ fn main() -> ExitCode {
         };
     }
     if config.check_config {
+        for n in &compat_notes {
+            eprintln!("note: {n}");
+        }
         return match scistream_control::server::check_config(&config) {
             Ok(warnings) => {
                 for w in &warnings {
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
     } else {
         fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+    for n in &compat_notes {
+        tracing::info!("{n}");
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -87,7 +87,9 @@ pub enum RunError {
 fn check_data_tls(files: &crate::config::DataTls) -> Result<(), TlsError> {
     tls::load_certs("--data-cert", &files.cert)?;
     tls::load_key("--data-key", &files.key)?;
-    tls::load_certs("--peer-ca", &files.peer_ca)?;
+    if let Some(ca) = &files.peer_ca {
+        tls::load_certs("--peer-ca", ca)?;
+    }
     Ok(())
 }
 
@@ -216,7 +218,18 @@ pub async fn run(
             max_ports_per_identity: config.ports_per_identity(),
             max_sessions_per_identity: config.max_sessions_per_identity,
             weak_uids: config.weak_uids.parse().map_err(RunError::Config)?,
-            verifies_peers: data_tls.as_ref().is_some_and(|d| d.peer_ca.is_file()),
+            enforce_unmarked_rates: config.unmarked_rates == "enforce",
+            probe: match &data_tls {
+                Some(files) => match crate::probe::PeerProbe::new(files, Duration::from_secs(5)) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        warn!(error = %e, "outbound sessions cannot check their inbound gateways before forwarding");
+                        None
+                    }
+                },
+                None => None,
+            },
+            verifies_peers: data_tls.as_ref().is_some_and(|d| d.peer_ca.is_some()),
             gateway: crate::targets::Gateway {
                 listener_ip: config.listener_ip,
                 control_port: local.port(),
@@ -508,7 +521,7 @@ async fn reload_data_tls(registry: &Registry, files: &crate::config::DataTls) {
     match registry.reload_dataplane_tls().await {
         Ok(()) => info!(
             cert = %files.cert.display(),
-            peer_ca = %files.peer_ca.display(),
+            peer_ca = %files.peer_ca.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "the system's CA store".into()),
             "data-channel certificate and peer CA re-read; new connections use them"
         ),
         Err(e) => {

@@ -175,11 +175,14 @@ fn finish<T>(
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
+        let marked = request
+            .metadata()
+            .contains_key(scistream_protocol::CLIENT_HEADER);
         self.call(
             "req",
             request,
             |m| &m.uid,
-            |who, m| async move { self.registry.req(&who, m).await },
+            |who, m| async move { self.registry.req(&who, m, marked).await },
         )
         .await
     }

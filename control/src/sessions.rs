@@ -71,6 +71,12 @@ pub struct Policy {
     pub verifies_peers: bool,
     /// This gateway's own endpoints, which no session may target.
     pub gateway: crate::targets::Gateway,
+    /// Enforce the rate of requests from clients that do not mark their
+    /// calls (SciStream's own, which always asks for 10 Mbit/s).
+    pub enforce_unmarked_rates: bool,
+    /// Checks inbound gateways before an outbound session forwards to them
+    /// (TLS data channel only).
+    pub probe: Option<crate::probe::PeerProbe>,
 }
 
 /// How a session whose uid is not a random UUID is protected (`--weak-uids`).
@@ -113,6 +119,8 @@ impl Default for Policy {
             weak_uids: WeakUids::Allow,
             verifies_peers: false,
             gateway: crate::targets::Gateway::default(),
+            enforce_unmarked_rates: true,
+            probe: None,
         }
     }
 }
@@ -233,6 +241,15 @@ fn host_name(e: &Endpoint) -> String {
     match &e.host {
         scistream_protocol::Host::Ip(ip) => ip.to_string(),
         scistream_protocol::Host::Name(n) => n.clone(),
+    }
+}
+
+/// A gateway as a person would name it: `name (address)` when they differ.
+fn e_to_string(name: &str, addr: SocketAddr) -> String {
+    if name == addr.ip().to_string() {
+        addr.to_string()
+    } else {
+        format!("{name} ({addr})")
     }
 }
 
@@ -436,8 +453,23 @@ impl Registry {
         }
     }
 
-    /// `req`: allocate listeners and wait for the hello.
-    pub async fn req(&self, who: &Identity, r: pb::Request) -> Result<pb::Response, ControlError> {
+    /// `req`: allocate listeners and wait for the hello. `marked`: the call
+    /// comes from this project's client, whose rate is meant (else see
+    /// [`Policy::enforce_unmarked_rates`]).
+    pub async fn req(
+        &self,
+        who: &Identity,
+        mut r: pb::Request,
+        marked: bool,
+    ) -> Result<pb::Response, ControlError> {
+        if !marked && !self.policy.enforce_unmarked_rates && r.rate > 0 {
+            info!(
+                rate_kbps = r.rate,
+                "rate of a client that does not mark its requests (SciStream's own sends 10000 on every \
+                 request, never enforced by SciStream): not enforced (--unmarked-rates ignore)"
+            );
+            r.rate = 0;
+        }
         check_uid(&r.uid)?;
         self.policy.access.check_creator(who)?;
         let role = parse_role(&r.role)?;
@@ -716,6 +748,44 @@ impl Registry {
         }
     }
 
+    /// One probe per distinct inbound gateway (host and address) among the
+    /// targets, all at once ([`crate::probe`]).
+    async fn probe_inbound_gateways(
+        &self,
+        uid: &str,
+        endpoints: &[Endpoint],
+        addrs: &[SocketAddr],
+    ) -> Result<(), ControlError> {
+        let Some(probe) = &self.policy.probe else {
+            return Ok(());
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut probes = tokio::task::JoinSet::new();
+        for (index, (e, addr)) in endpoints.iter().zip(addrs).enumerate() {
+            let name = host_name(e);
+            if !seen.insert((name.clone(), addr.ip())) {
+                continue;
+            }
+            let (probe, uid, addr) = (probe.clone(), uid.to_owned(), *addr);
+            probes.spawn(async move {
+                let r = probe.check(addr, &name, &uid, index).await;
+                (e_to_string(&name, addr), r)
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            let Ok((gateway, result)) = done else {
+                continue;
+            };
+            if let Err(why) = result {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "the inbound gateway {gateway} cannot be used: {}",
+                    crate::logsafe::escape(&why)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn op_lock(&self, key: &SessionKey) -> Option<Arc<tokio::sync::Mutex<()>>> {
         self.lock().sessions.get(key).map(|s| s.op_lock.clone())
     }
@@ -770,6 +840,10 @@ impl Registry {
                 *a,
                 &own_listeners,
             )?;
+        }
+        if key.role == Role::Cons && self.policy.data_tls {
+            self.probe_inbound_gateways(&key.uid, &endpoints, &addrs)
+                .await?;
         }
         let op_lock = self
             .op_lock(&key)

@@ -105,6 +105,9 @@ async fn capacity_admission_says_what_is_left() {
         None,
         16,
         &[
+            // These calls come from a plain gRPC client, as SciStream's do:
+            // its rates count only when the gateway enforces unmarked ones.
+            "--unmarked-rates=enforce",
             "--capacity",
             "100Mbit",
             "--hello-timeout",

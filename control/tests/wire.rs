@@ -555,6 +555,7 @@ async fn max_rate_bounds_what_a_request_may_ask_for() {
             "2s",
             "--max-rate",
             "100Mbit",
+            "--unmarked-rates=enforce",
             "--max-ports-per-identity=1000",
         ],
     );

@@ -29,6 +29,12 @@ pub mod pb {
 }
 
 pub use endpoint::{Endpoint, EndpointError, Host};
+
+/// gRPC metadata key with which `s2uc` marks its calls (value
+/// `scistream-rs/VERSION`). `s2cs` enforces the rate of a `req` only when
+/// it carries this mark: SciStream's own client always sends `rate=10000`,
+/// which SciStream never enforced (docs/COMPAT.md).
+pub const CLIENT_HEADER: &str = "scistream-client";
 pub use session::{
     MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, MIN_UID_LEN, Role, RoleError, UidError, UidKind,
     uid_kind, validate_uid,

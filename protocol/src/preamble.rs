@@ -26,8 +26,14 @@ pub const HEADER_LEN: usize = 9;
 pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN;
 /// Flag: the channel is TLS.
 pub const FLAG_TLS: u8 = 1;
+/// Flag: a probe. The outbound `s2cs` checks, when a user points a session
+/// at an inbound gateway, that it can reach and verify that gateway and that
+/// the gateway knows the session: the inbound gateway checks the uid and
+/// index as for any connection, answers, and closes, without connecting to
+/// the receiver or counting a connection.
+pub const FLAG_PROBE: u8 = 2;
 /// Every flag this version knows; a preamble with any other bit set is refused.
-pub const KNOWN_FLAGS: u8 = FLAG_TLS;
+pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE;
 /// The answer byte for "accepted".
 pub const ACCEPTED: u8 = 0x06;
 /// The answer byte for "refused", followed by a [`Refusal`] code. Not a TLS
@@ -255,8 +261,8 @@ mod tests {
             Err(PreambleError::Uid)
         );
         assert_eq!(
-            Preamble::parse(b"S2PA\x01\x03"),
-            Err(PreambleError::Flags(3)),
+            Preamble::parse(b"S2PA\x01\x07"),
+            Err(PreambleError::Flags(7)),
             "an unknown flag"
         );
     }

@@ -500,6 +500,16 @@ impl Worker {
             self.reject(slot, "the peer sent data before it was accepted");
             return Next::Wait;
         }
+        if preamble.flags & scistream_protocol::preamble::FLAG_PROBE != 0 {
+            // An outbound s2cs checking this gateway and session: the answer
+            // says it all; no receiver, and no connection counted.
+            let _ = inbound.answer(c.client.as_fd(), None);
+            let _ = inbound.flush_answer(c.client.as_fd());
+            let total = c.counters.conns_total.get();
+            c.counters.conns_total.set(total.saturating_sub(1));
+            debug!(worker = self.id, session = %c.key, peer = %c.peer, "probe answered");
+            return Next::Close { reset: false };
+        }
         c.state = ConnState::Connecting(Some(inbound));
         // The early bytes of a TLS peer stay with the setup; the relay delivers them.
         let _ = early;

@@ -193,6 +193,22 @@ impl TlsConfigs {
             }
         };
         let roots = files.peer_ca.as_deref().map(roots).transpose()?;
+        // Whom an outbound gateway trusts: --peer-ca (its certificates also
+        // pinned), else the system's CA store.
+        let anchors = match scistream_trust::Anchors::file_or_system(files.peer_ca.as_deref()) {
+            Ok(a) => Some(a),
+            Err(e) if files.peer_ca.is_some() => {
+                return Err(file_err(
+                    "--peer-ca",
+                    files.peer_ca.as_deref().unwrap_or(Path::new("")),
+                    e,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no --peer-ca and no usable system CA store: outbound sessions over TLS cannot verify inbound gateways");
+                None
+            }
+        };
         let versions = &[&rustls::version::TLS13];
         let server_config = |mtls: bool| -> Result<Option<Arc<ServerConfig>>, TlsFileError> {
             let Some((chain, key)) = &identity else {
@@ -235,12 +251,16 @@ impl TlsConfigs {
         } else {
             None
         };
-        let client = match &roots {
-            Some(roots) => {
+        let client = match &anchors {
+            Some(anchors) => {
+                let verifier = anchors
+                    .verifier(provider())
+                    .map_err(|e| file_err("--peer-ca", Path::new(&anchors.source), e))?;
                 let builder = ClientConfig::builder_with_provider(provider())
                     .with_protocol_versions(versions)
                     .map_err(|e| file_err("--peer-ca", Path::new(""), e))?
-                    .with_root_certificates(roots.clone());
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier);
                 let mut config = match &identity {
                     Some((chain, key)) => builder
                         .with_client_auth_cert(chain.clone(), key.clone_key())

@@ -24,6 +24,19 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
 /// The authenticator `config` asks for, and warnings to log.
 pub fn authenticator(config: &Config) -> Result<(Authenticator, Vec<String>), String> {
     let mut warnings = Vec::new();
+    // SciStream turns authentication on when a secret is given; starting
+    // open because the id is missing would hand an admin who copied an old
+    // command line an unauthenticated gateway.
+    let secret_given = config.client_secret.is_some()
+        || config.client_secret_file.is_some()
+        || std::env::var(SECRET_ENV).is_ok_and(|s| !s.is_empty());
+    if secret_given && config.client_id.is_none() && config.auth.is_none() {
+        return Err(format!(
+            "a client secret is given (--client_secret, --client_secret-file or {SECRET_ENV}) but no --client_id: \
+             give --client_id (this gateway's Globus Auth client id, the id in its scope) to check tokens, \
+             or remove the secret"
+        ));
+    }
     let mode = config.auth.clone().unwrap_or_else(|| {
         if config.client_id.is_some() {
             "introspect".into()

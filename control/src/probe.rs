@@ -1,0 +1,134 @@
+//! Before an outbound session starts forwarding, can each inbound gateway
+//! it points at be reached and verified, and does it know the session?
+//!
+//! SciStream checked nothing here: a session whose every connection would
+//! fail (gateway down, certificate not trusted, wrong uid) was accepted,
+//! and the instrument found out when its data went nowhere. `s2cs` makes
+//! one bounded probe per distinct inbound gateway at `update`: TCP, the TLS
+//! handshake with the data channel's trust (`--peer-ca`, else the system's
+//! CA store; certificates in the trust file pinned) and this gateway's
+//! certificate, then a preamble with the probe flag, which the inbound
+//! gateway checks as any other (uid, index) and answers without
+//! connecting to its receiver. A failure is FAILED_PRECONDITION naming the
+//! gateway and the reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scistream_protocol::preamble::{ACCEPTED, FLAG_PROBE, FLAG_TLS, Preamble, REFUSED, Refusal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::DataTls;
+
+/// ALPN of the data channel (as `s2ds` offers and requires it).
+const ALPN: &[u8] = b"scistream-data/1";
+
+/// Probes inbound gateways the way the outbound `s2ds` will connect to them.
+#[derive(Debug, Clone)]
+pub struct PeerProbe {
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl PeerProbe {
+    /// The probe for this gateway's data-channel files; `timeout` bounds
+    /// each probe (connect, handshake, answer).
+    pub fn new(files: &DataTls, timeout: Duration) -> Result<PeerProbe, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let anchors = scistream_trust::Anchors::file_or_system(files.peer_ca.as_deref())
+            .map_err(|e| e.to_string())?;
+        let verifier = anchors
+            .verifier(provider.clone())
+            .map_err(|e| e.to_string())?;
+        let certs =
+            crate::tls::load_certs("--data-cert", &files.cert).map_err(|e| e.to_string())?;
+        let key = crate::tls::load_key("--data-key", &files.key).map_err(|e| e.to_string())?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(PeerProbe {
+            config: Arc::new(config),
+            timeout,
+        })
+    }
+
+    /// Checks the inbound gateway at `addr` (verified against `name`) for
+    /// listener `index` of session `uid`. `Err` says why, for a person.
+    pub async fn check(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        uid: &str,
+        index: usize,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.attempt(addr, name, uid, index)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {} s (a firewall dropping the data port range?)",
+                self.timeout.as_secs_f32()
+            )),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        uid: &str,
+        index: usize,
+    ) -> Result<(), String> {
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|_| format!("'{name}' is not a name to verify its certificate against"))?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(c)) => format!(
+                    "its certificate is not trusted here ({c:?}): give its CA, or its certificate, in --peer-ca"
+                ),
+                _ => format!("TLS handshake failed: {e} (does it run with --data-tls off?)"),
+            })?;
+        let preamble = Preamble {
+            flags: FLAG_TLS | FLAG_PROBE,
+            conn_index: u16::try_from(index).unwrap_or(u16::MAX),
+            uid: uid.to_owned(),
+        }
+        .encode();
+        tls.write_all(&preamble)
+            .await
+            .map_err(|e| format!("sending the probe: {e}"))?;
+        tls.flush()
+            .await
+            .map_err(|e| format!("sending the probe: {e}"))?;
+        let mut answer = [0u8; 2];
+        let mut n = tls
+            .read(&mut answer)
+            .await
+            .map_err(|e| format!("reading its answer: {e}"))?;
+        if n == 1 && answer[0] == REFUSED {
+            n += tls.read(&mut answer[1..]).await.unwrap_or(0);
+        }
+        match answer[..n] {
+            [ACCEPTED, ..] => Ok(()),
+            [REFUSED, code] | [REFUSED, code, ..] => Err(format!(
+                "it refuses the session's connections: {}",
+                Refusal::from_code(code)
+                    .map(Refusal::describe)
+                    .unwrap_or("an unknown reason")
+            )),
+            [REFUSED] => Err("it refuses the session's connections".into()),
+            [] => Err("it closed the connection without answering (an older gateway, or not a SciStream gateway)".into()),
+            [other, ..] => Err(format!("it answered {other:#04x}, not a SciStream answer")),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Whom the TLS clients of scistream-rs trust: `s2uc` verifying an `s2cs`
+//! (`--server_cert`), and an outbound gateway verifying the inbound gateway
+//! on the data channel (`--peer-ca`).
+//!
+//! - A **trust file** (PEM) holds CA certificates, gateway certificates, or
+//!   both. Every certificate in it is a trust anchor, and also **pinned**: a
+//!   server that presents exactly that certificate (byte for byte) is
+//!   trusted even when the certificate is marked CA:TRUE, as the ones
+//!   `openssl req -x509 -newkey …` makes are (OpenSSL 3 marks them so, and
+//!   the Web PKI rules refuse a CA certificate as a server's own:
+//!   `CaUsedAsEndEntity`). Many sites make their gateway certificates that
+//!   way and hand them out as the trust file; SciStream's Python client
+//!   accepts them.
+//! - Without a trust file, the **system's CA store** (a gateway with a
+//!   publicly issued certificate needs nothing more).
+//!
+//! The host name (or IP address) check stays in every case: a pinned
+//! certificate is accepted only for the names it carries. Its validity dates
+//! are not checked: a pinned certificate is trusted as the admin gave it.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// Why trust anchors could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The trust file cannot be read or holds no certificate.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The system's CA store is empty or unreadable.
+    #[error("the system's CA store: {0}")]
+    System(String),
+}
+
+/// Trust anchors, and the certificates trusted as pinned.
+#[derive(Debug, Clone)]
+pub struct Anchors {
+    roots: Arc<RootCertStore>,
+    pinned: Vec<CertificateDer<'static>>,
+    /// Where they came from, for messages.
+    pub source: String,
+}
+
+impl Anchors {
+    /// Every certificate of a PEM trust file: anchors and pinned.
+    pub fn from_file(path: &Path) -> Result<Anchors, TrustError> {
+        let err = |reason: String| TrustError::File {
+            path: path.to_owned(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(err("holds no PEM certificate".into()));
+        }
+        let mut roots = RootCertStore::empty();
+        for c in &certs {
+            roots
+                .add(c.clone())
+                .map_err(|e| err(format!("a certificate in it is unusable: {e}")))?;
+        }
+        Ok(Anchors {
+            roots: Arc::new(roots),
+            pinned: certs,
+            source: path.display().to_string(),
+        })
+    }
+
+    /// The system's CA store (nothing pinned).
+    pub fn system() -> Result<Anchors, TrustError> {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no certificate found".into());
+            return Err(TrustError::System(why));
+        }
+        Ok(Anchors {
+            roots: Arc::new(roots),
+            pinned: Vec::new(),
+            source: "the system's CA store".into(),
+        })
+    }
+
+    /// From `file` when given, else the system's store.
+    pub fn file_or_system(file: Option<&Path>) -> Result<Anchors, TrustError> {
+        match file {
+            Some(p) => Anchors::from_file(p),
+            None => Anchors::system(),
+        }
+    }
+
+    /// The anchors, for a client-certificate verifier (mutual TLS).
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
+    }
+
+    /// A server-certificate verifier: pinned certificates first, then the
+    /// Web PKI rules against the anchors.
+    pub fn verifier(
+        &self,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<dyn ServerCertVerifier>, TrustError> {
+        let webpki = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider)
+            .build()
+            .map_err(|e| TrustError::File {
+                path: PathBuf::from(&self.source),
+                reason: e.to_string(),
+            })?;
+        Ok(Arc::new(PinnedOrWebPki {
+            pinned: self.pinned.clone(),
+            webpki,
+        }))
+    }
+}
+
+/// Pinned certificates, else the Web PKI.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A self-signed certificate marked CA:TRUE, as `openssl req -x509` makes.
+    fn ca_true_self_signed(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn anchors_of(certs: &[CertificateDer<'static>]) -> Anchors {
+        let mut roots = RootCertStore::empty();
+        for c in certs {
+            roots.add(c.clone()).unwrap();
+        }
+        Anchors {
+            roots: Arc::new(roots),
+            pinned: certs.to_vec(),
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_pinned_ca_true_certificate_is_trusted_for_its_names_only() {
+        let cert = ca_true_self_signed(&["gw.example.org", "127.0.0.1"]);
+        let v = anchors_of(std::slice::from_ref(&cert))
+            .verifier(provider())
+            .unwrap();
+        let now = UnixTime::now();
+        for name in ["gw.example.org", "127.0.0.1"] {
+            let name = ServerName::try_from(name).unwrap();
+            v.verify_server_cert(&cert, &[], &name, &[], now).unwrap();
+        }
+        let other = ServerName::try_from("evil.example.org").unwrap();
+        assert!(v.verify_server_cert(&cert, &[], &other, &[], now).is_err());
+        // The same certificate, not pinned: the Web PKI refuses it as a server's own.
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            anchors_of(std::slice::from_ref(&cert)).roots(),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let name = ServerName::try_from("gw.example.org").unwrap();
+        let e = webpki
+            .verify_server_cert(&cert, &[], &name, &[], now)
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("CaUsedAsEndEntity"), "{e:?}");
+    }
+
+    #[test]
+    fn another_certificate_is_not_trusted_by_a_pin() {
+        let pinned = ca_true_self_signed(&["gw.example.org"]);
+        let stranger = ca_true_self_signed(&["gw.example.org"]);
+        let v = anchors_of(&[pinned]).verifier(provider()).unwrap();
+        let name = ServerName::try_from("gw.example.org").unwrap();
+        assert!(
+            v.verify_server_cert(&stranger, &[], &name, &[], UnixTime::now())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn trust_files_are_checked() {
+        let dir = std::env::temp_dir().join(format!("trust-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        let e = Anchors::from_file(&empty).unwrap_err();
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+        let e = Anchors::from_file(&dir.join("missing.pem")).unwrap_err();
+        assert!(e.to_string().contains("cannot read it"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
