@@ -116,24 +116,6 @@ pub struct Config {
     #[arg(long = "require-client-cert", alias = "require_client_cert")]
     pub require_client_cert: bool,
 
-    /// How long a data connection between gateways may take to finish its
-    /// handshake and preamble before it is closed.
-    #[arg(long = "handshake-timeout", alias = "handshake_timeout", default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-
-    /// Kernel TLS for the data channel: `auto` moves connections into the
-    /// kernel where it is safe (kTLS present, and a suite that needs no key
-    /// updates or a kernel that takes new keys), `off` keeps TLS in user space.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
-    pub ktls: String,
-
-    /// Whose AEAD code encrypts the data channel: `auto` (s2ds seals a few
-    /// MiB with each at start and takes the faster, suite order from the
-    /// same measurement), `ring`, or `aws-lc`. The two gateways of a tunnel
-    /// may differ.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "ring", "aws-lc"])]
-    pub crypto: String,
-
     /// The rate of a `req` that does not come from this project's `s2uc`
     /// (SciStream's own client sends `rate=10000`, 10 Mbit/s, on every
     /// request, and SciStream never enforced it): `ignore` (default: such
@@ -151,24 +133,6 @@ pub struct Config {
     /// the listeners closed, before the rest are closed.
     #[arg(long = "drain-timeout", alias = "drain_timeout", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-
-    /// Dead-peer detection on forwarded connections: TCP keepalive probes
-    /// after this much silence (`0s`: off). Idle connections are never cut
-    /// for being idle: detectors pause between scans.
-    #[arg(long, default_value = "30s", value_parser = parse_duration_or_zero)]
-    pub keepalive: Duration,
-
-    /// Close forwarded connections that moved no byte for this long. Off
-    /// by default (`0s`): detectors pause between scans for minutes, and a
-    /// paused stream is not a dead one. (SciStream's HAProxy template cut
-    /// idle streams after 50 s.)
-    #[arg(long = "idle-timeout", alias = "idle_timeout", default_value = "0s", value_parser = parse_duration_or_zero)]
-    pub idle_timeout: Duration,
-
-    /// Dead-peer detection: TCP_USER_TIMEOUT, how long data (or keepalive
-    /// probes) may go unacknowledged before a connection is ended (`0s`: kernel default).
-    #[arg(long = "user-timeout", alias = "user_timeout", default_value = "60s", value_parser = parse_duration_or_zero)]
-    pub user_timeout: Duration,
 
     /// Most sessions at once; past it requests get RESOURCE_EXHAUSTED.
     /// Default: as many as the port range holds.
@@ -245,31 +209,10 @@ pub struct Config {
     )]
     pub max_pending_per_identity: usize,
 
-    /// Data-plane engine: auto (io_uring when the kernel allows it, else
-    /// epoll), io_uring, or epoll.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "io_uring", "epoll"])]
-    pub engine: String,
-
-    /// Data-plane worker threads, one per core (default: every core s2cs may use).
-    #[arg(long)]
-    pub workers: Option<usize>,
-
-    /// Pipe size per forwarding direction, e.g. 1MiB (default 1MiB).
-    #[arg(long = "pipe-size", alias = "pipe_size", value_parser = parse_size)]
-    pub pipe_size: Option<u64>,
-
-    /// SO_SNDBUF of forwarded sockets, e.g. 64MiB (default: kernel autotuning).
-    /// `s2tune bdp` says what a path needs.
-    #[arg(long, value_parser = parse_size)]
-    pub sndbuf: Option<u64>,
-
-    /// SO_RCVBUF of forwarded sockets (default: kernel autotuning).
-    #[arg(long, value_parser = parse_size)]
-    pub rcvbuf: Option<u64>,
-
-    /// Leave Nagle's algorithm on for forwarded sockets (TCP_NODELAY is set by default).
-    #[arg(long = "no-nodelay", alias = "no_nodelay")]
-    pub no_nodelay: bool,
+    /// The data plane's options, passed to every s2ds started (the same
+    /// definitions s2ds has, so what is accepted here starts there).
+    #[command(flatten)]
+    pub dp: scistream_protocol::options::DataPlaneOptions,
 
     /// How calls are authenticated: `none` (every call accepted; only for
     /// development or a closed network), `introspect` (OAuth2 token
@@ -563,13 +506,10 @@ impl Config {
         ))
     }
 
-    /// The arguments s2ds gets: the data-plane options, then `--s2ds-arg`s.
+    /// The arguments s2ds gets: the data-plane options, the data
+    /// channel's files, logging, then `--s2ds-arg`s (which win).
     pub fn s2ds_argv(&self) -> Vec<String> {
-        let mut v = vec![
-            format!("--engine={}", self.engine),
-            format!("--ktls={}", self.ktls),
-            format!("--crypto={}", self.crypto),
-        ];
+        let mut v = self.dp.to_args();
         if let Ok((Some(tls), _)) = self.data_tls() {
             v.push(format!("--data-cert={}", tls.cert.display()));
             v.push(format!("--data-key={}", tls.key.display()));
@@ -579,36 +519,6 @@ impl Config {
             if self.require_client_cert {
                 v.push("--require-client-cert".into());
             }
-        }
-        v.push(format!(
-            "--handshake-timeout={}ms",
-            self.handshake_timeout.as_millis()
-        ));
-        v.push(format!("--keepalive={}ms", self.keepalive.as_millis()));
-        v.push(format!(
-            "--user-timeout={}ms",
-            self.user_timeout.as_millis()
-        ));
-        if !self.idle_timeout.is_zero() {
-            v.push(format!(
-                "--idle-timeout={}ms",
-                self.idle_timeout.as_millis()
-            ));
-        }
-        if let Some(n) = self.workers {
-            v.push(format!("--workers={n}"));
-        }
-        if let Some(n) = self.pipe_size {
-            v.push(format!("--pipe-size={n}"));
-        }
-        if let Some(n) = self.sndbuf {
-            v.push(format!("--sndbuf={n}"));
-        }
-        if let Some(n) = self.rcvbuf {
-            v.push(format!("--rcvbuf={n}"));
-        }
-        if self.no_nodelay {
-            v.push("--no-nodelay".into());
         }
         if self.verbose > 0 {
             v.push(format!("-{}", "v".repeat(self.verbose.into())));
@@ -688,21 +598,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.max_rate, Some(10_000_000_000));
+        let argv = c.s2ds_argv();
+        for want in [
+            "--engine=epoll",
+            "--ktls=auto",
+            "--crypto=auto",
+            "--pipe-size=262144",
+            "--sndbuf=8388608",
+            "--handshake-timeout=10000ms",
+            "--data-cert=server.crt",
+            "--data-key=server.key",
+        ] {
+            assert!(argv.contains(&want.to_string()), "{want} in {argv:?}");
+        }
         assert_eq!(
-            c.s2ds_argv(),
-            vec![
-                "--engine=epoll",
-                "--ktls=auto",
-                "--crypto=auto",
-                "--data-cert=server.crt",
-                "--data-key=server.key",
-                "--handshake-timeout=10000ms",
-                "--keepalive=30000ms",
-                "--user-timeout=60000ms",
-                "--pipe-size=262144",
-                "--sndbuf=8388608",
-                "--no-pin"
-            ]
+            argv.last().map(String::as_str),
+            Some("--no-pin"),
+            "--s2ds-arg last"
         );
         assert!(Config::try_parse_from(["s2cs", "--engine", "dpdk"]).is_err());
         let e = Config::try_parse_from(["s2cs", "--crypto", "openssl"]).unwrap_err();
@@ -718,6 +630,8 @@ mod tests {
         assert!(c.s2ds_argv().contains(&"--crypto=aws-lc".to_string()));
         assert!(Config::try_parse_from(["s2cs", "--max-rate", "fast"]).is_err());
         assert!(Config::try_parse_from(["s2cs", "--sndbuf", "0"]).is_err());
+        // What s2ds would refuse at start is refused here already.
+        assert!(Config::try_parse_from(["s2cs", "--pipe-size", "12"]).is_err());
     }
 
     #[test]

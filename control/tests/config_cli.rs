@@ -63,3 +63,58 @@ fn check_and_print_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key 'prot'"));
 }
+
+/// Every data-plane option: a value `s2ds` would refuse at start is
+/// refused by `s2cs --check-config` too, with the same words, because both
+/// take it through one definition (`scistream_protocol::options`).
+#[test]
+fn check_config_refuses_what_s2ds_would_refuse() {
+    for (flag, bad) in [
+        ("--engine", "dpdk"),
+        ("--workers", "0"),
+        ("--pipe-size", "12"),
+        ("--pipe-size", "1GiB"),
+        ("--sndbuf", "1"),
+        ("--rcvbuf", "3GiB"),
+        ("--forward", "zerocopy"),
+        ("--handshake-timeout", "0s"),
+        ("--keepalive", "soon"),
+        ("--idle-timeout", "-1s"),
+        ("--user-timeout", "x"),
+        ("--ktls", "maybe"),
+        ("--crypto", "openssl"),
+    ] {
+        let s2cs = std::process::Command::new(scistream_testkit::bin("s2cs"))
+            .args(["--insecure", "--check-config", &format!("{flag}={bad}")])
+            .output()
+            .unwrap();
+        let s2ds = std::process::Command::new(scistream_testkit::bin("s2ds"))
+            .args([
+                "--control-socket",
+                "/nonexistent/never-bound.sock",
+                &format!("{flag}={bad}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !s2cs.status.success() && !s2ds.status.success(),
+            "{flag} {bad}"
+        );
+        let (a, b) = (
+            String::from_utf8_lossy(&s2cs.stderr).into_owned(),
+            String::from_utf8_lossy(&s2ds.stderr).into_owned(),
+        );
+        let reason = |e: &str| {
+            e.lines()
+                .find(|l| l.contains("invalid value"))
+                .map(|l| l.split("': ").last().unwrap_or("").to_owned())
+                .unwrap_or_default()
+        };
+        assert!(a.contains(bad) && b.contains(bad), "{flag}: {a}\n{b}");
+        assert_eq!(
+            reason(&a),
+            reason(&b),
+            "{flag} {bad}: the same words\n{a}\n{b}"
+        );
+    }
+}

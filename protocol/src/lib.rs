@@ -17,6 +17,7 @@
 pub mod endpoint;
 pub mod handoff;
 pub mod loglimit;
+pub mod options;
 pub mod preamble;
 pub mod session;
 pub mod tag;

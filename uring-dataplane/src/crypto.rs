@@ -14,17 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::record::{Cipher, ContentType, Crypto, HEADER, MAX_PAYLOAD, SLOT, Suite};
 
-/// `--crypto`: a provider, or `auto` to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CryptoChoice {
-    /// Measure both at start and take the faster.
-    Auto,
-    /// *ring*.
-    Ring,
-    /// AWS-LC.
-    #[value(name = "aws-lc")]
-    AwsLc,
-}
+pub use scistream_protocol::options::CryptoChoice;
 
 /// One measured (provider, suite) pair.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

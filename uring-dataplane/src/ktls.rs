@@ -29,14 +29,7 @@ pub struct KtlsSupport {
     pub chacha: bool,
 }
 
-/// Whether kTLS may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KtlsChoice {
-    /// When the kernel offers it and the connection's suite allows it.
-    Auto,
-    /// Never.
-    Off,
-}
+pub use scistream_protocol::options::KtlsChoice;
 
 impl KtlsSupport {
     /// Probes the kernel on a loopback connection (nothing leaves the host).

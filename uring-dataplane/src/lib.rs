@@ -85,8 +85,8 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         return Err(StartError::NoControl);
     };
     raise_nofile_limit();
-    let (engine, why) = reactor::choose(config.engine).map_err(StartError::Engine)?;
-    match (why, config.engine) {
+    let (engine, why) = reactor::choose(config.dp.engine).map_err(StartError::Engine)?;
+    match (why, config.dp.engine) {
         (Some(why), reactor::EngineChoice::Auto) => {
             tracing::warn!(reason = %why, "running the epoll engine")
         }
@@ -94,41 +94,41 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         (None, _) => {}
     }
     let ktls_support = ktls::KtlsSupport::probe();
-    ktls_support.log(config.ktls);
-    let crypto = crypto::CryptoPlan::choose(config.crypto, 8 << 20);
+    ktls_support.log(config.dp.ktls);
+    let crypto = crypto::CryptoPlan::choose(config.dp.crypto, 8 << 20);
     tracing::info!(plan = %crypto.describe(), "data-channel crypto");
     let tls = tls::TlsContext::load(&tls::TlsFiles {
         cert: config.data_cert.clone(),
         key: config.data_key.clone(),
         peer_ca: config.peer_ca.clone(),
         require_client_cert: config.require_client_cert,
-        prefer_chacha: ktls_support.prefers_chacha(config.ktls) || config.prefer_chacha,
+        prefer_chacha: ktls_support.prefers_chacha(config.dp.ktls) || config.prefer_chacha,
         crypto: crypto.clone(),
     })
     .map_err(StartError::Tls)?;
     let options = worker::WorkerOptions {
         tls: tls.clone(),
         ktls: ktls_support,
-        ktls_choice: config.ktls,
-        handshake_timeout: config.handshake_timeout,
+        ktls_choice: config.dp.ktls,
+        handshake_timeout: config.dp.handshake_timeout,
         rekey_records: config.rekey_records,
         rekey_any_suite: config.rekey_any_suite,
-        pipe_size: config.pipe_size,
-        sndbuf: config.sndbuf,
-        rcvbuf: config.rcvbuf,
-        nodelay: !config.no_nodelay,
-        keepalive: config.keepalive,
-        idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
-        user_timeout: config.user_timeout,
-        forward: config.forward,
+        pipe_size: config.dp.pipe_size,
+        sndbuf: config.dp.sndbuf,
+        rcvbuf: config.dp.rcvbuf,
+        nodelay: !config.dp.no_nodelay,
+        keepalive: config.dp.keepalive,
+        idle_timeout: (!config.dp.idle_timeout.is_zero()).then_some(config.dp.idle_timeout),
+        user_timeout: config.dp.user_timeout,
+        forward: config.dp.forward,
         crypto: crypto.crypto,
     };
     let cpus = allowed_cpus();
-    let n = config.workers.unwrap_or(cpus.len()).max(1);
+    let n = config.dp.workers.unwrap_or(cpus.len()).max(1);
     let mut workers = Vec::with_capacity(n);
     let mut engine_name = "epoll";
     for id in 0..n {
-        let cpu = (!config.no_pin)
+        let cpu = (!config.dp.no_pin)
             .then(|| cpus.get(id % cpus.len().max(1)).copied())
             .flatten();
         let (handle, name) = worker::spawn(id, cpu, engine, options.clone())
@@ -140,7 +140,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     tracing::info!(
         engine,
         workers = n,
-        pipe_size = config.pipe_size,
+        pipe_size = config.dp.pipe_size,
         pid = std::process::id(),
         "s2ds started"
     );

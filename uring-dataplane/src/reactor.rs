@@ -205,17 +205,7 @@ impl Reactor for Uring {
     }
 }
 
-/// Which engine to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EngineChoice {
-    /// io_uring when the kernel allows it, else epoll.
-    Auto,
-    /// epoll only.
-    Epoll,
-    /// io_uring only: fail at start when the kernel does not allow it.
-    #[value(name = "io_uring", alias = "uring")]
-    IoUring,
-}
+pub use scistream_protocol::options::EngineChoice;
 
 /// The engine every worker will run, decided once at start by a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
