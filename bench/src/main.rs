@@ -384,17 +384,9 @@ fn run_source(c: &Common, cfg: SourceConfig) -> anyhow::Result<bool> {
     Ok(reverse.is_none_or(|s| s.ok))
 }
 
-/// Raises the open-file limit to its hard limit: a source or sink with
-/// thousands of connections needs one descriptor each.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    limit.current = limit.maximum;
-    let _ = setrlimit(Resource::Nofile, limit);
-}
-
 fn main() -> ExitCode {
-    raise_nofile_limit();
+    // A source or sink with thousands of connections needs a descriptor each.
+    let _ = scistream_protocol::nofile::raise_nofile_limit();
     let result = match Cli::parse().command {
         Cmd::Sink(a) => run_sink(a),
         Cmd::Compare(a) => run_compare(a),

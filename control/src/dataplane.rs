@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use scistream_protocol::handoff::{
     self, Command, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request, SessionSpec,
+    SessionStats,
 };
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -148,6 +149,43 @@ impl DataPlane {
     /// How many times `s2ds` was restarted after dying.
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// A command whose only good answer is `Done`.
+    async fn call_done(&self, command: Command) -> Result<(), DataPlaneError> {
+        match self.call(command, Vec::new()).await? {
+            Outcome::Done => Ok(()),
+            Outcome::Failed { message } => Err(DataPlaneError::Failed(message)),
+            other => Err(DataPlaneError::Failed(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The counters of every session the data plane forwards.
+    pub async fn stats(&self) -> Result<Vec<SessionStats>, DataPlaneError> {
+        match self.call(Command::Stats, Vec::new()).await? {
+            Outcome::Stats { sessions } => Ok(sessions),
+            other => Err(DataPlaneError::Failed(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Connections open over all sessions.
+    pub async fn open_connections(&self) -> Result<u64, DataPlaneError> {
+        Ok(self.stats().await?.iter().map(|s| s.conns_open).sum())
+    }
+
+    /// Closes every data listener, keeping open connections (the start of
+    /// a graceful shutdown).
+    pub async fn drain(&self) -> Result<(), DataPlaneError> {
+        self.call_done(Command::Drain).await
+    }
+
+    /// Has the data plane read its TLS files again (SIGHUP).
+    pub async fn reload_tls(&self) -> Result<(), DataPlaneError> {
+        self.call_done(Command::ReloadTls).await
     }
 }
 

@@ -119,9 +119,9 @@ impl Metrics {
         // One scrape at a time, so each encodes the state it read.
         let _one = self.scrape_lock.lock().await;
         let views = sessions.all_views();
-        let stats = sessions.dataplane_stats().await;
+        let stats = sessions.dataplane().stats().await;
         let mut live = Live {
-            restarts: sessions.dataplane_restarts(),
+            restarts: sessions.dataplane().restarts(),
             dataplane_up: stats.is_ok(),
             ..Live::default()
         };

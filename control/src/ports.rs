@@ -162,26 +162,28 @@ impl PortAllocator {
     }
 }
 
+/// `len` consecutive ports that are free on 127.0.0.1 right now (tests).
+#[cfg(test)]
+pub(crate) fn free_range(len: u16) -> RangeInclusive<u16> {
+    // Probing from an ephemeral port.
+    loop {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let start = probe.local_addr().map(|a| a.port()).unwrap_or(0);
+        drop(probe);
+        if start < 1024 || start > 65535 - len {
+            continue;
+        }
+        let end = start + len - 1;
+        if (start..=end).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return start..=end;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-
-    fn free_range(len: u16) -> RangeInclusive<u16> {
-        // Find `len` consecutive free ports by probing from an ephemeral port.
-        loop {
-            let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-            let start = probe.local_addr().unwrap().port();
-            drop(probe);
-            if start < 1024 || start > 65535 - len {
-                continue;
-            }
-            let end = start + len - 1;
-            if (start..=end).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-                return start..=end;
-            }
-        }
-    }
 
     #[test]
     fn allocates_frees_and_skips_ports_held_elsewhere() {

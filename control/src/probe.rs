@@ -19,7 +19,10 @@ use std::time::Duration;
 use scistream_protocol::preamble::{ACCEPTED, FLAG_PROBE, FLAG_TLS, Preamble, REFUSED, Refusal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use scistream_protocol::Target;
+
 use crate::config::DataTls;
+use crate::error::ControlError;
 
 /// ALPN of the data channel (as `s2ds` offers and requires it).
 const ALPN: &[u8] = b"scistream-data/1";
@@ -131,4 +134,49 @@ impl PeerProbe {
             [other, ..] => Err(format!("it answered {other:#04x}, not a SciStream answer")),
         }
     }
+}
+
+/// A gateway as a person would name it: `name (address)` when they differ.
+fn gateway_name(name: &str, addr: SocketAddr) -> String {
+    if name == addr.ip().to_string() {
+        addr.to_string()
+    } else {
+        format!("{name} ({addr})")
+    }
+}
+
+/// One probe per distinct inbound gateway (host and address) among the
+/// `targets` of session `uid`, all at once. Without a probe, nothing is checked.
+pub async fn check_inbound_gateways(
+    probe: Option<&PeerProbe>,
+    uid: &str,
+    targets: &[Target],
+) -> Result<(), ControlError> {
+    let Some(probe) = probe else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut probes = tokio::task::JoinSet::new();
+    for (index, t) in targets.iter().enumerate() {
+        if !seen.insert((t.server_name.clone(), t.addr.ip())) {
+            continue;
+        }
+        let (probe, uid, t) = (probe.clone(), uid.to_owned(), t.clone());
+        probes.spawn(async move {
+            let r = probe.check(t.addr, &t.server_name, &uid, index).await;
+            (gateway_name(&t.server_name, t.addr), r)
+        });
+    }
+    while let Some(done) = probes.join_next().await {
+        let Ok((gateway, result)) = done else {
+            continue;
+        };
+        if let Err(why) = result {
+            return Err(ControlError::FailedPrecondition(format!(
+                "the inbound gateway {gateway} cannot be used: {}",
+                crate::logsafe::escape(&why)
+            )));
+        }
+    }
+    Ok(())
 }

@@ -147,7 +147,12 @@ pub async fn run(
         warn!("{w}");
     }
 
-    raise_nofile_limit();
+    // Every control connection and data listener holds a descriptor:
+    // running out would turn away legitimate callers behind idle ones.
+    match scistream_protocol::nofile::raise_nofile_limit() {
+        Ok(raised) => debug!(?raised, "RLIMIT_NOFILE"),
+        Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     let (auth, auth_warnings) =
         crate::auth::setup::authenticator(&config).map_err(RunError::Auth)?;
     let (access, access_warnings) =
@@ -407,34 +412,18 @@ pub async fn run(
     result.map_err(RunError::Serve)
 }
 
-/// Raises the open-file limit to its hard limit: every control connection
-/// and every data listener holds a descriptor, and running out would turn
-/// away legitimate callers behind idle ones.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let before = limit.current;
-        limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit) {
-            Ok(()) => debug!(?before, now = ?limit.current, "raised RLIMIT_NOFILE"),
-            Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
-        }
-    }
-}
-
 /// Graceful shutdown of the data: listeners closed (ours and s2ds's), then
 /// established connections get up to `timeout` to finish.
 async fn drain(registry: &Registry, timeout: Duration) {
     let sessions = registry.close_listeners();
-    if let Err(e) = registry.drain().await {
+    if let Err(e) = registry.dataplane().drain().await {
         warn!(error = %e, "the data plane could not close its listeners");
         return;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_logged = None;
     loop {
-        match registry.open_connections().await {
+        match registry.dataplane().open_connections().await {
             Ok(0) => {
                 info!(sessions, "shutting down: no connection left open");
                 return;
@@ -518,7 +507,7 @@ async fn reload_data_tls(registry: &Registry, files: &crate::config::DataTls) {
         error!(error = %e, "the new data-channel TLS files are refused; the data plane keeps the ones in use");
         return;
     }
-    match registry.reload_dataplane_tls().await {
+    match registry.dataplane().reload_tls().await {
         Ok(()) => info!(
             cert = %files.cert.display(),
             peer_ca = %files.peer_ca.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "the system's CA store".into()),

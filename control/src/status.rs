@@ -61,7 +61,8 @@ pub async fn sessions(
         }
     }
     let stats: HashMap<SessionKey, SessionStats> = registry
-        .dataplane_stats()
+        .dataplane()
+        .stats()
         .await
         .map_err(|e| ControlError::Unavailable(format!("the data plane's counters: {e}")))?
         .into_iter()

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
-use scistream_protocol::Role;
 use scistream_protocol::handoff::SessionKey;
+use scistream_protocol::{Role, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
@@ -31,6 +31,7 @@ pub enum StoredPhase {
 
 /// A session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredForm")]
 pub struct StoredSession {
     /// Its uid.
     pub uid: String,
@@ -46,16 +47,69 @@ pub struct StoredSession {
     pub listeners: Vec<SocketAddr>,
     /// Receivers announced by the hello.
     pub receivers: Vec<String>,
-    /// Targets as the user wrote them, resolved, and the names to verify.
-    pub targets: Vec<String>,
-    /// Resolved targets.
-    pub target_addrs: Vec<SocketAddr>,
-    /// Certificate names of the targets.
-    pub target_names: Vec<String>,
+    /// One target per listener once updated.
+    pub targets: Vec<Target>,
     /// Phase.
     pub phase: StoredPhase,
     /// Creation, seconds since the epoch.
     pub created_unix: u64,
+}
+
+/// What the store may hold: this release's form, or the first release's,
+/// whose targets were three parallel lists (text, address, name).
+#[derive(Deserialize)]
+struct StoredForm {
+    uid: String,
+    role: Role,
+    owner: Identity,
+    num_conn: usize,
+    rate_kbps: u64,
+    listeners: Vec<SocketAddr>,
+    receivers: Vec<String>,
+    targets: Vec<StoredTarget>,
+    #[serde(default)]
+    target_addrs: Vec<SocketAddr>,
+    #[serde(default)]
+    target_names: Vec<String>,
+    phase: StoredPhase,
+    created_unix: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredTarget {
+    Whole(Target),
+    Given(String),
+}
+
+impl From<StoredForm> for StoredSession {
+    fn from(f: StoredForm) -> Self {
+        let targets = f
+            .targets
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t {
+                StoredTarget::Whole(t) => Some(t),
+                StoredTarget::Given(given) => Some(Target {
+                    given,
+                    addr: *f.target_addrs.get(i)?,
+                    server_name: f.target_names.get(i).cloned().unwrap_or_default(),
+                }),
+            })
+            .collect();
+        StoredSession {
+            uid: f.uid,
+            role: f.role,
+            owner: f.owner,
+            num_conn: f.num_conn,
+            rate_kbps: f.rate_kbps,
+            listeners: f.listeners,
+            receivers: f.receivers,
+            targets,
+            phase: f.phase,
+            created_unix: f.created_unix,
+        }
+    }
 }
 
 impl StoredSession {
@@ -216,9 +270,7 @@ mod tests {
                 "127.0.0.1:5101".parse().unwrap(),
             ],
             receivers: vec!["10.0.0.5:7000".into()],
-            targets: vec!["10.0.0.5:7000".into(); 2],
-            target_addrs: vec!["10.0.0.5:7000".parse().unwrap(); 2],
-            target_names: vec!["10.0.0.5".into(); 2],
+            targets: vec![Target::from_addr("10.0.0.5:7000".parse().unwrap()); 2],
             phase: StoredPhase::Forwarding,
             created_unix: 1,
         }
@@ -237,6 +289,25 @@ mod tests {
         }
         let s = SessionStore::open(&path).unwrap();
         assert_eq!(s.load().unwrap(), vec![session("b")]);
+    }
+
+    #[test]
+    fn the_first_releases_form_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.redb");
+        let old = br#"{"uid":"a","role":"CONS","owner":{"id":"anonymous","username":null,"linked":[]},
+            "num_conn":2,"rate_kbps":0,"listeners":["127.0.0.1:5100","127.0.0.1:5101"],"receivers":[],
+            "targets":["gw.example.org:7000","gw.example.org:7000"],
+            "target_addrs":["10.0.0.5:7000","10.0.0.5:7000"],"target_names":["gw.example.org","gw.example.org"],
+            "phase":"forwarding","created_unix":1}"#;
+        SessionStore::open(&path)
+            .unwrap()
+            .put_raw("a/CONS", old)
+            .unwrap();
+        let loaded = SessionStore::open(&path).unwrap().load().unwrap();
+        let want = Target::new("gw.example.org:7000", "10.0.0.5:7000".parse().unwrap()).unwrap();
+        assert_eq!(loaded[0].targets, vec![want; 2]);
+        assert_eq!(loaded[0].phase, StoredPhase::Forwarding);
     }
 
     #[test]

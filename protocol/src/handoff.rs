@@ -28,9 +28,10 @@ use rustix::net::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::session::{MAX_LISTENERS_PER_SESSION, Role};
+use crate::target::Target;
 
 /// Version of this handoff protocol; bumped on any incompatible change.
-pub const HANDOFF_VERSION: u32 = 1;
+pub const HANDOFF_VERSION: u32 = 2;
 
 /// Largest message, in bytes. Well under the default Unix socket buffer
 /// (`net.core.wmem_default`), so a send never needs more than one packet.
@@ -85,7 +86,7 @@ pub struct SessionSpec {
     pub listeners: Vec<SocketAddr>,
     /// Where connections accepted on listener *i* go: `targets[i]`. Same
     /// length as `listeners` (the control plane cycles the user's list).
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<Target>,
     /// Rate cap for the whole session in kilobits per second, split evenly
     /// over its connections; 0 means no cap.
     pub rate_kbps: u64,
@@ -117,11 +118,9 @@ pub enum DataChannel {
     /// Outbound gateway: connections to the targets (the inbound gateway's
     /// listeners) carry a preamble first (inside TLS when `tls`).
     ToPeer {
-        /// The channel is TLS 1.3 (this side is the client).
+        /// The channel is TLS 1.3 (this side is the client); each target's
+        /// certificate is verified against its [`Target::server_name`].
         tls: bool,
-        /// The name to verify each target's certificate against (the host
-        /// the user gave, an IP address or a DNS name), per listener.
-        server_names: Vec<String>,
     },
 }
 
@@ -174,11 +173,7 @@ pub enum Command {
         /// The session.
         key: SessionKey,
         /// New target per listener.
-        targets: Vec<SocketAddr>,
-        /// For [`DataChannel::ToPeer`] sessions: the names to verify the new
-        /// targets' certificates against, per listener.
-        #[serde(default)]
-        server_names: Vec<String>,
+        targets: Vec<Target>,
     },
     /// Close the session's listeners and every one of its connections.
     RemoveSession {
@@ -528,7 +523,7 @@ mod tests {
         let spec = SessionSpec {
             key: key(),
             listeners: vec![l1.local_addr().unwrap(), l2.local_addr().unwrap()],
-            targets: vec!["127.0.0.1:9".parse().unwrap(); 2],
+            targets: vec![Target::from_addr("127.0.0.1:9".parse().unwrap()); 2],
             rate_kbps: 0,
             channel: Default::default(),
         };
@@ -597,6 +592,39 @@ mod tests {
             send(&a, &big, &[]),
             Err(HandoffError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn the_largest_session_fits_in_one_message() {
+        // Every listener forwarding to its own longest DNS name.
+        let name = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        let addr: SocketAddr = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
+            .parse()
+            .unwrap();
+        let target = Target::new(&format!("{name}:65535"), addr).unwrap();
+        let n = MAX_LISTENERS_PER_SESSION;
+        let spec = SessionSpec {
+            key: SessionKey {
+                uid: "u".repeat(crate::session::MAX_UID_LEN),
+                role: Role::Cons,
+            },
+            listeners: vec![addr; n],
+            targets: vec![target; n],
+            rate_kbps: u64::MAX,
+            channel: DataChannel::ToPeer { tls: true },
+        };
+        let request = Request {
+            id: u64::MAX,
+            command: Command::AddSession(spec),
+        };
+        let len = serde_json::to_vec(&request).unwrap().len();
+        assert!(len <= MAX_MESSAGE_LEN, "{len} bytes");
     }
 
     #[test]

@@ -9,18 +9,21 @@
 //!   rejects bad input with the same words as `s2cs`.
 //!
 //! This crate defines formats only; it holds no I/O policy (no retries, no
-//! timeouts, no threads). Two small helpers both daemons need live here
-//! too: [`tag`] (how logs name sessions) and [`loglimit`] (bounding log
-//! lines that anyone can cause).
+//! timeouts, no threads). Small helpers every component needs live here
+//! too: [`tag`] (how logs name sessions), [`loglimit`] (bounding log
+//! lines that anyone can cause), [`nofile`] (the open-file limit), and
+//! [`options`] (the data plane's options, shared by `s2cs` and `s2ds`).
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
 pub mod handoff;
 pub mod loglimit;
+pub mod nofile;
 pub mod options;
 pub mod preamble;
 pub mod session;
 pub mod tag;
+pub mod target;
 pub mod units;
 
 /// Generated code for the `scistream` protobuf package.
@@ -30,6 +33,7 @@ pub mod pb {
 }
 
 pub use endpoint::{Endpoint, EndpointError, Host};
+pub use target::Target;
 
 /// gRPC metadata key with which `s2uc` marks its calls (value
 /// `scistream-rs/VERSION`). `s2cs` enforces the rate of a `req` only when

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use scistream_protocol::Target;
 use scistream_protocol::handoff::{
     self, Command, DataChannel, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request,
     SessionKey, SessionSpec, SessionStats,
@@ -51,10 +52,14 @@ fn listener_channel(spec: &SessionSpec, index: usize) -> ListenerChannel {
             uid,
             client_cert: *client_cert,
         },
-        DataChannel::ToPeer { tls, server_names } => ListenerChannel::ToPeer {
+        DataChannel::ToPeer { tls } => ListenerChannel::ToPeer {
             tls: *tls,
             uid,
-            server_name: server_names.get(index).cloned().unwrap_or_default(),
+            server_name: spec
+                .targets
+                .get(index)
+                .map(|t| t.server_name.clone())
+                .unwrap_or_default(),
         },
     }
 }
@@ -93,11 +98,7 @@ impl DataPlane {
     pub fn handle(&mut self, command: Command, fds: Vec<OwnedFd>) -> Outcome {
         match command {
             Command::AddSession(spec) => self.add_session(spec, fds),
-            Command::UpdateTargets {
-                key,
-                targets,
-                server_names,
-            } => self.update_targets(key, targets, server_names),
+            Command::UpdateTargets { key, targets } => self.update_targets(key, targets),
             Command::RemoveSession { key } => self.remove_session(&key),
             Command::Stats => self.stats(),
             Command::Drain => self.drain(),
@@ -195,7 +196,7 @@ impl DataPlane {
                 key: key.clone(),
                 index,
                 fd,
-                target: *target,
+                target: target.addr,
                 rate,
                 channel: listener_channel(&spec, index),
                 done: tx.clone(),
@@ -232,19 +233,11 @@ impl DataPlane {
             DataChannel::ToPeer { tls: true, .. } if self.tls.client().is_none() => {
                 Err("the TLS data channel needs the peer facilities' CA: s2cs --peer-ca FILE".into())
             }
-            DataChannel::ToPeer { server_names, .. } if server_names.len() != spec.targets.len() => {
-                Err(format!("{} certificate names for {} targets", server_names.len(), spec.targets.len()))
-            }
             _ => Ok(()),
         }
     }
 
-    fn update_targets(
-        &mut self,
-        key: SessionKey,
-        targets: Vec<std::net::SocketAddr>,
-        server_names: Vec<String>,
-    ) -> Outcome {
+    fn update_targets(&mut self, key: SessionKey, targets: Vec<Target>) -> Outcome {
         let Some(placement) = self.sessions.get(&key) else {
             return failed(format!("no session {key} is being forwarded"));
         };
@@ -263,7 +256,6 @@ impl DataPlane {
             let cmd = WorkerCommand::SetTargets {
                 key: key.clone(),
                 targets: targets.clone(),
-                server_names: server_names.clone(),
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {

@@ -84,7 +84,10 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     } else {
         return Err(StartError::NoControl);
     };
-    raise_nofile_limit();
+    match scistream_protocol::nofile::raise_nofile_limit() {
+        Ok(raised) => tracing::debug!(?raised, "RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     let (engine, why) = reactor::choose(config.dp.engine).map_err(StartError::Engine)?;
     match (why, config.dp.engine) {
         (Some(why), reactor::EngineChoice::Auto) => {
@@ -146,19 +149,4 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     );
     control::run(listener, control::DataPlane::new(workers, engine, tls))
         .map_err(StartError::Control)
-}
-
-/// Raises the open-file limit to its hard limit: every forwarded
-/// connection holds six descriptors (two sockets, two pipes).
-pub fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let before = limit.current;
-        limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit) {
-            Ok(()) => tracing::debug!(?before, now = ?limit.current, "raised RLIMIT_NOFILE"),
-            Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
-        }
-    }
 }

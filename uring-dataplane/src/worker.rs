@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
+use scistream_protocol::Target;
 use scistream_protocol::handoff::{ConnStats, MAX_LISTED_CONNECTIONS, SessionKey, SessionStats};
 use slab::Slab;
 use tracing::{debug, info, warn};
@@ -55,9 +56,7 @@ pub enum WorkerCommand {
         /// The session.
         key: SessionKey,
         /// Target per listener index.
-        targets: Vec<SocketAddr>,
-        /// Certificate name per listener index (outbound TLS sessions).
-        server_names: Vec<String>,
+        targets: Vec<Target>,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
@@ -405,20 +404,14 @@ impl Worker {
                 }
                 let _ = done.send(result);
             }
-            WorkerCommand::SetTargets {
-                key,
-                targets,
-                server_names,
-                done,
-            } => {
+            WorkerCommand::SetTargets { key, targets, done } => {
                 for (_, l) in self.listeners.iter_mut().filter(|(_, l)| l.key == key) {
-                    if let Some(t) = targets.get(l.index) {
-                        l.target = *t;
-                    }
-                    if let (ListenerChannel::ToPeer { server_name, .. }, Some(n)) =
-                        (&mut l.channel, server_names.get(l.index))
-                    {
-                        *server_name = n.clone();
+                    let Some(t) = targets.get(l.index) else {
+                        continue;
+                    };
+                    l.target = t.addr;
+                    if let ListenerChannel::ToPeer { server_name, .. } = &mut l.channel {
+                        server_name.clone_from(&t.server_name);
                     }
                 }
                 let _ = done.send(Ok(()));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DataPlane, add_session, engines, key, stats};
+use common::{DataPlane, add_session, engines, key, stats, targets};
 use scistream_protocol::handoff::{Command as Cmd, Outcome};
 use scistream_testkit::{DigestReceiver, EchoServer, send_stream};
 
@@ -208,8 +208,7 @@ fn a_refusing_target_closes_the_client_and_the_session_survives() {
         let outcome = dp.call(
             Cmd::UpdateTargets {
                 key: key("refused"),
-                targets: vec![dead, echo.addr],
-                server_names: Vec::new(),
+                targets: targets(&[dead, echo.addr]),
             },
             &[],
         );

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use common::{DataPlane, echo_once, key, listener, stats};
+use common::{DataPlane, echo_once, key, listener, stats, targets};
 use scistream_protocol::handoff::{self, Command as Cmd, FromDataPlane, Outcome, SessionSpec};
 use scistream_testkit::EchoServer;
 
@@ -24,7 +24,7 @@ fn forwards_counts_retargets_and_removes() {
     let spec = SessionSpec {
         key: key("s1"),
         listeners: vec![a0, a1],
-        targets: vec![echo_a.addr, echo_a.addr],
+        targets: targets(&[echo_a.addr, echo_a.addr]),
         rate_kbps: 0,
         channel: Default::default(),
     };
@@ -55,8 +55,7 @@ fn forwards_counts_retargets_and_removes() {
     let outcome = dp.call(
         Cmd::UpdateTargets {
             key: key("s1"),
-            targets: vec![echo_a.addr, echo_b.addr],
-            server_names: Vec::new(),
+            targets: targets(&[echo_a.addr, echo_b.addr]),
         },
         &[],
     );
@@ -96,7 +95,7 @@ fn a_target_that_refuses_closes_the_client_and_counts_an_error() {
     let spec = SessionSpec {
         key: key("s2"),
         listeners: vec![a0, a1],
-        targets: vec![dead, echo.addr],
+        targets: targets(&[dead, echo.addr]),
         rate_kbps: 0,
         channel: Default::default(),
     };
@@ -122,7 +121,7 @@ fn malformed_commands_are_refused_without_harm() {
     let spec = SessionSpec {
         key: key("bad"),
         listeners: vec![a0, a0],
-        targets: vec![a0, a0],
+        targets: targets(&[a0, a0]),
         rate_kbps: 0,
         channel: Default::default(),
     };
@@ -135,7 +134,7 @@ fn malformed_commands_are_refused_without_harm() {
     let spec = SessionSpec {
         key: key("bad"),
         listeners: vec![a0],
-        targets: vec![a0],
+        targets: targets(&[a0]),
         rate_kbps: 0,
         channel: Default::default(),
     };
@@ -150,8 +149,7 @@ fn malformed_commands_are_refused_without_harm() {
         dp.call(
             Cmd::UpdateTargets {
                 key: key("nope"),
-                targets: vec![a0],
-                server_names: Vec::new(),
+                targets: targets(&[a0]),
             },
             &[]
         ),
@@ -168,7 +166,7 @@ fn malformed_commands_are_refused_without_harm() {
     let spec = SessionSpec {
         key: key("kept"),
         listeners: vec![a1],
-        targets: vec![echo.addr],
+        targets: targets(&[echo.addr]),
         rate_kbps: 0,
         channel: Default::default(),
     };

@@ -133,10 +133,7 @@ fn gateways(
     );
     out_args.extend([engine.as_str(), crypto_out.as_str()]);
     let mut outbound = DataPlane::start(&out_args);
-    let channel = DataChannel::ToPeer {
-        tls: tls.1,
-        server_names: vec!["127.0.0.1".into(); n],
-    };
+    let channel = DataChannel::ToPeer { tls: tls.1 };
     let (entries, more) = add_channel_session(
         &mut outbound,
         UID,

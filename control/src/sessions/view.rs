@@ -2,12 +2,11 @@
 
 use std::time::SystemTime;
 
-use scistream_protocol::Endpoint;
-use scistream_protocol::handoff::{Command, Outcome, SessionKey, SessionStats};
+use scistream_protocol::handoff::SessionKey;
 
-use super::{Phase, Registry, Session};
+use super::Registry;
+use super::machine::Session;
 use crate::auth::Identity;
-use crate::dataplane::DataPlaneError;
 
 /// One session, as the control plane knows it.
 #[derive(Debug, Clone)]
@@ -41,54 +40,20 @@ impl Registry {
         self.views_where(|_, _| true)
     }
 
-    /// How many times the data plane was restarted after dying.
-    pub fn dataplane_restarts(&self) -> u64 {
-        self.dataplane.restarts()
-    }
-
     fn views_where(&self, keep: impl Fn(&SessionKey, &Session) -> bool) -> Vec<SessionView> {
-        let table = self.lock();
-        table
-            .sessions
+        self.lock()
+            .sessions()
             .iter()
             .filter(|(k, s)| keep(k, s))
             .map(|(k, s)| SessionView {
                 key: k.clone(),
                 owner: s.owner.clone(),
-                phase: match s.phase {
-                    Phase::AwaitingHello => "awaiting_hello",
-                    Phase::Ready => "ready",
-                    Phase::Forwarding => "forwarding",
-                },
-                listeners: s
-                    .listeners
-                    .iter()
-                    .map(|l| Endpoint::from_socket_addr(l.addr).to_string())
-                    .collect(),
-                targets: s.targets.clone(),
+                phase: s.phase().name(),
+                listeners: s.listener_strings(),
+                targets: s.targets.iter().map(|t| t.given.clone()).collect(),
                 rate_kbps: s.rate_kbps,
                 created: s.created,
             })
             .collect()
-    }
-
-    /// Has the data plane read its TLS files again (SIGHUP).
-    pub async fn reload_dataplane_tls(&self) -> Result<(), DataPlaneError> {
-        match self.dataplane.call(Command::ReloadTls, Vec::new()).await? {
-            Outcome::Done => Ok(()),
-            other => Err(DataPlaneError::Failed(format!(
-                "unexpected answer {other:?}"
-            ))),
-        }
-    }
-
-    /// The data plane's counters for every session it forwards.
-    pub async fn dataplane_stats(&self) -> Result<Vec<SessionStats>, DataPlaneError> {
-        match self.dataplane.call(Command::Stats, Vec::new()).await? {
-            Outcome::Stats { sessions } => Ok(sessions),
-            other => Err(DataPlaneError::Failed(format!(
-                "unexpected answer {other:?}"
-            ))),
-        }
     }
 }

@@ -157,7 +157,7 @@ pub fn add_session(
     let spec = SessionSpec {
         key: key(uid),
         listeners: addrs.clone(),
-        targets: vec![target; n],
+        targets: targets(&vec![target; n]),
         rate_kbps,
         channel: Default::default(),
     };
@@ -182,7 +182,7 @@ pub fn add_channel_session(
             role,
         },
         listeners: addrs.clone(),
-        targets,
+        targets: self::targets(&targets),
         rate_kbps: 0,
         channel,
     };
@@ -190,4 +190,12 @@ pub fn add_channel_session(
     let outcome = dp.call(Cmd::AddSession(spec), &refs);
     assert_eq!(outcome, Outcome::Done, "{}", dp.log());
     (addrs, fds)
+}
+
+/// Targets given as literal addresses.
+pub fn targets(addrs: &[SocketAddr]) -> Vec<scistream_protocol::Target> {
+    addrs
+        .iter()
+        .map(|&a| scistream_protocol::Target::from_addr(a))
+        .collect()
 }
