@@ -14,11 +14,11 @@ pub mod config_file;
 pub mod conn_limits;
 pub mod dataplane;
 pub mod error;
+pub mod gateway;
 pub mod logsafe;
 pub mod metrics;
 pub mod ports;
 pub mod probe;
-pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod state_dir;
@@ -28,4 +28,4 @@ pub mod targets;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{RunError, run};
+pub use gateway::{RunError, check_config, run};

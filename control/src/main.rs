@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         for n in &compat_notes {
             eprintln!("note: {n}");
         }
-        return match scistream_control::server::check_config(&config) {
+        return match scistream_control::check_config(&config) {
             Ok(warnings) => {
                 for w in &warnings {
                     eprintln!("warning: {w}");

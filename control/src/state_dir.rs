@@ -35,7 +35,7 @@ pub struct StateDir {
     _lock: OwnedFd,
 }
 
-const SECRET_LEN: usize = 32;
+pub(crate) const SECRET_LEN: usize = 32;
 
 impl StateDir {
     /// Creates `path` (mode 0700) if needed, checks who owns it and who can
