@@ -78,6 +78,7 @@ impl ConnLimits {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.lock().total
     }

@@ -6,26 +6,26 @@
 //! process that it hands listening sockets to ([`dataplane`]).
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod auth;
+pub(crate) mod access;
+pub(crate) mod auth;
 pub mod compat;
 pub mod config;
 pub mod config_file;
-pub mod conn_limits;
-pub mod dataplane;
-pub mod error;
-pub mod gateway;
-pub mod logsafe;
-pub mod metrics;
-pub mod ports;
-pub mod probe;
-pub mod service;
-pub mod sessions;
-pub mod state_dir;
-pub mod status;
-pub mod store;
-pub mod targets;
-pub mod tls;
+pub(crate) mod conn_limits;
+pub(crate) mod dataplane;
+pub(crate) mod error;
+mod gateway;
+pub(crate) mod logsafe;
+pub(crate) mod metrics;
+pub(crate) mod ports;
+pub(crate) mod probe;
+pub(crate) mod service;
+pub(crate) mod sessions;
+pub(crate) mod state_dir;
+pub(crate) mod status;
+pub(crate) mod store;
+pub(crate) mod targets;
+pub(crate) mod tls;
 
 pub use config::Config;
 pub use gateway::{RunError, check_config, run};

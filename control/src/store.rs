@@ -248,7 +248,7 @@ impl SessionStore {
     }
 
     /// Writes raw bytes under a key (tests: to plant a corrupt entry).
-    #[doc(hidden)]
+    #[cfg(test)]
     pub fn put_raw(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.write(|t| t.insert(key, value).map(|_| ()))
     }

@@ -312,13 +312,6 @@ pub enum HandoffError {
     Decode(#[from] serde_json::Error),
 }
 
-impl HandoffError {
-    /// True when the socket is non-blocking and not ready.
-    pub fn is_would_block(&self) -> bool {
-        matches!(self, HandoffError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-}
-
 /// Encodes and sends one message with its descriptors.
 pub fn send<T: Serialize>(
     sock: impl AsFd,

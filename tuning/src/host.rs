@@ -134,7 +134,7 @@ pub struct Facts {
     /// An io_uring ring as s2ds needs it could be set up (else why not).
     pub io_uring: Result<(), String>,
     /// The kernel's TLS offload, as s2ds probes it.
-    pub ktls: scistream_dataplane::ktls::KtlsSupport,
+    pub ktls: scistream_dataplane::probe::KtlsSupport,
     /// The data channel's crypto provider and suite order as `s2ds --crypto
     /// auto` would choose them here, with the figures.
     pub crypto: String,
@@ -215,12 +215,10 @@ impl Facts {
             kernel,
             nofile: limit(rustix::process::Resource::Nofile),
             memlock: limit(rustix::process::Resource::Memlock),
-            io_uring: scistream_dataplane::sys::uring::Ring::new(8)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            ktls: scistream_dataplane::ktls::KtlsSupport::probe(),
-            crypto: scistream_dataplane::crypto::CryptoPlan::choose(
-                scistream_dataplane::crypto::CryptoChoice::Auto,
+            io_uring: scistream_dataplane::probe::io_uring().map_err(|e| e.to_string()),
+            ktls: scistream_dataplane::probe::KtlsSupport::probe(),
+            crypto: scistream_dataplane::probe::CryptoPlan::choose(
+                scistream_dataplane::probe::CryptoChoice::Auto,
                 8 << 20,
             )
             .describe(),

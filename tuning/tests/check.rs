@@ -112,7 +112,7 @@ fn facts(dir: &Path, good: bool) -> Facts {
     } else {
         Err("Operation not permitted (os error 1)".into())
     };
-    f.ktls = scistream_dataplane::ktls::KtlsSupport {
+    f.ktls = scistream_dataplane::probe::KtlsSupport {
         available: good,
         rekey: false,
         chacha: good,

@@ -45,7 +45,7 @@ pub struct Config {
 
     /// Refresh TLS keys (KeyUpdate) after this many records sent on a
     /// connection. For tests; the default stays far inside AES-GCM's limit.
-    #[arg(long = "rekey-records", default_value_t = crate::tlsrelay::DEFAULT_REKEY_RECORDS, hide = true)]
+    #[arg(long = "rekey-records", default_value_t = crate::relay::tls::DEFAULT_REKEY_RECORDS, hide = true)]
     pub rekey_records: u64,
 
     /// Offer ChaCha20-Poly1305 first even without kTLS. For tests.

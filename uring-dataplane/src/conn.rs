@@ -17,12 +17,10 @@ use socket2::{Domain, Socket, Type};
 use tracing::{debug, warn};
 
 use crate::config::Forward;
-use crate::copy::CopyRelay;
 use crate::record::Cipher;
-use crate::relay::{Relay, SpliceRelay, Turn, set_reset_on_close};
+use crate::relay::{CopyRelay, Relay, SpliceRelay, TlsRelay, TlsSession, Turn, set_reset_on_close};
 use crate::setup::Established;
 use crate::setup::{Inbound, Outbound, Step};
-use crate::tlsrelay::{TlsRelay, TlsSession};
 use crate::worker::{Counters, Kind, Worker, WorkerOptions, bump, token};
 use scistream_protocol::loglimit::LogLimit;
 

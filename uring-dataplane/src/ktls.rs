@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use rustls::SupportedCipherSuite;
 use tracing::info;
 
-use crate::sys::ktls::{Direction, attach_ulp, install};
+use crate::sys::ktls::{KeyDirection, attach_ulp, install};
 
 /// What the kernel offers, probed once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,7 +109,7 @@ fn probe_inner() -> io::Result<KtlsSupport> {
                 (0, secrets),
             )
             .map_err(io::Error::other)?;
-            install(&c, Direction::Tx, &info).is_ok()
+            install(&c, KeyDirection::Tx, &info).is_ok()
         }
         None => false,
     };
@@ -118,8 +118,8 @@ fn probe_inner() -> io::Result<KtlsSupport> {
         (0, probe_secrets()),
     )
     .map_err(io::Error::other)?;
-    install(&a, Direction::Tx, &info)?;
-    let rekey = install(&a, Direction::Tx, &info).is_ok();
+    install(&a, KeyDirection::Tx, &info)?;
+    let rekey = install(&a, KeyDirection::Tx, &info).is_ok();
     Ok(KtlsSupport {
         available: true,
         rekey,
@@ -162,9 +162,9 @@ pub fn offload(
     let result = (|| {
         let tx = ktls::CryptoInfo::from_rustls(suite, secrets.tx).map_err(|e| e.to_string())?;
         let rx = ktls::CryptoInfo::from_rustls(suite, secrets.rx).map_err(|e| e.to_string())?;
-        install(fd, Direction::Tx, &tx)
+        install(fd, KeyDirection::Tx, &tx)
             .map_err(|e| format!("kernel refused the sending keys: {e}"))?;
-        install(fd, Direction::Rx, &rx)
+        install(fd, KeyDirection::Rx, &rx)
             .map_err(|e| format!("kernel refused the receiving keys: {e}"))
     })();
     match result {

@@ -7,19 +7,18 @@
 #![deny(unsafe_code)]
 
 pub mod config;
-pub mod conn;
-pub mod control;
-pub mod copy;
-pub mod crypto;
-pub mod ktls;
-pub mod reactor;
+mod conn;
+mod control;
+mod crypto;
+mod ktls;
+pub mod probe;
+mod reactor;
 pub mod record;
 pub mod relay;
 pub mod setup;
-pub mod sys;
+mod sys;
 pub mod tls;
-pub mod tlsrelay;
-pub mod worker;
+mod worker;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};

@@ -11,7 +11,7 @@
 //! buffers, reads only up to record boundaries (so that nothing after the
 //! setup records leaves the kernel before kTLS or the relay takes over),
 //! and at the end turns the session into its keys and key schedule
-//! ([`Established`]) for kTLS or for [`crate::tlsrelay`].
+//! ([`Established`]) for kTLS or for [`crate::relay::tls`].
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -26,8 +26,8 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, ExtractedSecrets, ServerConfig};
 use scistream_protocol::preamble::{ACCEPTED, Preamble, REFUSED, Refusal};
 
+use crate::relay::tls::Keys;
 use crate::tls::RecordReader;
-use crate::tlsrelay::Keys;
 
 /// What a step of setup came to.
 #[derive(Debug)]

@@ -201,7 +201,6 @@ pub struct WorkerHandle {
     pub id: usize,
     tx: mpsc::Sender<WorkerCommand>,
     waker: Arc<OwnedFd>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WorkerHandle {
@@ -212,11 +211,6 @@ impl WorkerHandle {
             .map_err(|_| format!("worker {} has stopped", self.id))?;
         wake(&self.waker);
         Ok(())
-    }
-
-    /// True while the worker thread runs.
-    pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
@@ -240,7 +234,8 @@ pub fn spawn(
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
     )?);
     let worker_waker = waker.clone();
-    let thread = std::thread::Builder::new().name(format!("s2ds-worker-{id}")).spawn(move || {
+    // The thread is never joined: a worker runs as long as the process.
+    std::thread::Builder::new().name(format!("s2ds-worker-{id}")).spawn(move || {
         if let Some(cpu) = cpu {
             let mut set = rustix::thread::CpuSet::new();
             set.set(cpu);
@@ -278,15 +273,7 @@ pub fn spawn(
     let engine = ready_rx
         .recv()
         .map_err(|_| io::Error::other("worker thread ended before creating its reactor"))??;
-    Ok((
-        WorkerHandle {
-            id,
-            tx,
-            waker,
-            thread: Some(thread),
-        },
-        engine,
-    ))
+    Ok((WorkerHandle { id, tx, waker }, engine))
 }
 
 impl Worker {

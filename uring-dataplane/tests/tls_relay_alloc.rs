@@ -13,9 +13,9 @@ use std::os::unix::net::UnixStream;
 
 use scistream_dataplane::record::{Cipher, Crypto};
 use scistream_dataplane::relay::Turn;
+use scistream_dataplane::relay::tls::{DEFAULT_REKEY_RECORDS, TlsRelay, TlsSession};
 use scistream_dataplane::setup::{Inbound, Outbound, Step};
 use scistream_dataplane::tls::{TlsContext, TlsFiles};
-use scistream_dataplane::tlsrelay::{DEFAULT_REKEY_RECORDS, TlsRelay, TlsSession};
 use scistream_protocol::preamble::Preamble;
 use scistream_testkit::Pki;
 

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,7 +81,6 @@ pub struct Introspector {
     config: IntrospectorConfig,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<Verdict>>>>,
-    round_trips: AtomicU64,
 }
 
 impl fmt::Debug for Introspector {
@@ -113,13 +111,7 @@ impl Introspector {
             config,
             cache: Mutex::default(),
             in_flight: Mutex::default(),
-            round_trips: AtomicU64::new(0),
         })
-    }
-
-    /// Round trips to the endpoint so far.
-    pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// The identity `token` stands for.
@@ -215,7 +207,6 @@ impl Introspector {
 
     /// One round trip to the endpoint.
     async fn ask(&self, token: &str) -> Verdict {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
         let c = &self.config;
         let request = self
             .http

@@ -312,6 +312,12 @@ fn policy(config: &Config, files: &Files, ports: &Ports) -> Result<Policy, RunEr
 
 /// Brings back the sessions of the previous run.
 async fn recover(registry: &Registry, stored: Vec<StoredSession>, attached: &Attached) {
+    if attached.adopted {
+        info!(
+            sessions = attached.sessions.len(),
+            "adopted the data plane the previous s2cs left running"
+        );
+    }
     if stored.is_empty() && attached.sessions.is_empty() {
         return;
     }

@@ -39,10 +39,8 @@ mod tests;
 mod view;
 
 use machine::{Machine, ReqEnd, Waiting};
-pub use policy::{Policy, WeakUids};
-pub use recover::Recovered;
+pub use policy::Policy;
 use request::{HelloMsg, NewSession, TargetsUpdate};
-pub use view::SessionView;
 
 /// Timing knobs of the state machine.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ const TLS_GET_RECORD_TYPE: libc::c_int = 2;
 
 /// Which direction's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub enum KeyDirection {
     /// Sending.
     Tx,
     /// Receiving.
@@ -49,10 +49,10 @@ pub fn attach_ulp(fd: impl AsFd) -> io::Result<()> {
 }
 
 /// Installs keys for one direction.
-pub fn install(fd: impl AsFd, dir: Direction, info: &ktls::CryptoInfo) -> io::Result<()> {
+pub fn install(fd: impl AsFd, dir: KeyDirection, info: &ktls::CryptoInfo) -> io::Result<()> {
     let opt = match dir {
-        Direction::Tx => TLS_TX,
-        Direction::Rx => TLS_RX,
+        KeyDirection::Tx => TLS_TX,
+        KeyDirection::Rx => TLS_RX,
     };
     // SAFETY: `info.as_ptr()` points to the crypto-info struct owned by
     // `info`, of `info.size()` bytes, alive for the call; the kernel copies it.

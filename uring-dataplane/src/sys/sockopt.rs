@@ -29,8 +29,9 @@ pub fn set_max_pacing_rate(fd: impl AsFd, bytes_per_second: u64) -> io::Result<(
     }
 }
 
-/// Reads `SO_MAX_PACING_RATE`.
-pub fn max_pacing_rate(fd: impl AsFd) -> io::Result<u64> {
+/// Reads `SO_MAX_PACING_RATE` (tests: the option set is the one read).
+#[cfg(test)]
+fn max_pacing_rate(fd: impl AsFd) -> io::Result<u64> {
     let fd = fd.as_fd();
     let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;

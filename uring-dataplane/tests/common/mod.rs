@@ -17,8 +17,7 @@ use scistream_testkit::bin;
 /// The engines to test on this host: epoll always, io_uring when the kernel allows it.
 pub fn engines(test: &str) -> Vec<&'static str> {
     let mut v = vec!["epoll"];
-    match scistream_dataplane::reactor::choose(scistream_dataplane::reactor::EngineChoice::IoUring)
-    {
+    match scistream_dataplane::probe::io_uring() {
         Ok(_) => v.push("io_uring"),
         Err(e) => eprintln!("SKIP {test} on io_uring: {e}"),
     }

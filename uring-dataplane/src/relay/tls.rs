@@ -23,19 +23,18 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
-use rustix::net::{SendFlags, Shutdown};
+use rustix::net::SendFlags;
 use rustls::ConnectionTrafficSecrets;
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 
+use super::{ROUNDS_PER_TURN, RelayError, Turn, shut_write};
 use crate::record::{
     CLOSE_NOTIFY, Cipher, ContentType, Crypto, HEADER, MAX_CIPHERTEXT, MAX_PAYLOAD, SLOT,
     check_header, key_update_message,
 };
-use crate::relay::{RelayError, Turn};
 
-const ROUNDS_PER_TURN: usize = 16;
 /// Records sealed per `readv`: 16 × 16 KiB of plaintext.
 pub const SLOTS: usize = 16;
 /// Room after the slots for one control record (KeyUpdate, close_notify).
@@ -347,15 +346,7 @@ impl TlsRelay {
                 return Ok(true);
             }
             if !self.tls_shut {
-                match rustix::net::shutdown(tfd, Shutdown::Write) {
-                    Ok(()) | Err(Errno::NOTCONN) => {}
-                    Err(e) => {
-                        return Err(RelayError::Write {
-                            side: sides.0,
-                            source: e.into(),
-                        });
-                    }
-                }
+                shut_write(tfd, sides.0)?;
                 self.tls_shut = true;
                 return Ok(true);
             }
@@ -477,15 +468,7 @@ impl TlsRelay {
         (self.seg, self.seg_off) = (0, 0);
         if self.tls_eof {
             if !self.plain_shut {
-                match rustix::net::shutdown(pfd, Shutdown::Write) {
-                    Ok(()) | Err(Errno::NOTCONN) => {}
-                    Err(e) => {
-                        return Err(RelayError::Write {
-                            side: sides.1,
-                            source: e.into(),
-                        });
-                    }
-                }
+                shut_write(pfd, sides.1)?;
                 self.plain_shut = true;
                 progressed = true;
             }

@@ -15,19 +15,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::io::Errno;
-use rustix::net::{RecvFlags, Shutdown};
+use rustix::net::RecvFlags;
 use rustix::pipe::{PipeFlags, SpliceFlags};
+
+use super::{Direction, Directions, ROUNDS_PER_TURN, RelayError, Turn, would_block};
 
 /// The pipe-size warning is logged once per process.
 static WARNED_PIPE_SIZE: AtomicBool = AtomicBool::new(false);
-
-/// How many splice calls one direction makes per wake-up before yielding
-/// to other connections on the worker.
-const ROUNDS_PER_TURN: usize = 16;
 
 /// A pipe used as the in-kernel buffer of one direction.
 #[derive(Debug)]
@@ -64,18 +61,12 @@ impl Pipe {
     }
 }
 
-/// One direction of a connection.
+/// A direction's buffer: its pipe, and whether either end is kTLS.
 #[derive(Debug)]
-struct Direction {
+pub(crate) struct Spliced {
     /// Created when the source first has something (see the module text).
     pipe: Option<Pipe>,
     pipe_size: usize,
-    /// The source sent FIN.
-    eof: bool,
-    /// We shut down the destination's write side.
-    shut: bool,
-    /// Bytes delivered to the destination.
-    delivered: u64,
     /// The source is a kTLS socket: non-data records stop `splice`.
     src_ktls: bool,
     /// The destination is a kTLS socket: it gets a close_notify before FIN.
@@ -84,52 +75,10 @@ struct Direction {
     close_notify: bool,
 }
 
-/// What a turn achieved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Turn {
-    /// Waiting for readiness; nothing more to do until an event.
-    Idle,
-    /// Stopped by the per-turn budget with work left: run again soon.
-    MoreWork,
-    /// Both directions finished cleanly: close the connection.
-    Finished,
-}
-
-/// Errors that end a connection.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// Reading from one side failed (usually a reset).
-    #[error("reading from {side}: {source}")]
-    Read {
-        /// `client` or `target`.
-        side: &'static str,
-        /// The errno.
-        source: io::Error,
-    },
-    /// Writing to one side failed (reset, broken pipe).
-    #[error("writing to {side}: {source}")]
-    Write {
-        /// `client` or `target`.
-        side: &'static str,
-        /// The errno.
-        source: io::Error,
-    },
-    /// No pipe could be made for a direction's first bytes (out of
-    /// descriptors, or of pipe memory).
-    #[error("cannot create a pipe to forward {side}'s first bytes: {source}")]
-    Pipe {
-        /// `client` or `target`: whose bytes were waiting.
-        side: &'static str,
-        /// The errno.
-        source: io::Error,
-    },
-}
-
 /// A connection being forwarded: the accepted client and its target.
 #[derive(Debug)]
 pub struct SpliceRelay {
-    to_target: Direction,
-    to_client: Direction,
+    directions: Directions<Spliced>,
     ktls: bool,
 }
 
@@ -137,26 +86,22 @@ impl SpliceRelay {
     /// A relay whose pipes (of `pipe_size` bytes, or the kernel's default
     /// when it refuses that size) are made when data first arrives.
     pub fn new(pipe_size: usize) -> Self {
-        let dir = || Direction {
-            pipe: None,
-            pipe_size,
-            eof: false,
-            shut: false,
-            delivered: 0,
-            src_ktls: false,
-            dst_ktls: false,
-            close_notify: false,
-        };
         SpliceRelay {
-            to_target: dir(),
-            to_client: dir(),
+            directions: Directions::new(|| Spliced {
+                pipe: None,
+                pipe_size,
+                src_ktls: false,
+                dst_ktls: false,
+                close_notify: false,
+            }),
             ktls: false,
         }
     }
 
     /// Pipes held now (for tests and accounting).
     pub fn pipes(&self) -> usize {
-        usize::from(self.to_target.pipe.is_some()) + usize::from(self.to_client.pipe.is_some())
+        let d = &self.directions;
+        usize::from(d.to_target.buf.pipe.is_some()) + usize::from(d.to_client.buf.pipe.is_some())
     }
 
     /// Marks one side as a kTLS socket (`on_client`: the accepted socket,
@@ -164,13 +109,14 @@ impl SpliceRelay {
     /// other side's EOF becomes a close_notify then a FIN.
     pub fn with_ktls(mut self, on_client: bool) -> Self {
         self.ktls = true;
+        let d = &mut self.directions;
         let (from, to) = if on_client {
-            (&mut self.to_target, &mut self.to_client)
+            (&mut d.to_target, &mut d.to_client)
         } else {
-            (&mut self.to_client, &mut self.to_target)
+            (&mut d.to_client, &mut d.to_target)
         };
-        from.src_ktls = true;
-        to.dst_ktls = true;
+        from.buf.src_ktls = true;
+        to.buf.dst_ktls = true;
         self
     }
 
@@ -181,140 +127,38 @@ impl SpliceRelay {
 
     /// Bytes delivered (to the target, to the client).
     pub fn delivered(&self) -> (u64, u64) {
-        (self.to_target.delivered, self.to_client.delivered)
+        self.directions.delivered()
     }
 
     /// Moves whatever can move now, in both directions.
     pub fn turn(&mut self, client: &OwnedFd, target: &OwnedFd) -> Result<Turn, RelayError> {
-        let a = pump(&mut self.to_target, client, target, ("client", "target"))?;
-        let b = pump(&mut self.to_client, target, client, ("target", "client"))?;
-        Ok(if self.to_target.shut && self.to_client.shut {
-            Turn::Finished
-        } else if a == Turn::MoreWork || b == Turn::MoreWork {
-            Turn::MoreWork
-        } else {
-            Turn::Idle
-        })
+        self.directions.turn(client, target, pump)
     }
 }
 
-fn would_block(e: Errno) -> bool {
-    e == Errno::AGAIN || e == Errno::INTR
-}
+type Dir = Direction<Spliced>;
 
 /// Runs one direction until it would block or its budget is spent.
-fn pump(
-    d: &mut Direction,
-    src: &OwnedFd,
-    dst: &OwnedFd,
-    sides: (&'static str, &'static str),
-) -> Result<Turn, RelayError> {
+fn pump(d: &mut Dir, src: &OwnedFd, dst: &OwnedFd) -> Result<Turn, RelayError> {
     if d.shut {
         return Ok(Turn::Idle);
     }
     for _ in 0..ROUNDS_PER_TURN {
         let mut progressed = false;
-        if !d.eof && d.pipe.is_none() {
-            match pending(d, src, sides.0)? {
-                Pending::Nothing => {}
-                Pending::Eof => {
-                    d.eof = true;
-                    progressed = true;
-                }
-                Pending::Data => {
-                    let pipe = Pipe::new(d.pipe_size).map_err(|source| RelayError::Pipe {
-                        side: sides.0,
-                        source,
-                    })?;
-                    d.pipe = Some(pipe);
-                }
-            }
+        if !d.eof && d.buf.pipe.is_none() {
+            progressed |= make_pipe_if_pending(d, src)?;
         }
-        let room = match &d.pipe {
-            Some(p) if !d.eof => p.capacity - p.filled,
-            _ => 0,
-        };
-        if let (Some(pipe), true) = (&d.pipe, room > 0) {
-            match rustix::pipe::splice(
-                src.as_fd(),
-                None,
-                &pipe.write,
-                None,
-                room,
-                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-            ) {
-                Ok(0) => {
-                    if d.src_ktls && !d.close_notify {
-                        return Err(truncated(sides.0));
-                    }
-                    d.eof = true;
-                    progressed = true;
-                }
-                Ok(n) => {
-                    if let Some(p) = d.pipe.as_mut() {
-                        p.filled += n;
-                    }
-                    progressed = true;
-                }
-                Err(e) if would_block(e) => {}
-                // kTLS: splice stops at a record that is not application data.
-                Err(Errno::INVAL | Errno::IO) if d.src_ktls => {
-                    control_record(d, src, sides.0)?;
-                    progressed = true;
-                }
-                Err(e) => {
-                    return Err(RelayError::Read {
-                        side: sides.0,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
-        if let Some(pipe) = d.pipe.as_mut().filter(|p| p.filled > 0) {
-            match rustix::pipe::splice(
-                &pipe.read,
-                None,
-                dst.as_fd(),
-                None,
-                pipe.filled,
-                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-            ) {
-                Ok(n) => {
-                    pipe.filled -= n;
-                    d.delivered += n as u64;
-                    progressed |= n > 0;
-                }
-                Err(e) if would_block(e) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
-        if d.eof && d.pipe.as_ref().is_none_or(|p| p.filled == 0) {
-            if d.dst_ktls {
+        progressed |= fill(d, src)?;
+        progressed |= drain(d, dst)?;
+        if d.eof && d.buf.pipe.as_ref().is_none_or(|p| p.filled == 0) {
+            if d.buf.dst_ktls {
                 // TLS: close_notify (warning, close_notify), then FIN.
-                crate::sys::ktls::send_record(dst.as_fd(), 21, &[1, 0]).map_err(|source| {
-                    RelayError::Write {
-                        side: sides.1,
-                        source,
-                    }
-                })?;
+                crate::sys::ktls::send_record(dst.as_fd(), 21, &[1, 0])
+                    .map_err(|e| d.write_error(e))?;
             }
-            match rustix::net::shutdown(dst, Shutdown::Write) {
-                Ok(()) | Err(Errno::NOTCONN) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
-            }
-            d.shut = true;
+            d.shut_destination(dst)?;
             // Done with this direction: its pipe goes back to the kernel.
-            d.pipe = None;
+            d.buf.pipe = None;
             return Ok(Turn::Idle);
         }
         if !progressed {
@@ -322,6 +166,75 @@ fn pump(
         }
     }
     Ok(Turn::MoreWork)
+}
+
+/// A direction without a pipe gets one when its source has something;
+/// `true` when the source ended instead.
+fn make_pipe_if_pending(d: &mut Dir, src: &OwnedFd) -> Result<bool, RelayError> {
+    match pending(d, src)? {
+        Pending::Nothing => Ok(false),
+        Pending::Eof => {
+            d.eof = true;
+            Ok(true)
+        }
+        Pending::Data => {
+            let pipe = Pipe::new(d.buf.pipe_size).map_err(|source| RelayError::Pipe {
+                side: d.from(),
+                source,
+            })?;
+            d.buf.pipe = Some(pipe);
+            Ok(false)
+        }
+    }
+}
+
+/// Source into the pipe; `true` on progress.
+fn fill(d: &mut Dir, src: &OwnedFd) -> Result<bool, RelayError> {
+    let room = match &d.buf.pipe {
+        Some(p) if !d.eof => p.capacity - p.filled,
+        _ => 0,
+    };
+    let Some(pipe) = d.buf.pipe.as_mut().filter(|_| room > 0) else {
+        return Ok(false);
+    };
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    match rustix::pipe::splice(src.as_fd(), None, &pipe.write, None, room, flags) {
+        Ok(0) => {
+            if d.buf.src_ktls && !d.buf.close_notify {
+                return Err(truncated(d.from()));
+            }
+            d.eof = true;
+            Ok(true)
+        }
+        Ok(n) => {
+            pipe.filled += n;
+            Ok(true)
+        }
+        Err(e) if would_block(e) => Ok(false),
+        // kTLS: splice stops at a record that is not application data.
+        Err(Errno::INVAL | Errno::IO) if d.buf.src_ktls => {
+            control_record(d, src)?;
+            Ok(true)
+        }
+        Err(e) => Err(d.read_error(e)),
+    }
+}
+
+/// Pipe into the destination; `true` on progress.
+fn drain(d: &mut Dir, dst: &OwnedFd) -> Result<bool, RelayError> {
+    let Some(pipe) = d.buf.pipe.as_mut().filter(|p| p.filled > 0) else {
+        return Ok(false);
+    };
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    match rustix::pipe::splice(&pipe.read, None, dst.as_fd(), None, pipe.filled, flags) {
+        Ok(n) => {
+            pipe.filled -= n;
+            d.delivered += n as u64;
+            Ok(n > 0)
+        }
+        Err(e) if would_block(e) => Ok(false),
+        Err(e) => Err(d.write_error(e)),
+    }
 }
 
 /// What waits in a source that has no pipe yet.
@@ -333,8 +246,8 @@ enum Pending {
 
 /// Looks without taking: `MSG_PEEK` of one byte. A kTLS source is not
 /// peeked at (a control record would stop it): it gets its pipe at once.
-fn pending(d: &Direction, src: &OwnedFd, side: &'static str) -> Result<Pending, RelayError> {
-    if d.src_ktls {
+fn pending(d: &Dir, src: &OwnedFd) -> Result<Pending, RelayError> {
+    if d.buf.src_ktls {
         return Ok(Pending::Data);
     }
     let mut byte = [0u8; 1];
@@ -342,10 +255,7 @@ fn pending(d: &Direction, src: &OwnedFd, side: &'static str) -> Result<Pending, 
         Ok((0, _)) => Ok(Pending::Eof),
         Ok(_) => Ok(Pending::Data),
         Err(e) if would_block(e) => Ok(Pending::Nothing),
-        Err(e) => Err(RelayError::Read {
-            side,
-            source: e.into(),
-        }),
+        Err(e) => Err(d.read_error(e)),
     }
 }
 
@@ -359,84 +269,24 @@ fn truncated(side: &'static str) -> RelayError {
     }
 }
 
-/// How a connection's bytes are moved.
-#[derive(Debug)]
-pub enum Relay {
-    /// Through a pipe with `splice` (zero copies in user space).
-    Splice(SpliceRelay),
-    /// Through a user-space buffer with `read`/`write`.
-    Copy(crate::copy::CopyRelay),
-    /// A TLS leg handled by rustls in user space.
-    Tls(Box<crate::tlsrelay::TlsRelay>),
-}
-
-impl Relay {
-    /// See [`SpliceRelay::turn`].
-    pub fn turn(&mut self, client: &OwnedFd, target: &OwnedFd) -> Result<Turn, RelayError> {
-        match self {
-            Relay::Splice(r) => r.turn(client, target),
-            Relay::Copy(r) => r.turn(client, target),
-            Relay::Tls(r) => r.turn(client, target),
-        }
-    }
-
-    /// Bytes delivered (to the target, to the client).
-    pub fn delivered(&self) -> (u64, u64) {
-        match self {
-            Relay::Splice(r) => r.delivered(),
-            Relay::Copy(r) => r.delivered(),
-            Relay::Tls(r) => r.delivered(),
-        }
-    }
-
-    /// TLS key updates sent (0 for plaintext relays).
-    pub fn key_updates(&self) -> u64 {
-        match self {
-            Relay::Tls(r) => r.rekeys,
-            _ => 0,
-        }
-    }
-
-    /// `splice`, `copy` or `tls-user`, for counters.
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Relay::Splice(r) if r.is_ktls() => "ktls",
-            Relay::Splice(_) => "splice",
-            Relay::Copy(_) => "copy",
-            Relay::Tls(_) => "tls-user",
-        }
-    }
-}
-
 /// Reads the record that stopped `splice` on a kTLS source and acts on it.
-fn control_record(d: &mut Direction, src: &OwnedFd, side: &'static str) -> Result<(), RelayError> {
+fn control_record(d: &mut Dir, src: &OwnedFd) -> Result<(), RelayError> {
     let mut buf = [0u8; 512];
-    let (record_type, n) = crate::sys::ktls::recv_record(src.as_fd(), &mut buf)
-        .map_err(|source| RelayError::Read { side, source })?;
+    let (record_type, n) =
+        crate::sys::ktls::recv_record(src.as_fd(), &mut buf).map_err(|e| d.read_error(e))?;
     match crate::ktls::classify(record_type, &buf[..n]) {
         crate::ktls::ControlRecord::CloseNotify => {
-            d.close_notify = true;
+            d.buf.close_notify = true;
             d.eof = true;
             Ok(())
         }
-        crate::ktls::ControlRecord::Data => Err(RelayError::Read {
-            side,
-            source: io::Error::other(
-                "kTLS returned application data where splice saw a control record",
-            ),
-        }),
+        crate::ktls::ControlRecord::Data => Err(d.read_error(io::Error::other(
+            "kTLS returned application data where splice saw a control record",
+        ))),
         crate::ktls::ControlRecord::Alert(why) | crate::ktls::ControlRecord::Handshake(why) => {
-            Err(RelayError::Read {
-                side,
-                source: io::Error::new(io::ErrorKind::ConnectionAborted, why),
-            })
+            Err(d.read_error(io::Error::new(io::ErrorKind::ConnectionAborted, why)))
         }
     }
-}
-
-/// Makes the next close of `fd` send a reset instead of a FIN.
-pub fn set_reset_on_close(fd: &OwnedFd) {
-    let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
 }
 
 #[cfg(test)]

@@ -1,148 +1,96 @@
 //! Forwarding one connection through a user-space buffer (`read` then
-//! `write`), the alternative to [`crate::relay::SpliceRelay`]. Kept so the
+//! `write`), the alternative to [`super::SpliceRelay`]. Kept so the
 //! two can be measured side by side (`s2ds --forward copy`); buffers are
 //! allocated on a direction's first data, so an idle connection costs none.
 
 use std::os::fd::OwnedFd;
 
-use rustix::io::Errno;
-use rustix::net::Shutdown;
+use super::{Direction, Directions, ROUNDS_PER_TURN, RelayError, Turn, would_block};
 
-use crate::relay::{RelayError, Turn};
-
-const ROUNDS_PER_TURN: usize = 16;
-
-#[derive(Debug)]
-struct Direction {
+/// A direction's buffer: `buf[start..end]` read, not yet written.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    eof: bool,
-    shut: bool,
-    delivered: u64,
 }
 
 /// A connection forwarded by copying.
 #[derive(Debug)]
 pub struct CopyRelay {
     size: usize,
-    to_target: Direction,
-    to_client: Direction,
+    directions: Directions<Buffer>,
 }
 
 impl CopyRelay {
     /// A relay whose directions buffer up to `size` bytes each.
     pub fn new(size: usize) -> Self {
-        let dir = || Direction {
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            eof: false,
-            shut: false,
-            delivered: 0,
-        };
         CopyRelay {
             size,
-            to_target: dir(),
-            to_client: dir(),
+            directions: Directions::new(Buffer::default),
         }
     }
 
     /// Bytes delivered (to the target, to the client).
     pub fn delivered(&self) -> (u64, u64) {
-        (self.to_target.delivered, self.to_client.delivered)
+        self.directions.delivered()
     }
 
     /// Moves whatever can move now, in both directions.
     pub fn turn(&mut self, client: &OwnedFd, target: &OwnedFd) -> Result<Turn, RelayError> {
-        let a = pump(
-            &mut self.to_target,
-            self.size,
-            client,
-            target,
-            ("client", "target"),
-        )?;
-        let b = pump(
-            &mut self.to_client,
-            self.size,
-            target,
-            client,
-            ("target", "client"),
-        )?;
-        Ok(if self.to_target.shut && self.to_client.shut {
-            Turn::Finished
-        } else if a == Turn::MoreWork || b == Turn::MoreWork {
-            Turn::MoreWork
-        } else {
-            Turn::Idle
-        })
+        let size = self.size;
+        self.directions
+            .turn(client, target, |d, src, dst| pump(d, size, src, dst))
     }
 }
 
+/// Runs one direction until it would block or its budget is spent.
 fn pump(
-    d: &mut Direction,
+    d: &mut Direction<Buffer>,
     size: usize,
     src: &OwnedFd,
     dst: &OwnedFd,
-    sides: (&'static str, &'static str),
 ) -> Result<Turn, RelayError> {
     if d.shut {
         return Ok(Turn::Idle);
     }
     for _ in 0..ROUNDS_PER_TURN {
         let mut progressed = false;
-        if !d.eof && d.end < size {
-            if d.buf.is_empty() {
-                d.buf = vec![0u8; size];
+        let b = &mut d.buf;
+        if !d.eof && b.end < size {
+            if b.buf.is_empty() {
+                b.buf = vec![0u8; size];
             }
-            match rustix::io::read(src, &mut d.buf[d.end..]) {
+            match rustix::io::read(src, &mut b.buf[b.end..]) {
                 Ok(0) => {
                     d.eof = true;
                     progressed = true;
                 }
                 Ok(n) => {
-                    d.end += n;
+                    b.end += n;
                     progressed = true;
                 }
-                Err(Errno::AGAIN | Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RelayError::Read {
-                        side: sides.0,
-                        source: e.into(),
-                    });
-                }
+                Err(e) if would_block(e) => {}
+                Err(e) => return Err(d.read_error(e)),
             }
         }
-        if d.start < d.end {
-            match rustix::io::write(dst, &d.buf[d.start..d.end]) {
+        let b = &mut d.buf;
+        if b.start < b.end {
+            match rustix::io::write(dst, &b.buf[b.start..b.end]) {
                 Ok(n) => {
-                    d.start += n;
+                    b.start += n;
                     d.delivered += n as u64;
                     progressed |= n > 0;
-                    if d.start == d.end {
-                        (d.start, d.end) = (0, 0);
+                    if b.start == b.end {
+                        (b.start, b.end) = (0, 0);
                     }
                 }
-                Err(Errno::AGAIN | Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
+                Err(e) if would_block(e) => {}
+                Err(e) => return Err(d.write_error(e)),
             }
         }
-        if d.eof && d.start == d.end {
-            match rustix::net::shutdown(dst, Shutdown::Write) {
-                Ok(()) | Err(Errno::NOTCONN) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
-            }
-            d.shut = true;
+        if d.eof && d.buf.start == d.buf.end {
+            d.shut_destination(dst)?;
             return Ok(Turn::Idle);
         }
         if !progressed {
