@@ -352,7 +352,11 @@ Example (HPC gateway, tokens checked at Globus Auth):
        --peer-ca facilities-ca.pem --client_id ID \\
        --allow-targets 10.0.1.0/24:7000-7100
 
-SIGHUP re-reads --tokens-file and --allow-identities.";
+SIGHUP re-reads, without dropping a connection: --tokens-file,
+--allow-identities, the control certificate
+(--server_crt/--server_key), and the data channel's --data-cert,
+--data-key and --peer-ca (s2ds re-reads them too). A file that does not
+load is refused with an error and the one in use is kept.";
 
 /// Parses `FIRST-LAST`.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {

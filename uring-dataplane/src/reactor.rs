@@ -18,7 +18,7 @@ use rustix::event::epoll;
 use crate::sys::uring::{Completion, Ring};
 
 /// Identifies what a readiness event is for. The worker packs a slot, a
-/// generation and a kind into it (see `worker::Tok`).
+/// generation and a kind into it (see `worker::token`).
 pub type Token = u64;
 
 /// One readiness event.
