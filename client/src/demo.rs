@@ -124,114 +124,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 }
 
 async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()> {
-    let s2cs = match &opts.s2cs_bin {
-        Some(p) => p.clone(),
-        None => sibling_binary("s2cs").context(
-            "s2cs was not found next to s2uc; build the whole workspace first: cargo build --release",
-        )?,
-    };
-    let work = work.to_path_buf();
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-    say("generating a throwaway facility CA and gateway certificates");
-    let ca = Ca::new("scistream demo CA")?;
-    let ca_path = work.join("ca.crt");
-    crate::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
-    let hpc_cert = ca.issue(&["localhost", "127.0.0.1"])?.write(&work, "hpc")?;
-    let inst_cert = ca
-        .issue(&["localhost", "127.0.0.1"])?
-        .write(&work, "inst")?;
-
-    say("starting the HPC gateway (s2cs + s2ds) and the instrument gateway");
-    let gateway = |name: &str, range: (u16, u16), cert: &crate::pki::Written| GatewayOptions {
-        s2cs_bin: s2cs.clone(),
-        listener_ip: lo,
-        port_range: range,
-        tls: Some((cert.cert.clone(), cert.key.clone())),
-        state_dir: work.join(format!("{name}-state")),
-        log: Some(work.join(format!("{name}-s2cs.log"))),
-        extra_args: vec!["--peer-ca".into(), ca_path.display().to_string()],
-    };
-    let hpc = LocalGateway::start(&gateway("hpc", (5100, 5199), &hpc_cert))
-        .map_err(anyhow::Error::msg)?;
-    let inst = LocalGateway::start(&gateway("inst", (6100, 6199), &inst_cert))
-        .map_err(anyhow::Error::msg)?;
-    println!(
-        "    HPC gateway s2cs at {}, instrument gateway s2cs at {}",
-        hpc.control(),
-        inst.control()
-    );
-
-    let service = TcpListener::bind((lo, 0)).context("cannot start the receiver")?;
+    let gateways = start_gateways(opts, work)?;
+    let service = TcpListener::bind((LOCALHOST, 0)).context("cannot start the receiver")?;
     let service_port = service.local_addr()?.port();
     let n = opts.num_conn as usize;
     let received = receiver(service, n);
     println!("    analysis service (receiver) listening on 127.0.0.1:{service_port}");
 
-    let trust = Trust::Root(ca_path.clone());
-    let options = RequestOptions {
-        num_conn: opts.num_conn,
-        rate_kbps: 0,
-    };
-    say(&format!(
-        "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0",
-        hpc.control()
-    ));
-    let hpc_conn = connect(&hpc.control(), &trust, Auth::none()).await?;
-    let inbound = inbound_request(&hpc_conn, "127.0.0.1", &[service_port], &options).await?;
-    println!(
-        "    uid {}  inbound listeners {}",
-        inbound.uid,
-        inbound.listeners.join(",")
-    );
-
-    say(&format!(
-        "s2uc outbound_request --s2cs {} --server_cert ca.crt --num_conn {n} --rate 0 {} {}",
-        inst.control(),
-        inbound.uid,
-        inbound.listeners.join(",")
-    ));
-    let inst_conn = connect(&inst.control(), &trust, Auth::none()).await?;
-    let outbound = outbound_request(
-        &inst_conn,
-        &inbound.uid,
-        inbound.listeners.clone(),
-        vec!["127.0.0.1:1".into()],
-        &options,
-    )
-    .await?;
-    println!(
-        "    outbound listeners {} (the detector connects here)",
-        outbound.listeners.join(",")
-    );
-
+    let tunnel = open_tunnel(&gateways, opts, service_port).await?;
     say(&format!(
         "streaming {} through the tunnel over {n} connection(s)",
         format_size(opts.bytes)
     ));
-    let per_conn = opts.bytes / n as u64;
     let started = Instant::now();
-    let senders: Vec<_> = outbound
-        .listeners
-        .iter()
-        .take(n)
-        .enumerate()
-        .map(|(i, l)| {
-            sender(
-                l.clone(),
-                i as u64 + 1,
-                per_conn + if i == 0 { opts.bytes % n as u64 } else { 0 },
-            )
-        })
-        .collect();
-    let mut sent = Vec::new();
-    for s in senders {
-        sent.push(
-            s.join()
-                .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
-                .context("sending through the tunnel")?,
-        );
-    }
+    let mut sent = send(&tunnel.outbound.listeners, opts.bytes, n)?;
     let mut got = tokio::task::spawn_blocking(move || received.join())
         .await?
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
@@ -247,15 +153,12 @@ async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()
         format_rate(total as f64 * 8.0 / elapsed.as_secs_f64())
     );
 
-    say("releasing the session on both gateways");
-    release(&inst_conn, &inbound.uid).await?;
-    release(&hpc_conn, &inbound.uid).await?;
-    drop((hpc_conn, inst_conn));
+    tunnel.release().await?;
     // Stopping waits for the processes; let this runtime close our gRPC
     // connections meanwhile instead of blocking it.
     tokio::task::spawn_blocking(move || {
-        hpc.stop();
-        inst.stop();
+        gateways.hpc.stop();
+        gateways.inst.stop();
     })
     .await?;
 
@@ -266,4 +169,138 @@ async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()
         "OK: every byte arrived intact (byte counts and XXH3 checksums match on all {n} streams)"
     );
     Ok(())
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The two gateways of the demo and the CA both trust.
+struct Gateways {
+    hpc: LocalGateway,
+    inst: LocalGateway,
+    trust: Trust,
+}
+
+/// Makes a throwaway CA and certificates in `work`, and starts both
+/// gateways (each `s2cs` with its `s2ds`) on loopback.
+fn start_gateways(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<Gateways> {
+    let s2cs = match &opts.s2cs_bin {
+        Some(p) => p.clone(),
+        None => sibling_binary("s2cs").context(
+            "s2cs was not found next to s2uc; build the whole workspace first: cargo build --release",
+        )?,
+    };
+    say("generating a throwaway facility CA and gateway certificates");
+    let ca = Ca::new("scistream demo CA")?;
+    let ca_path = work.join("ca.crt");
+    crate::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
+    let names = ["localhost", "127.0.0.1"];
+    let hpc_cert = ca.issue(&names)?.write(work, "hpc")?;
+    let inst_cert = ca.issue(&names)?.write(work, "inst")?;
+
+    say("starting the HPC gateway (s2cs + s2ds) and the instrument gateway");
+    let gateway = |name: &str, range: (u16, u16), cert: &crate::pki::Written| GatewayOptions {
+        s2cs_bin: s2cs.clone(),
+        listener_ip: LOCALHOST,
+        port_range: range,
+        tls: Some((cert.cert.clone(), cert.key.clone())),
+        state_dir: work.join(format!("{name}-state")),
+        log: Some(work.join(format!("{name}-s2cs.log"))),
+        extra_args: vec!["--peer-ca".into(), ca_path.display().to_string()],
+    };
+    let hpc = LocalGateway::start(&gateway("hpc", (5100, 5199), &hpc_cert))
+        .map_err(anyhow::Error::msg)?;
+    let inst = LocalGateway::start(&gateway("inst", (6100, 6199), &inst_cert))
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "    HPC gateway s2cs at {}, instrument gateway s2cs at {}",
+        hpc.control(),
+        inst.control()
+    );
+    Ok(Gateways {
+        hpc,
+        inst,
+        trust: Trust::Root(ca_path),
+    })
+}
+
+/// The session, open on both gateways.
+struct Tunnel {
+    uid: String,
+    outbound: crate::Tunnel,
+    hpc: crate::Connection,
+    inst: crate::Connection,
+}
+
+/// The two requests a user makes, through the real gRPC API.
+async fn open_tunnel(
+    g: &Gateways,
+    opts: &DemoOptions,
+    service_port: u16,
+) -> anyhow::Result<Tunnel> {
+    let n = opts.num_conn;
+    let options = RequestOptions {
+        num_conn: n,
+        rate_kbps: 0,
+    };
+    say(&format!(
+        "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0",
+        g.hpc.control()
+    ));
+    let hpc = connect(&g.hpc.control(), &g.trust, Auth::none()).await?;
+    let inbound = inbound_request(&hpc, "127.0.0.1", &[service_port], &options).await?;
+    let listeners = inbound.listeners.join(",");
+    println!("    uid {}  inbound listeners {listeners}", inbound.uid);
+
+    say(&format!(
+        "s2uc outbound_request --s2cs {} --server_cert ca.crt --num_conn {n} --rate 0 {} {listeners}",
+        g.inst.control(),
+        inbound.uid,
+    ));
+    let inst = connect(&g.inst.control(), &g.trust, Auth::none()).await?;
+    let announce = vec!["127.0.0.1:1".into()];
+    let outbound =
+        outbound_request(&inst, &inbound.uid, inbound.listeners, announce, &options).await?;
+    println!(
+        "    outbound listeners {} (the detector connects here)",
+        outbound.listeners.join(",")
+    );
+    Ok(Tunnel {
+        uid: inbound.uid,
+        outbound,
+        hpc,
+        inst,
+    })
+}
+
+impl Tunnel {
+    async fn release(self) -> anyhow::Result<()> {
+        say("releasing the session on both gateways");
+        release(&self.inst, &self.uid).await?;
+        release(&self.hpc, &self.uid).await?;
+        Ok(())
+    }
+}
+
+/// Sends `bytes` spread over the first `n` listeners, one thread each;
+/// returns what each sent (bytes, XXH3).
+fn send(listeners: &[String], bytes: u64, n: usize) -> anyhow::Result<Vec<(u64, u64)>> {
+    let per_conn = bytes / n as u64;
+    let senders: Vec<_> = listeners
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, l)| {
+            let extra = if i == 0 { bytes % n as u64 } else { 0 };
+            sender(l.clone(), i as u64 + 1, per_conn + extra)
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for s in senders {
+        sent.push(
+            s.join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+                .context("sending through the tunnel")?,
+        );
+    }
+    Ok(sent)
 }

@@ -86,34 +86,10 @@ enum Cmd {
     Bdp(PathArgs),
     /// Measure the round-trip time to HOST:PORT by timed TCP connects (an
     /// open or a closed port both answer within one round trip).
-    Rtt {
-        /// HOST:PORT (a peer gateway's control port, for example).
-        target: String,
-        /// Connects to time.
-        #[arg(long, default_value_t = 10)]
-        count: usize,
-        /// Bound on each connect.
-        #[arg(long, default_value = "2s", value_parser = duration)]
-        timeout: Duration,
-    },
+    Rtt(RttArgs),
     /// Show the sysctl fixes as a diff; with --yes apply them, saving the
     /// previous values for `s2tune revert`.
-    Apply {
-        #[command(flatten)]
-        path: PathArgs,
-        /// Apply (without it: a dry run that only shows the diff).
-        #[arg(long)]
-        yes: bool,
-        /// Also write the values to this sysctl.d file, to survive reboots.
-        #[arg(long, value_name = "PATH")]
-        persist: Option<PathBuf>,
-        /// Only these sysctls (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Where the previous values are saved.
-        #[arg(long, default_value = DEFAULT_STATE)]
-        state: PathBuf,
-    },
+    Apply(ApplyArgs),
     /// Run s2bench over a grid of connections and buffer sizes (and TLS
     /// on/off with --loopback); print a table and the recommended
     /// --num_conn and buffers; write PREFIX.json and PREFIX.svg.
@@ -125,6 +101,36 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATE)]
         state: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct RttArgs {
+    /// HOST:PORT (a peer gateway's control port, for example).
+    target: String,
+    /// Connects to time.
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    /// Bound on each connect.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    path: PathArgs,
+    /// Apply (without it: a dry run that only shows the diff).
+    #[arg(long)]
+    yes: bool,
+    /// Also write the values to this sysctl.d file, to survive reboots.
+    #[arg(long, value_name = "PATH")]
+    persist: Option<PathBuf>,
+    /// Only these sysctls (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where the previous values are saved.
+    #[arg(long, default_value = DEFAULT_STATE)]
+    state: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -257,149 +263,155 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, anyhow::Error> {
     let root = cli.root.as_deref().map(Root::under).unwrap_or_default();
+    let json = cli.json;
     match cli.command {
-        Cmd::Bdp(p) => {
-            let t = p.target();
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(),
-                           "buffer_max_bytes": t.buffer(), "netdev_max_backlog": t.backlog()})
-                );
-            } else {
-                println!("{}", t.explain());
+        Cmd::Bdp(p) => bdp(&p, json),
+        Cmd::Check(p) => check(&root, &p, json),
+        Cmd::Rtt(a) => measure_rtt(&a, json),
+        Cmd::Apply(a) => apply_fixes(&root, a, json),
+        Cmd::Sweep(a) => run_sweep(a, json),
+        Cmd::Revert { state } => revert(&root, &state, json),
+    }
+}
+
+fn bdp(p: &PathArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
+    let t = p.target();
+    if json {
+        println!(
+            "{}",
+            json!({"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(),
+                   "buffer_max_bytes": t.buffer(), "netdev_max_backlog": t.backlog()})
+        );
+    } else {
+        println!("{}", t.explain());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(root: &Root, p: &PathArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
+    let t = p.target();
+    let items = check::evaluate(&Facts::gather(root), &t);
+    if json {
+        println!(
+            "{}",
+            json!({"target": {"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp()},
+                   "items": items})
+        );
+    } else {
+        print!("{}", check::render(&items, &t));
+    }
+    Ok(if items.iter().any(|i| i.status == Status::Fail) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn measure_rtt(a: &RttArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
+    let count = a.count;
+    if count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let progress = |n, s: Option<Duration>| {
+        if !json {
+            match s {
+                Some(d) => eprintln!("  connect {n}/{count}: {}", format_ms(d)),
+                None => eprintln!("  connect {n}/{count}: no answer"),
             }
         }
-        Cmd::Check(p) => {
-            let t = p.target();
-            let items = check::evaluate(&Facts::gather(&root), &t);
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"target": {"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp()},
-                           "items": items})
-                );
-            } else {
-                print!("{}", check::render(&items, &t));
-            }
-            if items.iter().any(|i| i.status == Status::Fail) {
-                return Ok(ExitCode::from(1));
-            }
+    };
+    let pause = Duration::from_millis(100);
+    let report = rtt::measure(&a.target, count, a.timeout, pause, progress)?;
+    let (Some(median), Some(min), Some(max)) = (report.median(), report.min(), report.max()) else {
+        anyhow::bail!("no sample");
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"addr": report.addr.to_string(), "median_s": median.as_secs_f64(),
+                   "min_s": min.as_secs_f64(), "max_s": max.as_secs_f64(),
+                   "samples": report.samples.len(), "timeouts": report.timeouts})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "rtt to {}: median {} (min {}, max {}, {} of {count} connects answered)",
+        report.addr,
+        format_ms(median),
+        format_ms(min),
+        format_ms(max),
+        report.samples.len()
+    );
+    println!(
+        "next: s2tune bdp --rate RATE --rtt {}",
+        format_ms(median).replace(' ', "")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply_fixes(root: &Root, a: ApplyArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
+    let t = a.path.target();
+    let items = check::evaluate(&Facts::gather(root), &t);
+    let known: Vec<&str> = scistream_tuning::host::SYSCTLS.to_vec();
+    if let Some(bad) = a.only.iter().find(|o| !known.contains(&o.as_str())) {
+        anyhow::bail!(
+            "--only {bad}: not a sysctl s2tune manages ({})",
+            known.join(", ")
+        );
+    }
+    let changes = apply::plan(&items, &a.only);
+    if changes.is_empty() {
+        if json {
+            println!("{}", json!({"changes": [], "applied": false}));
+        } else {
+            println!(
+                "Nothing to change: every sysctl s2tune manages already suits {}.",
+                t.describe()
+            );
         }
-        Cmd::Rtt {
-            target,
-            count,
-            timeout,
-        } => {
-            if count == 0 {
-                anyhow::bail!("--count must be at least 1");
-            }
-            let quiet = cli.json;
-            let report = rtt::measure(
-                &target,
-                count,
-                timeout,
-                Duration::from_millis(100),
-                |n, s| {
-                    if !quiet {
-                        match s {
-                            Some(d) => eprintln!("  connect {n}/{count}: {}", format_ms(d)),
-                            None => eprintln!("  connect {n}/{count}: no answer"),
-                        }
-                    }
-                },
-            )?;
-            let (Some(median), Some(min), Some(max)) =
-                (report.median(), report.min(), report.max())
-            else {
-                anyhow::bail!("no sample");
-            };
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"addr": report.addr.to_string(), "median_s": median.as_secs_f64(),
-                           "min_s": min.as_secs_f64(), "max_s": max.as_secs_f64(),
-                           "samples": report.samples.len(), "timeouts": report.timeouts})
-                );
-            } else {
-                println!(
-                    "rtt to {}: median {} (min {}, max {}, {} of {count} connects answered)",
-                    report.addr,
-                    format_ms(median),
-                    format_ms(min),
-                    format_ms(max),
-                    report.samples.len()
-                );
-                println!(
-                    "next: s2tune bdp --rate RATE --rtt {}",
-                    format_ms(median).replace(' ', "")
-                );
-            }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        print!("{}", apply::diff(&changes, &t.describe()));
+    }
+    if a.yes {
+        apply::apply(
+            root,
+            &changes,
+            &a.state,
+            a.persist.as_deref(),
+            &t.describe(),
+        )?;
+    }
+    if json {
+        println!(
+            "{}",
+            json!({"changes": changes, "applied": a.yes, "state": a.state})
+        );
+    } else if a.yes {
+        println!(
+            "Applied {} change(s); previous values saved in {} (s2tune revert restores them){}.",
+            changes.len(),
+            a.state.display(),
+            a.persist
+                .map(|p| format!("; persisted in {}", p.display()))
+                .unwrap_or_default()
+        );
+    } else {
+        println!("Dry run: nothing changed. Add --yes to apply (as root).");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revert(root: &Root, state: &std::path::Path, json: bool) -> Result<ExitCode, anyhow::Error> {
+    let restored = apply::revert(root, state)?;
+    if json {
+        println!("{}", json!({"restored": restored}));
+    } else {
+        for c in &restored {
+            println!("{} = {} (was {})", c.name, c.to, c.from);
         }
-        Cmd::Apply {
-            path,
-            yes,
-            persist,
-            only,
-            state,
-        } => {
-            let t = path.target();
-            let items = check::evaluate(&Facts::gather(&root), &t);
-            let known: Vec<&str> = scistream_tuning::host::SYSCTLS.to_vec();
-            if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
-                anyhow::bail!(
-                    "--only {bad}: not a sysctl s2tune manages ({})",
-                    known.join(", ")
-                );
-            }
-            let changes = apply::plan(&items, &only);
-            if changes.is_empty() {
-                if cli.json {
-                    println!("{}", json!({"changes": [], "applied": false}));
-                } else {
-                    println!(
-                        "Nothing to change: every sysctl s2tune manages already suits {}.",
-                        t.describe()
-                    );
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !cli.json {
-                print!("{}", apply::diff(&changes, &t.describe()));
-            }
-            if yes {
-                apply::apply(&root, &changes, &state, persist.as_deref(), &t.describe())?;
-            }
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"changes": changes, "applied": yes, "state": state})
-                );
-            } else if yes {
-                println!(
-                    "Applied {} change(s); previous values saved in {} (s2tune revert restores them){}.",
-                    changes.len(),
-                    state.display(),
-                    persist
-                        .map(|p| format!("; persisted in {}", p.display()))
-                        .unwrap_or_default()
-                );
-            } else {
-                println!("Dry run: nothing changed. Add --yes to apply (as root).");
-            }
-        }
-        Cmd::Sweep(a) => return run_sweep(a, cli.json),
-        Cmd::Revert { state } => {
-            let restored = apply::revert(&root, &state)?;
-            if cli.json {
-                println!("{}", json!({"restored": restored}));
-            } else {
-                for c in &restored {
-                    println!("{} = {} (was {})", c.name, c.to, c.from);
-                }
-                println!("Reverted {} sysctl(s).", restored.len());
-            }
-        }
+        println!("Reverted {} sysctl(s).", restored.len());
     }
     Ok(ExitCode::SUCCESS)
 }
