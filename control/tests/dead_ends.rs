@@ -288,18 +288,7 @@ fn descriptor_exhaustion_refuses_new_connections_without_crash_or_spin() {
 #[test]
 fn with_v_each_data_connection_logs_inside_its_own_span() {
     let hpc = Gw::start(None, 2, &["-v"]);
-    let inbound = scistream_testkit::s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
-        &hpc.control(),
-        "--insecure",
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        "9",
-        "--num_conn",
-        "1",
-    ]);
+    let inbound = scistream_testkit::s2uc_inbound(&hpc.control(), None, "127.0.0.1", 9, 1);
     let uid = inbound["uid"].as_str().unwrap().to_owned();
     let listener = scistream_testkit::strings(&inbound, "listeners")[0].clone();
     // Not a gateway: its bytes are no preamble, and the refusal is logged.

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scistream_testkit::{Gw, have_root, s2uc_json, strings};
+use scistream_testkit::{Gw, have_root, s2uc_tunnel};
 
 struct Netns {
     name: String,
@@ -169,31 +169,8 @@ fn tunnel(ip: &str) -> (Gw, Gw, String) {
     ];
     let hpc = Gw::start(None, 4, &dp);
     let inst = Gw::start(None, 4, &dp);
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--insecure",
-        "--s2cs",
-        &hpc.control(),
-        "--remote_ip",
-        ip,
-        "--receiver_ports",
-        "7001",
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--insecure",
-        "--s2cs",
-        &inst.control(),
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    let entry = strings(&outbound, "listeners")[0].clone();
+    let t = s2uc_tunnel(&hpc, &inst, None, ip, 7001, 1);
+    let entry = t.outbound[0].clone();
     (hpc, inst, entry)
 }
 

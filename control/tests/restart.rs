@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustix::process::Signal;
 use scistream_client::local::{GatewayOptions, LocalGateway};
 use scistream_testkit::{
-    DigestReceiver, Pki, bin, port_range, refused, s2uc, s2uc_json, send_stream, strings,
+    DigestReceiver, Pki, bin, port_range, refused, s2uc, s2uc_json, s2uc_tunnel_at, send_stream,
 };
 
 fn options(pki: &Pki, name: &str, dir: &Path) -> GatewayOptions {
@@ -45,34 +45,15 @@ fn tunnel(
     inst: &LocalGateway,
     receiver: u16,
 ) -> (String, Vec<String>) {
-    let ca = pki.ca.to_str().unwrap();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
+    let t = s2uc_tunnel_at(
         &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        &receiver.to_string(),
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap().to_owned();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--s2cs",
         &inst.control(),
-        "--server_cert",
-        ca,
-        "--num_conn",
-        "1",
-        &uid,
-        &listeners,
-    ]);
-    (uid, strings(&outbound, "listeners"))
+        Some(&pki.ca),
+        "127.0.0.1",
+        receiver,
+        1,
+    );
+    (t.uid, t.outbound)
 }
 
 fn release(pki: &Pki, gw: &LocalGateway, uid: &str) {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_json, send_stream, strings};
+use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_tunnel, send_stream};
 
 /// The pid of `s2cs`'s child `s2ds`, from /proc.
 fn s2ds_of(s2cs: u32) -> Option<i32> {
@@ -82,35 +82,15 @@ fn a_killed_s2ds_is_replaced_and_queued_connections_are_served() {
     let receiver = DigestReceiver::start();
     let hpc = Gw::start(Some(pki.gateway("hpc")), 8, &[]);
     let inst = Gw::start(Some(pki.gateway("inst")), 8, &[]);
-    let ca = pki.ca.to_str().unwrap();
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
-        &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
+    let t = s2uc_tunnel(
+        &hpc,
+        &inst,
+        Some(&pki.ca),
         "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "4",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--s2cs",
-        &inst.control(),
-        "--server_cert",
-        ca,
-        "--num_conn",
-        "4",
-        uid,
-        &listeners,
-    ]);
-    let entries = strings(&outbound, "listeners");
+        receiver.addr.port(),
+        4,
+    );
+    let entries = t.outbound;
 
     // Four streams running when the outbound gateway's s2ds is killed.
     let running: Vec<_> = entries
@@ -183,35 +163,15 @@ fn an_s2ds_killed_while_starting_does_not_wedge_the_restarts() {
     let receiver = DigestReceiver::start();
     let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
     let inst = Gw::start(Some(pki.gateway("inst")), 4, &[]);
-    let ca = pki.ca.to_str().unwrap();
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
-        &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
+    let t = s2uc_tunnel(
+        &hpc,
+        &inst,
+        Some(&pki.ca),
         "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let outbound = s2uc_json(&[
-        "outbound_request",
-        "--s2cs",
-        &inst.control(),
-        "--server_cert",
-        ca,
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    let entry = strings(&outbound, "listeners")[0].clone();
+        receiver.addr.port(),
+        1,
+    );
+    let entry = t.outbound[0].clone();
     let s2cs = inst.gw.pid().unwrap();
     let mut old = s2ds_of(s2cs).unwrap();
     for _ in 0..3 {

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use scistream_client::{Auth, RequestOptions, Trust};
-use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_json, send_stream, strings};
+use scistream_testkit::{DigestReceiver, Gw, Pki, s2uc_inbound, s2uc_json, send_stream, strings};
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdef00";
@@ -117,20 +117,13 @@ fn s2uc_status_and_list_as_json() {
     let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
     let receiver = DigestReceiver::start();
     let ca = pki.ca.to_str().unwrap();
-    let port = receiver.addr.port().to_string();
-    let inbound = s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
+    let inbound = s2uc_inbound(
         &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
+        Some(&pki.ca),
         "127.0.0.1",
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        "2",
-    ]);
+        receiver.addr.port(),
+        2,
+    );
     let uid = inbound["uid"].as_str().unwrap();
     let v = s2uc_json(&["status", "--s2cs", &hpc.control(), "--server_cert", ca, uid]);
     let s = &v["sessions"][0];

@@ -195,6 +195,38 @@ pub struct TunnelEnds {
     pub outbound: Vec<String>,
 }
 
+/// How `s2uc` trusts a gateway in tests: the CA file, or `--insecure`.
+fn trust_args(ca: Option<&Path>) -> Vec<String> {
+    match ca {
+        Some(ca) => vec!["--server_cert".into(), ca.display().to_string()],
+        None => vec!["--insecure".into()],
+    }
+}
+
+/// Use case 1 with the `s2uc` binary: an inbound request on the gateway
+/// at `control` to receivers at `remote_ip`:`receiver_port`; its JSON answer.
+pub fn s2uc_inbound(
+    control: &str,
+    ca: Option<&Path>,
+    remote_ip: &str,
+    receiver_port: u16,
+    num_conn: usize,
+) -> serde_json::Value {
+    let trust = trust_args(ca);
+    let (port, n) = (receiver_port.to_string(), num_conn.to_string());
+    let mut args = vec!["inbound_request", "--s2cs", control];
+    args.extend(trust.iter().map(String::as_str));
+    args.extend([
+        "--remote_ip",
+        remote_ip,
+        "--receiver_ports",
+        &port,
+        "--num_conn",
+        &n,
+    ]);
+    s2uc_json(&args)
+}
+
 /// Use cases 1 and 2 with the `s2uc` binary: an inbound request on `hpc`
 /// to receivers at `remote_ip`:`receiver_port`, then the outbound request
 /// on `inst`. `ca` is the trust root, or `None` for `--insecure` gateways.
@@ -206,29 +238,31 @@ pub fn s2uc_tunnel(
     receiver_port: u16,
     num_conn: usize,
 ) -> TunnelEnds {
-    let trust: Vec<String> = match ca {
-        Some(ca) => vec!["--server_cert".into(), ca.display().to_string()],
-        None => vec!["--insecure".into()],
-    };
-    let (port, n) = (receiver_port.to_string(), num_conn.to_string());
-    let mut args = vec!["inbound_request", "--s2cs"];
-    let hpc_control = hpc.control();
-    args.push(&hpc_control);
-    args.extend(trust.iter().map(String::as_str));
-    args.extend([
-        "--remote_ip",
+    s2uc_tunnel_at(
+        &hpc.control(),
+        &inst.control(),
+        ca,
         remote_ip,
-        "--receiver_ports",
-        &port,
-        "--num_conn",
-        &n,
-    ]);
-    let inbound = s2uc_json(&args);
+        receiver_port,
+        num_conn,
+    )
+}
+
+/// [`s2uc_tunnel`] between the gateways at these control addresses.
+pub fn s2uc_tunnel_at(
+    hpc: &str,
+    inst: &str,
+    ca: Option<&Path>,
+    remote_ip: &str,
+    receiver_port: u16,
+    num_conn: usize,
+) -> TunnelEnds {
+    let inbound = s2uc_inbound(hpc, ca, remote_ip, receiver_port, num_conn);
     let uid = inbound["uid"].as_str().unwrap().to_owned();
     let inbound = strings(&inbound, "listeners");
-    let joined = inbound.join(",");
-    let inst_control = inst.control();
-    let mut args = vec!["outbound_request", "--s2cs", &inst_control];
+    let (joined, n) = (inbound.join(","), num_conn.to_string());
+    let trust = trust_args(ca);
+    let mut args = vec!["outbound_request", "--s2cs", inst];
     args.extend(trust.iter().map(String::as_str));
     args.extend(["--num_conn", &n, &uid, &joined]);
     let outbound = strings(&s2uc_json(&args), "listeners");
