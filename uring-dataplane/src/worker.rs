@@ -22,7 +22,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::config::Forward;
-use crate::conn::{Conn, ConnState, ListenerChannel, tune};
+use crate::conn::{Conn, ConnCtx, ConnState, ListenerChannel, Next, tune};
 use crate::reactor::{Engine, Event, Reactor, Token};
 use crate::relay::set_reset_on_close;
 use crate::setup::Inbound;
@@ -175,17 +175,17 @@ struct Listener {
 /// The worker's state; lives on its thread.
 #[allow(missing_debug_implementations)]
 pub struct Worker {
-    pub(crate) id: usize,
-    pub(crate) reactor: Box<dyn Reactor>,
+    id: usize,
+    reactor: Box<dyn Reactor>,
     waker: Arc<OwnedFd>,
     commands: mpsc::Receiver<WorkerCommand>,
-    pub(crate) options: WorkerOptions,
+    options: WorkerOptions,
     listeners: Slab<Listener>,
-    pub(crate) conns: Slab<Conn>,
+    conns: Slab<Conn>,
     sessions: HashMap<SessionKey, Rc<Counters>>,
     generation: u32,
     /// Tokens with work left over from their last turn.
-    pub(crate) again: Vec<Token>,
+    again: Vec<Token>,
     /// Listeners paused after an accept error (descriptor exhaustion), with when to retry.
     paused: Vec<(Token, Instant)>,
     /// Setup deadlines of connections.
@@ -711,6 +711,74 @@ impl Worker {
                 );
             }
         }
+    }
+}
+
+impl Worker {
+    /// Takes a connection as far as it can go now.
+    pub(crate) fn drive(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let span = c.span.clone();
+        let _entered = span.enter();
+        let mut ctx = ConnCtx {
+            worker: self.id,
+            reactor: &mut *self.reactor,
+            options: &self.options,
+            again: &mut self.again,
+        };
+        let next = loop {
+            match c.step(slot, &mut ctx) {
+                Next::Again => continue,
+                other => break other,
+            }
+        };
+        if let Next::Close { reset } = next {
+            self.close_conn(slot, reset);
+        }
+    }
+
+    /// Starts connecting a raw or outbound connection to its target.
+    fn connect_target(&mut self, slot: usize) -> Result<(), String> {
+        let c = self.conns.get_mut(slot).ok_or("connection vanished")?;
+        let mut ctx = ConnCtx {
+            worker: self.id,
+            reactor: &mut *self.reactor,
+            options: &self.options,
+            again: &mut self.again,
+        };
+        c.connect_target(slot, &mut ctx)
+    }
+
+    /// Refuses a connection during setup (see [`Conn::refuse`]) and resets it.
+    fn reject(&mut self, slot: usize, reason: &str) {
+        if let Some(c) = self.conns.get(slot) {
+            c.refuse(self.id, reason);
+        }
+        self.close_conn(slot, true);
+    }
+
+    /// Closes a connection; with `reset`, both peers get a reset.
+    pub(crate) fn close_conn(&mut self, slot: usize, reset: bool) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        let c = self.conns.remove(slot);
+        self.reactor
+            .deregister(c.client.as_fd(), token(Kind::Client, slot, c.generation));
+        if reset {
+            set_reset_on_close(&c.client);
+        }
+        if let Some(target) = &c.target {
+            self.reactor
+                .deregister(target.as_fd(), token(Kind::Target, slot, c.generation));
+            if reset {
+                set_reset_on_close(target);
+            }
+        }
+        let open = c.counters.conns_open.get();
+        c.counters.conns_open.set(open.saturating_sub(1));
     }
 }
 
