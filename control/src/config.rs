@@ -330,6 +330,10 @@ pub struct Config {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Cluster mode (etcd); off unless `--cluster` is given.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterOptions,
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare `PORT` on loopback.

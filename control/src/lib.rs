@@ -8,6 +8,7 @@
 
 pub(crate) mod access;
 pub(crate) mod auth;
+pub(crate) mod cluster;
 pub mod compat;
 pub mod config;
 pub mod config_file;

@@ -3,19 +3,28 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod etcd;
 pub mod oauth;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
+
 use std::sync::atomic::{AtomicU16, Ordering};
+
 use std::sync::mpsc;
+
 use std::thread::JoinHandle;
+
 use std::time::Duration;
 
 pub use scistream_client::local::{GatewayOptions, LocalGateway};
+
 use scistream_client::payload::{Digest, Generator};
+
 use scistream_client::pki::Ca;
 
 /// A built binary of this workspace (`s2cs`, `s2ds`, `s2uc`, ...).

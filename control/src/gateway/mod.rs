@@ -80,6 +80,9 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("control service failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Cluster mode: etcd could not be used.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Validates what `run` would load — certificates, keys, the data
@@ -123,16 +126,49 @@ pub async fn run(
         dataplane,
         state.store.clone(),
     ));
+    let cluster = files.cluster.clone();
     let gateway = serve::Gateway::new(&config, files, registry, supervisor);
     recover(gateway.registry(), state.stored, &attached).await;
+    let cluster = match cluster {
+        Some(settings) => Some(join_cluster(&config, &ports, settings).await?),
+        None => None,
+    };
     info!(
         control = %ports.control_addr,
+        cluster = ?cluster.as_ref().map(|c| c.name()),
         state_dir = %state.dir.display(),
         listener_ip = %config.listener_ip,
         port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),
         "s2cs ready"
     );
-    gateway.serve(ports, shutdown, on_listening).await
+    let result = gateway.serve(ports, shutdown, on_listening).await;
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
+    result
+}
+
+/// Cluster mode: registers this node in etcd (after recovery, so that a
+/// node is listed only once it serves).
+async fn join_cluster(
+    config: &Config,
+    ports: &Ports,
+    settings: crate::cluster::ClusterSettings,
+) -> Result<crate::cluster::Cluster, RunError> {
+    let control = match ports.control_addr {
+        a if a.ip().is_unspecified() => SocketAddr::new(config.listener_ip, a.port()),
+        a => a,
+    };
+    let record = crate::cluster::membership::NodeRecord {
+        node: settings.node.clone(),
+        listener_ip: config.listener_ip,
+        control,
+        capacity_bps: config.capacity,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        data_plane: "up".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    Ok(crate::cluster::Cluster::join(settings, record).await?)
 }
 
 /// What start-up reads from files and options before binding anything.
@@ -145,6 +181,8 @@ struct Files {
     data_tls: Option<DataTls>,
     auth: Arc<Authenticator>,
     access: Arc<Access>,
+    /// Cluster mode's settings; `None` for a single node.
+    cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Files {
@@ -170,12 +208,14 @@ impl Files {
         let (access, w) =
             crate::auth::setup::access(config, auth.mode()).map_err(RunError::Auth)?;
         warnings.extend(w);
+        let cluster = config.cluster.settings().map_err(RunError::Config)?;
         let files = Files {
             control_tls,
             control_cert: (config.server_crt.clone(), config.server_key.clone()),
             data_tls,
             auth: Arc::new(auth),
             access: Arc::new(access),
+            cluster,
         };
         Ok((files, warnings))
     }

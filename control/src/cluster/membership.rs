@@ -1,0 +1,306 @@
+//! Membership: each node registers itself under an etcd lease it keeps
+//! alive, and watches the others come and go. A node that dies or is cut
+//! off from etcd disappears when its lease expires (`--etcd-lease-ttl`);
+//! a node that loses etcd and gets it back registers again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::ClusterError;
+use super::options::ClusterSettings;
+
+/// What a node says about itself in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeRecord {
+    pub(crate) node: String,
+    /// Where its data listeners are (advertised to clients).
+    pub(crate) listener_ip: IpAddr,
+    /// Its control service.
+    pub(crate) control: SocketAddr,
+    /// `--capacity` in bit/s, if set.
+    pub(crate) capacity_bps: Option<u64>,
+    /// CPUs its data plane may use.
+    pub(crate) cores: usize,
+    /// `up` while its `s2ds` runs.
+    pub(crate) data_plane: String,
+    pub(crate) version: String,
+}
+
+/// The nodes registered now, as this node's watch sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    nodes: RwLock<BTreeMap<String, NodeRecord>>,
+}
+
+impl Members {
+    /// The live nodes' names, for log lines.
+    fn names(&self) -> Vec<String> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.keys().cloned().collect()
+    }
+
+    fn set(&self, nodes: BTreeMap<String, NodeRecord>) {
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+    }
+
+    /// Records a change; returns whether the node is new.
+    fn put(&self, record: NodeRecord) -> bool {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        nodes.insert(record.node.clone(), record).is_none()
+    }
+
+    fn remove(&self, node: &str) -> bool {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        nodes.remove(node).is_some()
+    }
+}
+
+/// Where this cluster's keys live in etcd.
+pub(crate) fn prefix(cluster: &str) -> String {
+    format!("/scistream/{cluster}/")
+}
+
+fn nodes_prefix(cluster: &str) -> String {
+    format!("{}nodes/", prefix(cluster))
+}
+
+/// Bounds an etcd call: its error, or a timeout, names what was tried.
+pub(crate) async fn bounded<T>(
+    what: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterError::Call { what, source }),
+        Err(_) => Err(ClusterError::Timeout {
+            what,
+            after: timeout,
+        }),
+    }
+}
+
+/// This node's registration: its lease, renewed by [`Registration::keep`].
+pub(crate) struct Registration {
+    client: Client,
+    settings: ClusterSettings,
+    record: NodeRecord,
+    /// The lease now (a new one after each registration); shared with
+    /// [`super::Cluster`] to revoke it on leaving.
+    lease: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("settings", &self.settings)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration {
+    /// Registers the node under a new lease. Taking over a name that is
+    /// still registered (this node's previous run, or another `s2cs` given
+    /// the same `--node`) is allowed, and said.
+    pub(crate) async fn register(
+        client: Client,
+        settings: ClusterSettings,
+        record: NodeRecord,
+    ) -> Result<Registration, ClusterError> {
+        let mut r = Registration {
+            client,
+            settings,
+            record,
+            lease: Arc::new(AtomicI64::new(0)),
+        };
+        r.put_record().await?;
+        Ok(r)
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}{}",
+            nodes_prefix(&self.settings.cluster),
+            self.record.node
+        )
+    }
+
+    async fn put_record(&mut self) -> Result<(), ClusterError> {
+        let t = self.settings.timeout;
+        let key = self.key();
+        let old = bounded(
+            "read this node's key",
+            t,
+            self.client.get(key.clone(), None),
+        )
+        .await?;
+        if !old.kvs().is_empty() {
+            warn!(node = %self.record.node, "this node name was registered already (a previous run, or another s2cs with the same --node); taking it over");
+        }
+        let ttl = self.settings.lease_ttl.as_secs().max(2) as i64;
+        let lease = bounded("grant a lease", t, self.client.lease_grant(ttl, None)).await?;
+        let value = serde_json::to_vec(&self.record).map_err(ClusterError::Encode)?;
+        let options = PutOptions::new().with_lease(lease.id());
+        bounded(
+            "register this node",
+            t,
+            self.client.put(key, value, Some(options)),
+        )
+        .await?;
+        self.lease.store(lease.id(), Ordering::Relaxed);
+        info!(cluster = %self.settings.cluster, node = %self.record.node, ttl_s = ttl, "registered in the cluster");
+        Ok(())
+    }
+
+    /// Keeps the lease alive for as long as the future runs; when etcd is
+    /// lost, retries every second and registers again once it is back.
+    pub(crate) async fn keep(mut self) {
+        loop {
+            let e = self.keep_alive().await;
+            warn!(error = %e, "lost the cluster registration; registering again when etcd answers");
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match self.put_record().await {
+                    Ok(()) => break,
+                    Err(e) => warn!(error = %e, "etcd still unavailable"),
+                }
+            }
+        }
+    }
+
+    /// Renews the lease every third of its time to live until that fails.
+    async fn keep_alive(&mut self) -> ClusterError {
+        let t = self.settings.timeout;
+        let lease = self.lease.load(Ordering::Relaxed);
+        let (mut keeper, mut answers) = match bounded(
+            "keep the lease alive",
+            t,
+            self.client.lease_keep_alive(lease),
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(e) => return e,
+        };
+        let every = self.settings.lease_ttl / 3;
+        loop {
+            if let Err(e) = bounded("renew the lease", t, keeper.keep_alive()).await {
+                return e;
+            }
+            match bounded("renew the lease", t, answers.message()).await {
+                Ok(Some(a)) if a.ttl() > 0 => {}
+                Ok(_) => return ClusterError::LeaseExpired,
+                Err(e) => return e,
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Leaves the cluster at once (graceful stop): the lease is revoked, so
+    /// the other nodes see this one go now rather than after its TTL.
+    pub(crate) async fn leave(client: &mut Client, lease: i64, timeout: Duration) {
+        match bounded("revoke the lease", timeout, client.lease_revoke(lease)).await {
+            Ok(_) => info!("left the cluster"),
+            Err(e) => {
+                warn!(error = %e, "could not leave the cluster cleanly; the other nodes see this one go when its lease expires")
+            }
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Arc<AtomicI64> {
+        self.lease.clone()
+    }
+}
+
+/// Keeps `members` up to date from etcd: a full read, then a watch from
+/// that revision; after an error, a fresh read.
+pub(crate) async fn watch_members(
+    mut client: Client,
+    settings: ClusterSettings,
+    members: Arc<Members>,
+) {
+    let prefix = nodes_prefix(&settings.cluster);
+    loop {
+        if let Err(e) = watch_once(&mut client, &prefix, settings.timeout, &members).await {
+            warn!(error = %e, "watching the cluster's nodes failed; watching again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch_once(
+    client: &mut Client,
+    prefix: &str,
+    timeout: Duration,
+    members: &Members,
+) -> Result<(), ClusterError> {
+    let all = GetOptions::new().with_prefix();
+    let now = bounded(
+        "read the cluster's nodes",
+        timeout,
+        client.get(prefix, Some(all)),
+    )
+    .await?;
+    let nodes = now
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<NodeRecord>(kv.value()).ok())
+        .map(|r| (r.node.clone(), r))
+        .collect();
+    members.set(nodes);
+    info!(nodes = ?members.names(), "cluster nodes");
+    let revision = now.header().map(|h| h.revision()).unwrap_or(0);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = bounded(
+        "watch the cluster's nodes",
+        timeout,
+        client.watch(prefix, Some(options)),
+    )
+    .await?;
+    while let Some(answer) = stream
+        .message()
+        .await
+        .map_err(|source| ClusterError::Call {
+            what: "watch the cluster's nodes",
+            source,
+        })?
+    {
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            let name = kv
+                .key_str()
+                .unwrap_or_default()
+                .trim_start_matches(prefix)
+                .to_owned();
+            match event.event_type() {
+                EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
+                    Ok(r) => {
+                        if members.put(r) {
+                            info!(node = %name, nodes = ?members.names(), "a node joined the cluster");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(node = %name, error = %e, "a node's record is not readable; ignored")
+                    }
+                },
+                EventType::Delete => {
+                    if members.remove(&name) {
+                        info!(node = %name, nodes = ?members.names(), "a node left the cluster (it stopped, or its lease expired)");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

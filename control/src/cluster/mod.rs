@@ -1,0 +1,140 @@
+//! Cluster mode: one gateway spread over several `s2cs` nodes, coordinated
+//! through etcd (`--cluster NAME --etcd URL… --node NAME`).
+//!
+//! What is here now: each node registers itself under a lease it keeps
+//! alive and watches the other nodes ([`membership`]). Single-node mode
+//! (no `--cluster`) does not touch etcd at all. See docs/CLUSTER.md for
+//! what a cluster does today and what comes next.
+
+pub(crate) mod membership;
+pub(crate) mod options;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use membership::{Members, NodeRecord, Registration, bounded};
+pub use options::ClusterOptions;
+pub(crate) use options::ClusterSettings;
+
+/// What went wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd could not be reached or refused the call.
+    #[error("etcd: cannot {what}: {source}")]
+    Call {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: etcd_client::Error,
+    },
+    /// etcd did not answer in time (quorum lost, or unreachable).
+    #[error("etcd: cannot {what}: no answer within {after:?} (is etcd up, with a quorum?)")]
+    Timeout {
+        /// What was being done.
+        what: &'static str,
+        /// The bound (`--etcd-timeout`).
+        after: Duration,
+    },
+    /// This node's lease expired before it was renewed.
+    #[error("etcd: this node's lease expired before it was renewed")]
+    LeaseExpired,
+    /// A TLS file for etcd could not be read.
+    #[error("etcd TLS: cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("etcd: cannot encode a record: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// This node's membership while `s2cs` runs.
+pub(crate) struct Cluster {
+    client: Client,
+    settings: ClusterSettings,
+    lease: Arc<std::sync::atomic::AtomicI64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to etcd, registers this node and starts keeping its lease
+    /// alive and watching the other nodes. Fails (naming etcd) when etcd
+    /// does not answer within `--etcd-timeout`.
+    pub(crate) async fn join(
+        settings: ClusterSettings,
+        record: NodeRecord,
+    ) -> Result<Cluster, ClusterError> {
+        let client = connect(&settings).await?;
+        let registration = Registration::register(client.clone(), settings.clone(), record).await?;
+        let lease = registration.lease();
+        let members = Arc::new(Members::default());
+        let watch = membership::watch_members(client.clone(), settings.clone(), members.clone());
+        let tasks = vec![tokio::spawn(registration.keep()), tokio::spawn(watch)];
+        Ok(Cluster {
+            client,
+            settings,
+            lease,
+            tasks,
+        })
+    }
+
+    /// The cluster's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.settings.cluster
+    }
+
+    /// Leaves the cluster: the registration is revoked at once.
+    pub(crate) async fn leave(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let lease = self.lease.load(Ordering::Relaxed);
+        Registration::leave(&mut self.client, lease, self.settings.timeout).await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A client of the etcd members, with TLS when a CA is given.
+async fn connect(settings: &ClusterSettings) -> Result<Client, ClusterError> {
+    let t = settings.timeout;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(t)
+        .with_keep_alive(Duration::from_secs(5), t);
+    if let Some(ca) = &settings.ca {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = &settings.identity {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    let endpoints = settings.endpoints.clone();
+    bounded("connect", t, Client::connect(endpoints, Some(options))).await
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ClusterError> {
+    std::fs::read(path).map_err(|source| ClusterError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
+}

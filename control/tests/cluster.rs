@@ -1,0 +1,188 @@
+//! Cluster mode, membership (issue 18, first step): nodes register in a
+//! real etcd under a lease, see each other come and go, leave at once on a
+//! graceful stop, disappear when killed, register again when etcd comes
+//! back; a node that cannot reach etcd does not start, and says why.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use scistream_testkit::etcd::{Etcd, have_etcd};
+use scistream_testkit::{Gw, bin};
+
+const PREFIX: &str = "/scistream/gw/nodes/";
+
+fn node(etcd: &Etcd, name: &str) -> Gw {
+    Gw::start(
+        None,
+        4,
+        &[
+            "--insecure",
+            "--cluster",
+            "gw",
+            "--etcd",
+            &etcd.url(),
+            "--node",
+            name,
+            "--etcd-lease-ttl",
+            "2s",
+            "--etcd-timeout",
+            "2s",
+        ],
+    )
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn registered(etcd: &Etcd) -> Vec<String> {
+    etcd.get_prefix(PREFIX)
+        .into_iter()
+        .map(|(k, _)| k.trim_start_matches(PREFIX).to_owned())
+        .collect()
+}
+
+#[test]
+fn nodes_register_see_each_other_and_leave() {
+    if !have_etcd("nodes_register_see_each_other_and_leave") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = node(&etcd, "a");
+    let b = node(&etcd, "b");
+    wait_for("both nodes registered", Duration::from_secs(10), || {
+        registered(&etcd) == ["a", "b"]
+    });
+    // Each record says where the node's control service is.
+    let records = etcd.get_prefix(PREFIX);
+    let a_record: serde_json::Value = serde_json::from_str(&records[0].1).unwrap();
+    assert_eq!(a_record["node"], "a");
+    let a_port = a.control().rsplit(':').next().unwrap().to_owned();
+    assert!(
+        a_record["control"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{a_port}")),
+        "{a_record}"
+    );
+    // a sees b join (b registered after a's watch started).
+    wait_for("a's log to show b joining", Duration::from_secs(10), || {
+        a.log().contains("a node joined the cluster") && a.log().contains("node=b")
+    });
+
+    // Killed: gone when its lease expires (2 s), and b says so.
+    let pid = a.gw.pid().unwrap();
+    let s2ds = scistream_testkit::s2ds_pid(pid);
+    let kill = |p: u32| {
+        Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
+    };
+    kill(pid);
+    kill(s2ds);
+    let killed = Instant::now();
+    wait_for(
+        "a's registration to expire",
+        Duration::from_secs(10),
+        || registered(&etcd) == ["b"],
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_millis(500),
+        "expired by its lease, not at once"
+    );
+    wait_for("b's log to show a leaving", Duration::from_secs(5), || {
+        b.log().contains("a node left the cluster")
+    });
+
+    // Graceful stop: the lease is revoked, so the node leaves at once.
+    let log = b.log();
+    drop(b);
+    assert!(registered(&etcd).is_empty(), "b left on stop:\n{log}");
+}
+
+#[test]
+fn a_node_registers_again_when_etcd_comes_back() {
+    if !have_etcd("a_node_registers_again_when_etcd_comes_back") {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let a = node(&etcd, "a");
+    wait_for("a registered", Duration::from_secs(10), || {
+        registered(&etcd) == ["a"]
+    });
+    etcd.kill();
+    // Longer than the lease: when etcd returns, the old lease has expired.
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.restart();
+    wait_for("a registered again", Duration::from_secs(20), || {
+        registered(&etcd) == ["a"]
+    });
+    wait_for("a's log to say so", Duration::from_secs(5), || {
+        a.log().matches("registered in the cluster").count() >= 2
+    });
+    assert!(
+        a.log().contains("lost the cluster registration"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn without_etcd_a_node_does_not_start_and_names_etcd() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(bin("s2cs"))
+        .args(["--insecure", "--port", "0", "--listener-ip", "127.0.0.1"])
+        .args([
+            "--cluster",
+            "gw",
+            "--node",
+            "a",
+            "--etcd",
+            &url,
+            "--etcd-timeout",
+            "1s",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot join the cluster: etcd"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded in time"
+    );
+}
+
+#[test]
+fn check_config_refuses_half_a_cluster_configuration() {
+    for (args, want) in [
+        (vec!["--etcd", "127.0.0.1:2379"], "--cluster"),
+        (vec!["--cluster", "gw"], "--etcd"),
+        (vec!["--cluster", "gw", "--etcd", "127.0.0.1"], "HOST:PORT"),
+        (
+            vec!["--cluster", "gw", "--etcd", "https://127.0.0.1:2379"],
+            "--etcd-ca",
+        ),
+    ] {
+        let out = Command::new(bin("s2cs"))
+            .args(["--insecure", "--check-config", "--state-dir", "/tmp/unused"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
