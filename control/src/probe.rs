@@ -146,7 +146,9 @@ fn gateway_name(name: &str, addr: SocketAddr) -> String {
 }
 
 /// One probe per distinct inbound gateway (host and address) among the
-/// `targets` of session `uid`, all at once. Without a probe, nothing is checked.
+/// `targets` of session `uid`, all at once. Refused only when none can be
+/// used (connections fail over between a session's targets); gateways that
+/// cannot are logged. Without a probe, nothing is checked.
 pub async fn check_inbound_gateways(
     probe: Option<&PeerProbe>,
     uid: &str,
@@ -167,16 +169,27 @@ pub async fn check_inbound_gateways(
             (gateway_name(&t.server_name, t.addr), r)
         });
     }
+    let probed = probes.len();
+    let mut failed = Vec::new();
     while let Some(done) = probes.join_next().await {
         let Ok((gateway, result)) = done else {
             continue;
         };
         if let Err(why) = result {
-            return Err(ControlError::FailedPrecondition(format!(
+            failed.push(format!(
                 "the inbound gateway {gateway} cannot be used: {}",
                 crate::logsafe::escape(&why)
-            )));
+            ));
         }
+    }
+    // Connections fail over to the session's other targets, so the session
+    // is refused only when no inbound gateway can be used at all.
+    if !failed.is_empty() && failed.len() == probed {
+        failed.sort();
+        return Err(ControlError::FailedPrecondition(failed.join("; ")));
+    }
+    for why in &failed {
+        tracing::warn!("{why}; its connections will use the session's other targets");
     }
     Ok(())
 }

@@ -48,8 +48,10 @@ pub enum ListenerChannel {
         tls: bool,
         /// The session uid to present.
         uid: Arc<str>,
-        /// The name the peer's certificate must carry.
-        server_name: String,
+        /// Every target of the session (the inbound gateways' listeners):
+        /// listener `i` goes to `targets[i]` first, and to the others in
+        /// turn when that one fails during setup.
+        targets: Arc<[scistream_protocol::Target]>,
     },
 }
 
@@ -64,12 +66,10 @@ impl std::fmt::Debug for ListenerChannel {
                 .field("tls", tls)
                 .field("client_cert", client_cert)
                 .finish_non_exhaustive(),
-            ListenerChannel::ToPeer {
-                tls, server_name, ..
-            } => f
+            ListenerChannel::ToPeer { tls, targets, .. } => f
                 .debug_struct("ToPeer")
                 .field("tls", tls)
-                .field("server_name", server_name)
+                .field("targets", &targets.len())
                 .finish_non_exhaustive(),
         }
     }
@@ -122,6 +122,10 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Where it goes.
     pub target_addr: SocketAddr,
+    /// Outbound: which of the session's targets `target_addr` is.
+    pub target_index: usize,
+    /// Outbound: targets tried so far (setup failures move to the next).
+    pub attempts: usize,
     /// Where it is in its life.
     pub state: ConnState,
     /// Slot generation.

@@ -42,8 +42,8 @@ fn failed(message: impl Into<String>) -> Outcome {
     }
 }
 
-/// The channel of listener `index` of a session.
-fn listener_channel(spec: &SessionSpec, index: usize) -> ListenerChannel {
+/// The channel of a session's listeners.
+fn listener_channel(spec: &SessionSpec) -> ListenerChannel {
     let uid: std::sync::Arc<str> = spec.key.uid.as_str().into();
     match &spec.channel {
         DataChannel::Raw => ListenerChannel::Raw,
@@ -55,11 +55,7 @@ fn listener_channel(spec: &SessionSpec, index: usize) -> ListenerChannel {
         DataChannel::ToPeer { tls } => ListenerChannel::ToPeer {
             tls: *tls,
             uid,
-            server_name: spec
-                .targets
-                .get(index)
-                .map(|t| t.server_name.clone())
-                .unwrap_or_default(),
+            targets: spec.targets.clone().into(),
         },
     }
 }
@@ -198,7 +194,7 @@ impl DataPlane {
                 fd,
                 target: target.addr,
                 rate,
-                channel: listener_channel(&spec, index),
+                channel: listener_channel(&spec),
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {

@@ -392,13 +392,14 @@ impl Worker {
                 let _ = done.send(result);
             }
             WorkerCommand::SetTargets { key, targets, done } => {
+                let all: std::sync::Arc<[Target]> = targets.clone().into();
                 for (_, l) in self.listeners.iter_mut().filter(|(_, l)| l.key == key) {
                     let Some(t) = targets.get(l.index) else {
                         continue;
                     };
                     l.target = t.addr;
-                    if let ListenerChannel::ToPeer { server_name, .. } = &mut l.channel {
-                        server_name.clone_from(&t.server_name);
+                    if let ListenerChannel::ToPeer { targets, .. } = &mut l.channel {
+                        *targets = all.clone();
                     }
                 }
                 let _ = done.send(Ok(()));
@@ -633,6 +634,8 @@ impl Worker {
             target: None,
             peer,
             target_addr,
+            target_index: index,
+            attempts: 1,
             state,
             generation,
             counters,
@@ -703,7 +706,7 @@ impl Worker {
             let expired = self.conns.get(slot).is_some_and(|c| {
                 c.generation == generation && c.deadline.is_some_and(|d| d <= now)
             });
-            if expired {
+            if expired && !self.fail_over_after_timeout(slot) {
                 let secs = self.options.handshake_timeout.as_secs_f32();
                 self.reject(
                     slot,
@@ -739,7 +742,9 @@ impl Worker {
         }
     }
 
-    /// Starts connecting a raw or outbound connection to its target.
+    /// Starts connecting a raw or outbound connection to its target (an
+    /// outbound one to the session's next target if that one cannot even
+    /// be tried).
     fn connect_target(&mut self, slot: usize) -> Result<(), String> {
         let c = self.conns.get_mut(slot).ok_or("connection vanished")?;
         let mut ctx = ConnCtx {
@@ -748,7 +753,38 @@ impl Worker {
             options: &self.options,
             again: &mut self.again,
         };
-        c.connect_target(slot, &mut ctx)
+        match c.connect_target(slot, &mut ctx) {
+            Ok(()) => Ok(()),
+            Err(e) => match c.fail_over(slot, &mut ctx, &e) {
+                Some(_) => Ok(()),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// An outbound connection whose setup timed out tries the session's
+    /// next target, with a new deadline; `false` when none is left.
+    fn fail_over_after_timeout(&mut self, slot: usize) -> bool {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let mut ctx = ConnCtx {
+            worker: self.id,
+            reactor: &mut *self.reactor,
+            options: &self.options,
+            again: &mut self.again,
+        };
+        let secs = self.options.handshake_timeout.as_secs_f32();
+        let why = format!("setup did not finish within {secs} s");
+        if c.fail_over(slot, &mut ctx, &why).is_none() {
+            return false;
+        }
+        let at = Instant::now() + self.options.handshake_timeout;
+        c.deadline = Some(at);
+        self.timers
+            .push(Reverse((at, token(Kind::Client, slot, c.generation))));
+        self.drive(slot);
+        true
     }
 
     /// Refuses a connection during setup (see [`Conn::refuse`]) and resets it.

@@ -53,6 +53,36 @@ impl Conn {
         Ok(())
     }
 
+    /// Outbound, before any byte moved: the target failed (refused,
+    /// unreachable, timed out, TLS or preamble refused), so the connection
+    /// tries the session's next target, in turn, until each was tried once.
+    /// `None` when none is left (or the connection is not outbound).
+    pub(crate) fn fail_over(&mut self, slot: usize, ctx: &mut ConnCtx, why: &str) -> Option<Next> {
+        let ListenerChannel::ToPeer { targets, .. } = &self.channel else {
+            return None;
+        };
+        let targets = targets.clone();
+        while self.attempts < targets.len() {
+            if let Some(old) = self.target.take() {
+                ctx.reactor
+                    .deregister(old.as_fd(), token(Kind::Target, slot, self.generation));
+            }
+            let failed = self.target_addr;
+            self.target_index = (self.target_index + 1) % targets.len();
+            self.attempts += 1;
+            self.target_addr = targets[self.target_index].addr;
+            warn!(worker = ctx.worker, session = %self.key, %failed, next = %self.target_addr, reason = why, "a target failed; trying the session's next target");
+            self.state = ConnState::Connecting(None);
+            match self.connect_target(slot, ctx) {
+                Ok(()) => return Some(Next::Again),
+                Err(e) => {
+                    warn!(worker = ctx.worker, session = %self.key, target = %self.target_addr, error = %e, "cannot connect to the next target either")
+                }
+            }
+        }
+        None
+    }
+
     /// Refuses the connection during setup: counted, one log line without
     /// secrets (never the uid presented); the caller closes it with a
     /// reset. Past a few lines in 10 s the lines are summed up instead
@@ -78,8 +108,8 @@ impl Conn {
         let state = std::mem::replace(&mut self.state, ConnState::Connecting(None));
         match state {
             ConnState::Preamble(inbound) => self.read_preamble(slot, ctx, inbound),
-            ConnState::Connecting(inbound) => self.connecting(ctx, inbound),
-            ConnState::Offering(outbound) => self.offer(ctx, outbound),
+            ConnState::Connecting(inbound) => self.connecting(slot, ctx, inbound),
+            ConnState::Offering(outbound) => self.offer(slot, ctx, outbound),
             ConnState::Relaying { relay, counted } => self.relay(slot, ctx, relay, counted),
         }
     }
@@ -101,7 +131,12 @@ impl Conn {
     }
 
     /// Waiting for the target's connect to complete.
-    fn connecting(&mut self, ctx: &mut ConnCtx, inbound: Option<Box<Inbound>>) -> Next {
+    fn connecting(
+        &mut self,
+        slot: usize,
+        ctx: &mut ConnCtx,
+        inbound: Option<Box<Inbound>>,
+    ) -> Next {
         let Some(target) = self.target.as_ref() else {
             self.state = ConnState::Connecting(inbound);
             return Next::Wait;
@@ -112,6 +147,11 @@ impl Conn {
                 Next::Wait
             }
             ConnectResult::Failed(e) => {
+                if inbound.is_none() {
+                    if let Some(next) = self.fail_over(slot, ctx, &e.to_string()) {
+                        return next;
+                    }
+                }
                 bump(&self.counters.errors, 1);
                 warn!(worker = ctx.worker, session = %self.key, peer = %self.peer, target = %self.target_addr, error = %e, "target refused or unreachable; closing the client");
                 if let Some(mut inbound) = inbound {
@@ -124,7 +164,7 @@ impl Conn {
     }
 
     /// Outbound: TLS handshake and preamble to the inbound gateway.
-    fn offer(&mut self, ctx: &mut ConnCtx, mut outbound: Box<Outbound>) -> Next {
+    fn offer(&mut self, slot: usize, ctx: &mut ConnCtx, mut outbound: Box<Outbound>) -> Next {
         let Some(target) = self.target.as_ref() else {
             return Next::Close { reset: true };
         };
@@ -134,7 +174,11 @@ impl Conn {
                 Next::Wait
             }
             Step::Failed(reason) | Step::Refuse(_, reason) => {
-                self.refuse(ctx.worker, &format!("to the inbound gateway: {reason}"))
+                let reason = format!("to the inbound gateway: {reason}");
+                match self.fail_over(slot, ctx, &reason) {
+                    Some(next) => next,
+                    None => self.refuse(ctx.worker, &reason),
+                }
             }
             Step::Done(early) => {
                 let clean = outbound.at_record_boundary() && early.is_empty();
@@ -250,19 +294,17 @@ impl Conn {
     fn connected(&mut self, ctx: &mut ConnCtx, inbound: Option<Box<Inbound>>) -> Next {
         match (inbound, self.channel.clone()) {
             (Some(inbound), _) => self.accept_peer(ctx, inbound),
-            (
-                None,
-                ListenerChannel::ToPeer {
-                    tls,
-                    uid,
-                    server_name,
-                },
-            ) => {
+            (None, ListenerChannel::ToPeer { tls, uid, targets }) => {
+                // The inbound listener this target is answers to its own index.
                 let preamble = Preamble {
                     flags: if tls { FLAG_TLS } else { 0 },
-                    conn_index: self.listener as u16,
+                    conn_index: self.target_index as u16,
                     uid: uid.to_string(),
                 };
+                let server_name = targets
+                    .get(self.target_index)
+                    .map(|t| t.server_name.clone())
+                    .unwrap_or_default();
                 let config = match (tls, ctx.options.tls.client()) {
                     (false, _) => None,
                     (true, Some(config)) => Some((config, server_name.as_str())),
