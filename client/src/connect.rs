@@ -36,6 +36,9 @@ impl Trust {
 #[derive(Clone)]
 pub struct Auth {
     header: MetadataValue<tonic::metadata::Ascii>,
+    /// Mark the call as this client's (`false` only when relaying a call
+    /// that came without the mark).
+    mark: bool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -54,6 +57,7 @@ impl Auth {
     pub fn none() -> Self {
         Auth {
             header: MetadataValue::from_static("INVALID_TOKEN"),
+            mark: true,
         }
     }
 
@@ -64,7 +68,14 @@ impl Auth {
         let header = token.parse().map_err(|_| {
             ClientError::Input("the stored token holds characters not allowed in a header".into())
         })?;
-        Ok(Auth { header })
+        Ok(Auth { header, mark: true })
+    }
+
+    /// A call relayed as it came: its `authorization` value, and the
+    /// client mark only if it carried one (a cluster node passing a call
+    /// on to the node that holds the session).
+    pub fn relayed(header: MetadataValue<tonic::metadata::Ascii>, mark: bool) -> Self {
+        Auth { header, mark }
     }
 }
 
@@ -76,10 +87,12 @@ impl Interceptor for Auth {
         request
             .metadata_mut()
             .insert("authorization", self.header.clone());
-        request.metadata_mut().insert(
-            scistream_protocol::CLIENT_HEADER,
-            MetadataValue::from_static(CLIENT_MARK),
-        );
+        if self.mark {
+            request.metadata_mut().insert(
+                scistream_protocol::CLIENT_HEADER,
+                MetadataValue::from_static(CLIENT_MARK),
+            );
+        }
         Ok(request)
     }
 }

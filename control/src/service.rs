@@ -1,5 +1,6 @@
 //! The `scistream.Control` gRPC service: thin glue from tonic to the [`Registry`].
 
+use crate::cluster::relay::{Relay, Rpc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -62,6 +63,8 @@ pub struct ControlService {
     auth: Arc<Authenticator>,
     rates: Arc<crate::status::RateMemory>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Cluster mode: calls for sessions another node holds go there.
+    relay: Option<Arc<Relay>>,
 }
 
 impl ControlService {
@@ -79,6 +82,27 @@ impl ControlService {
             auth,
             rates: Arc::default(),
             metrics,
+            relay: None,
+        }
+    }
+
+    /// Cluster mode: passes calls on to the node holding their session.
+    pub fn with_relay(mut self, relay: Option<Arc<Relay>>) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// The node that holds `uid`'s session when it is not this one, with a
+    /// client carrying the caller's credentials.
+    async fn holder<M>(
+        &self,
+        rpc: Rpc,
+        request: &Request<M>,
+        uid: &str,
+    ) -> Result<Option<crate::cluster::relay::Holder>, Status> {
+        match &self.relay {
+            Some(relay) => relay.holder(rpc, uid, request.metadata()).await,
+            None => Ok(None),
         }
     }
 
@@ -175,6 +199,10 @@ fn finish<T>(
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
+        let uid = request.get_ref().uid.clone();
+        if let Some((_, mut holder)) = self.holder(Rpc::Req, &request, &uid).await? {
+            return holder.req(request.into_inner()).await;
+        }
         let marked = request
             .metadata()
             .contains_key(scistream_protocol::CLIENT_HEADER);
@@ -191,6 +219,10 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateTargets>,
     ) -> Result<Response<pb::Response>, Status> {
+        let uid = request.get_ref().uid.clone();
+        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
+            return holder.update(request.into_inner()).await;
+        }
         self.call(
             "update",
             request,
@@ -204,19 +236,32 @@ impl Control for ControlService {
         &self,
         request: Request<pb::Release>,
     ) -> Result<Response<pb::Response>, Status> {
-        self.call(
-            "release",
-            request,
-            |m| &m.uid,
-            |who, m| async move { self.registry.release(&who, m).await },
-        )
-        .await
+        let uid = request.get_ref().uid.clone();
+        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
+            return holder.release(request.into_inner()).await;
+        }
+        let r = self
+            .call(
+                "release",
+                request,
+                |m| &m.uid,
+                |who, m| async move { self.registry.release(&who, m).await },
+            )
+            .await;
+        if let (Ok(_), Some(relay)) = (&r, &self.relay) {
+            relay.forget(&uid).await;
+        }
+        r
     }
 
     async fn hello(
         &self,
         request: Request<pb::Hello>,
     ) -> Result<Response<pb::AppResponse>, Status> {
+        let uid = request.get_ref().uid.clone();
+        if let Some((_, mut holder)) = self.holder(Rpc::Hello, &request, &uid).await? {
+            return holder.hello(request.into_inner()).await;
+        }
         self.call(
             "hello",
             request,
@@ -245,6 +290,10 @@ impl Control for ControlService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::SessionList>, Status> {
+        let uid = request.get_ref().uid.clone();
+        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
+            return holder.status(request.into_inner()).await;
+        }
         self.call(
             "status",
             request,

@@ -6,8 +6,10 @@
 //! (no `--cluster`) does not touch etcd at all. See docs/CLUSTER.md for
 //! what a cluster does today and what comes next.
 
+pub(crate) mod directory;
 pub(crate) mod membership;
 pub(crate) mod options;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,6 +62,7 @@ pub(crate) struct Cluster {
     settings: ClusterSettings,
     lease: Arc<std::sync::atomic::AtomicI64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    directory: Arc<directory::Directory>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -79,6 +82,13 @@ impl Cluster {
         record: NodeRecord,
     ) -> Result<Cluster, ClusterError> {
         let client = connect(&settings).await?;
+        let directory = Arc::new(directory::Directory::new(
+            client.clone(),
+            settings.cluster.clone(),
+            record.node.clone(),
+            record.control,
+            settings.timeout,
+        ));
         let registration = Registration::register(client.clone(), settings.clone(), record).await?;
         let lease = registration.lease();
         let members = Arc::new(Members::default());
@@ -89,7 +99,18 @@ impl Cluster {
             settings,
             lease,
             tasks,
+            directory,
         })
+    }
+
+    /// What this node needs to pass calls on to the node holding their
+    /// session.
+    pub(crate) fn relay(
+        &self,
+        trust: scistream_client::Trust,
+        hello_grace: Duration,
+    ) -> relay::Relay {
+        relay::Relay::new(self.directory.clone(), trust, hello_grace)
     }
 
     /// The cluster's name.

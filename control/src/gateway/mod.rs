@@ -141,7 +141,17 @@ pub async fn run(
         port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),
         "s2cs ready"
     );
-    let result = gateway.serve(ports, shutdown, on_listening).await;
+    // Nodes of one gateway share its certificate: a node verifies another
+    // with it when passing a call on.
+    let relay = cluster.as_ref().map(|c| {
+        let trust = if config.insecure {
+            scistream_client::Trust::Insecure
+        } else {
+            scistream_client::Trust::Root(config.server_crt.clone())
+        };
+        Arc::new(c.relay(trust, config.hello_grace))
+    });
+    let result = gateway.serve(ports, relay, shutdown, on_listening).await;
     if let Some(cluster) = cluster {
         cluster.leave().await;
     }

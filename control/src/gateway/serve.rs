@@ -88,6 +88,7 @@ impl Gateway {
     pub(super) async fn serve(
         self,
         ports: Ports,
+        relay: Option<Arc<crate::cluster::relay::Relay>>,
         shutdown: impl Future<Output = ()>,
         on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
     ) -> Result<(), RunError> {
@@ -99,7 +100,7 @@ impl Gateway {
             AbortOnDrop(tokio::spawn(task))
         });
         let in_flight = Arc::new(InFlight::default());
-        let router = self.router(metrics, in_flight.clone());
+        let router = self.router(metrics, in_flight.clone(), relay);
         // Signal handlers first: systemd may send SIGHUP as soon as it hears
         // READY, and SIGHUP's default action would end the process.
         let hup = reload::catch_sighup();
@@ -145,14 +146,22 @@ impl Gateway {
     }
 
     /// The gRPC service with its message and header bounds.
-    fn router(&self, metrics: Arc<Metrics>, in_flight: Arc<InFlight>) -> Router {
+    fn router(
+        &self,
+        metrics: Arc<Metrics>,
+        in_flight: Arc<InFlight>,
+        relay: Option<Arc<crate::cluster::relay::Relay>>,
+    ) -> Router {
         let files = &self.files;
-        let service = ControlServer::new(ControlService::new(
-            self.registry.clone(),
-            in_flight,
-            files.auth.clone(),
-            metrics,
-        ))
+        let service = ControlServer::new(
+            ControlService::new(
+                self.registry.clone(),
+                in_flight,
+                files.auth.clone(),
+                metrics,
+            )
+            .with_relay(relay),
+        )
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
         info!(

@@ -1,0 +1,197 @@
+//! Cluster mode: any node serves the whole API (issue 18). A session's
+//! `req` reaches node a, its `hello` node b, its `update`, `status` and
+//! `release` node c: each call is passed on to the node holding the
+//! session, and the tunnel carries data byte-exact.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use scistream_client::{Auth, Trust, connect};
+use scistream_protocol::pb;
+use scistream_testkit::etcd::{Etcd, have_etcd};
+use scistream_testkit::{DigestReceiver, Gw, s2uc_inbound, send_stream, strings};
+
+fn node(etcd: &Etcd, name: &str) -> Gw {
+    Gw::start(
+        None,
+        4,
+        &[
+            "--cluster",
+            "inst",
+            "--etcd",
+            &etcd.url(),
+            "--node",
+            name,
+            "--etcd-lease-ttl",
+            "3s",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn req_hello_update_status_release_at_three_different_nodes() {
+    if !have_etcd("req_hello_update_status_release_at_three_different_nodes") {
+        return;
+    }
+    let etcd = Etcd::start();
+    // The HPC side: one gateway, inbound to a receiver.
+    let receiver = DigestReceiver::start();
+    let hpc = Gw::start(None, 4, &[]);
+    let inbound = s2uc_inbound(&hpc.control(), None, "127.0.0.1", receiver.addr.port(), 1);
+    let uid = inbound["uid"].as_str().unwrap().to_owned();
+    let inbound_listener = strings(&inbound, "listeners")[0].clone();
+
+    // The instrument side: a cluster of three nodes.
+    let (a, b, c) = (node(&etcd, "a"), node(&etcd, "b"), node(&etcd, "c"));
+    let at = |gw: &Gw| {
+        let addr = gw.control();
+        async move {
+            connect(&addr, &Trust::Insecure, Auth::none())
+                .await
+                .unwrap()
+        }
+    };
+    let (ca, cb, cc) = (at(&a).await, at(&b).await, at(&c).await);
+
+    // req at a waits for its hello...
+    let req = {
+        let (mut client, uid) = (ca.client.clone(), uid.clone());
+        tokio::spawn(async move {
+            client
+                .req(pb::Request {
+                    uid,
+                    role: "CONS".into(),
+                    num_conn: 1,
+                    rate: 0,
+                })
+                .await
+        })
+    };
+    // ...which reaches b.
+    let hello = cb
+        .client
+        .clone()
+        .hello(pb::Hello {
+            uid: uid.clone(),
+            prod_listeners: vec![],
+            role: "CONS".into(),
+        })
+        .await
+        .unwrap();
+    let listeners = hello.into_inner().listeners;
+    let answered = tokio::time::timeout(Duration::from_secs(20), req)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answered.into_inner().listeners,
+        listeners,
+        "the req's answer names the same listeners"
+    );
+    assert!(a.log().contains("req"), "{}", a.log());
+    assert!(b.log().contains("passing the call on"), "{}", b.log());
+
+    // update at c.
+    cc.client
+        .clone()
+        .update(pb::UpdateTargets {
+            uid: uid.clone(),
+            remote_listeners: vec![inbound_listener],
+            role: "CONS".into(),
+        })
+        .await
+        .unwrap();
+    assert!(c.log().contains("passing the call on"), "{}", c.log());
+
+    // Data through the tunnel, byte-exact.
+    let entry = listeners[0].clone();
+    let sent = tokio::task::spawn_blocking(move || send_stream(&entry, 3, 4 << 20))
+        .await
+        .unwrap();
+    let got = tokio::task::spawn_blocking(move || receiver.next(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(sent, got);
+
+    // status at c shows the session held by a.
+    let status = cc
+        .client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.sessions.len(), 1, "{status:?}");
+    assert_eq!(status.sessions[0].phase, "forwarding");
+
+    // release at c releases it at a, and the uid is no longer held.
+    cc.client
+        .clone()
+        .release(pb::Release { uid: uid.clone() })
+        .await
+        .unwrap();
+    let gone = ca
+        .client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.clone() })
+        .await;
+    assert!(
+        gone.as_ref()
+            .map(|s| s.get_ref().sessions.is_empty())
+            .unwrap_or(true),
+        "{gone:?}"
+    );
+    assert!(
+        etcd.get_prefix("/scistream/inst/sessions/").is_empty(),
+        "the released session is no longer listed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
+    if !have_etcd("a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b) = (node(&etcd, "a"), node(&etcd, "b"));
+    let uid = "5f0c3b8e-0d1e-4f6a-9a7b-3c2d1e0f9a8b".to_owned();
+    let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let req = {
+        let (mut client, uid) = (ca.client.clone(), uid.clone());
+        tokio::spawn(async move {
+            client
+                .req(pb::Request {
+                    uid,
+                    role: "PROD".into(),
+                    num_conn: 1,
+                    rate: 0,
+                })
+                .await
+        })
+    };
+    // Wait until a holds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while etcd.get_prefix("/scistream/inst/sessions/").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the req was not claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a);
+    req.abort();
+    let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let e = cb
+        .client
+        .clone()
+        .release(pb::Release { uid })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("node a"), "{}", e.message());
+}
