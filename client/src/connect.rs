@@ -39,6 +39,8 @@ pub struct Auth {
     /// Mark the call as this client's (`false` only when relaying a call
     /// that came without the mark).
     mark: bool,
+    /// A header set on relayed calls (a cluster node's own marker).
+    relayed: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -58,6 +60,7 @@ impl Auth {
         Auth {
             header: MetadataValue::from_static("INVALID_TOKEN"),
             mark: true,
+            relayed: None,
         }
     }
 
@@ -68,14 +71,28 @@ impl Auth {
         let header = token.parse().map_err(|_| {
             ClientError::Input("the stored token holds characters not allowed in a header".into())
         })?;
-        Ok(Auth { header, mark: true })
+        Ok(Auth {
+            header,
+            mark: true,
+            relayed: None,
+        })
     }
 
     /// A call relayed as it came: its `authorization` value, and the
     /// client mark only if it carried one (a cluster node passing a call
     /// on to the node that holds the session).
-    pub fn relayed(header: MetadataValue<tonic::metadata::Ascii>, mark: bool) -> Self {
-        Auth { header, mark }
+    /// `relayed_header` is set (to `1`) on every call, so that the
+    /// receiving node knows the call was passed on.
+    pub fn relayed(
+        header: MetadataValue<tonic::metadata::Ascii>,
+        mark: bool,
+        relayed_header: &'static str,
+    ) -> Self {
+        Auth {
+            header,
+            mark,
+            relayed: Some(relayed_header),
+        }
     }
 }
 
@@ -87,6 +104,11 @@ impl Interceptor for Auth {
         request
             .metadata_mut()
             .insert("authorization", self.header.clone());
+        if let Some(h) = self.relayed {
+            request
+                .metadata_mut()
+                .insert(h, MetadataValue::from_static("1"));
+        }
         if self.mark {
             request.metadata_mut().insert(
                 scistream_protocol::CLIENT_HEADER,

@@ -326,7 +326,7 @@ pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatu
 /// A session status as JSON, for workflow tools.
 pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
     serde_json::json!({
-        "uid": s.uid, "tag": s.tag, "role": s.role, "owner": s.owner, "phase": s.phase,
+        "uid": s.uid, "tag": s.tag, "node": s.node, "role": s.role, "owner": s.owner, "phase": s.phase,
         "listeners": s.listeners, "targets": s.targets, "rate_kbps": s.rate_kbps,
         "age_ms": s.age_ms, "conns_open": s.conns_open, "conns_total": s.conns_total,
         "bytes_to_target": s.bytes_to_target, "bytes_from_target": s.bytes_from_target,
@@ -371,6 +371,9 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
         format_rate(s.bps_to_target),
         format_rate(s.bps_from_target),
     );
+    if !s.node.is_empty() {
+        t.push_str(&format!("  node:      {}\n", s.node));
+    }
     if with_connections {
         for c in &s.connections {
             t.push_str(&format!(

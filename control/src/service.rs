@@ -275,15 +275,26 @@ impl Control for ControlService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::SessionList>, Status> {
-        self.call(
-            "list",
-            request,
-            |_| "",
-            |who, _| async move {
-                crate::status::sessions(&self.registry, &self.rates, &who, None).await
-            },
-        )
-        .await
+        let metadata = request.metadata().clone();
+        let mut list = self
+            .call(
+                "list",
+                request,
+                |_| "",
+                |who, _| async move {
+                    crate::status::sessions(&self.registry, &self.rates, &who, None).await
+                },
+            )
+            .await?;
+        if let Some(relay) = &self.relay {
+            // Cluster mode: this node's sessions, then the other nodes'.
+            let sessions = &mut list.get_mut().sessions;
+            for s in sessions.iter_mut() {
+                s.node = relay.node().to_owned();
+            }
+            sessions.extend(relay.list_elsewhere(&metadata).await);
+        }
+        Ok(list)
     }
 
     async fn status(
@@ -305,5 +316,13 @@ impl Control for ControlService {
             },
         )
         .await
+        .map(|mut list| {
+            if let Some(relay) = &self.relay {
+                for s in &mut list.get_mut().sessions {
+                    s.node = relay.node().to_owned();
+                }
+            }
+            list
+        })
     }
 }

@@ -108,6 +108,7 @@ pub async fn sessions(
                         age_ms: c.age_ms,
                     })
                     .collect(),
+                node: String::new(),
             }
         })
         .collect();

@@ -124,6 +124,21 @@ async fn req_hello_update_status_release_at_three_different_nodes() {
         .into_inner();
     assert_eq!(status.sessions.len(), 1, "{status:?}");
     assert_eq!(status.sessions[0].phase, "forwarding");
+    assert_eq!(
+        status.sessions[0].node, "a",
+        "status names the node holding it"
+    );
+    // list at b shows it too (b holds nothing itself): the whole cluster's sessions.
+    let listed = cb
+        .client
+        .clone()
+        .list(pb::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let found: Vec<_> = listed.sessions.iter().filter(|s| s.uid == uid).collect();
+    assert_eq!(found.len(), 1, "{listed:?}");
+    assert_eq!(found[0].node, "a");
 
     // release at c releases it at a, and the uid is no longer held.
     cc.client

@@ -41,6 +41,15 @@ pub(crate) struct Members {
 }
 
 impl Members {
+    /// The live nodes' control addresses, by name.
+    pub(crate) fn controls(&self) -> Vec<(String, SocketAddr)> {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .values()
+            .map(|r| (r.node.clone(), r.control))
+            .collect()
+    }
+
     /// The live nodes' names, for log lines.
     fn names(&self) -> Vec<String> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());

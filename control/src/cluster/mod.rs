@@ -63,6 +63,8 @@ pub(crate) struct Cluster {
     lease: Arc<std::sync::atomic::AtomicI64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     directory: Arc<directory::Directory>,
+    members: Arc<Members>,
+    node: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -82,6 +84,7 @@ impl Cluster {
         record: NodeRecord,
     ) -> Result<Cluster, ClusterError> {
         let client = connect(&settings).await?;
+        let node = record.node.clone();
         let directory = Arc::new(directory::Directory::new(
             client.clone(),
             settings.cluster.clone(),
@@ -100,6 +103,8 @@ impl Cluster {
             lease,
             tasks,
             directory,
+            members,
+            node,
         })
     }
 
@@ -110,7 +115,13 @@ impl Cluster {
         trust: scistream_client::Trust,
         hello_grace: Duration,
     ) -> relay::Relay {
-        relay::Relay::new(self.directory.clone(), trust, hello_grace)
+        relay::Relay::new(
+            self.directory.clone(),
+            self.members.clone(),
+            self.node.clone(),
+            trust,
+            hello_grace,
+        )
     }
 
     /// The cluster's name.

@@ -9,11 +9,18 @@ use std::time::Duration;
 
 use scistream_client::connect::Control;
 use scistream_client::{Auth, Trust};
+use scistream_protocol::pb;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{info, warn};
 
 use super::directory::{Directory, Route};
+use super::membership::Members;
+
+/// Marks a call one node passes to another on behalf of a caller, so that
+/// the receiving node answers for itself only (a `list` is not fanned out
+/// again).
+pub(crate) const RELAYED_HEADER: &str = "x-scistream-relayed";
 
 /// The node holding a session, and a client of it.
 pub(crate) type Holder = (String, Control);
@@ -33,6 +40,9 @@ pub(crate) enum Rpc {
 #[derive(Debug)]
 pub(crate) struct Relay {
     directory: Arc<Directory>,
+    members: Arc<Members>,
+    /// This node's name.
+    node: String,
     /// How this node verifies another node's control service: the
     /// gateway's own certificate (nodes of one gateway share it), or none
     /// under `--insecure`.
@@ -41,9 +51,17 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    pub(crate) fn new(directory: Arc<Directory>, trust: Trust, hello_grace: Duration) -> Relay {
+    pub(crate) fn new(
+        directory: Arc<Directory>,
+        members: Arc<Members>,
+        node: String,
+        trust: Trust,
+        hello_grace: Duration,
+    ) -> Relay {
         Relay {
             directory,
+            members,
+            node,
             trust,
             hello_grace,
         }
@@ -85,13 +103,43 @@ impl Relay {
             .cloned()
             .unwrap_or_else(|| MetadataValue::from_static("INVALID_TOKEN"));
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
-        let auth = Auth::relayed(header, marked);
+        let auth = Auth::relayed(header, marked, RELAYED_HEADER);
         match scistream_client::connect(&control.to_string(), &self.trust, auth).await {
             Ok(c) => Ok(c.client),
             Err(e) => Err(Status::unavailable(format!(
                 "node {node} ({control}) holds this session and cannot be reached: {e}"
             ))),
         }
+    }
+
+    /// This node's name, shown with its sessions.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// `list` at this node, for the caller: the other live nodes' own lists
+    /// (a node that does not answer is skipped and logged).
+    pub(crate) async fn list_elsewhere(&self, metadata: &MetadataMap) -> Vec<pb::SessionStatus> {
+        if metadata.contains_key(RELAYED_HEADER) {
+            return Vec::new();
+        }
+        let mut all = Vec::new();
+        for (node, control) in self.members.controls() {
+            if node == self.node {
+                continue;
+            }
+            let listed = match self.connect(&node, control, metadata).await {
+                Ok(mut c) => c.list(pb::ListRequest {}).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(l) => all.extend(l.into_inner().sessions),
+                Err(e) => {
+                    warn!(%node, error = %e.message(), "a node's sessions are left out of the list")
+                }
+            }
+        }
+        all
     }
 
     /// `release` served here: the uid is no longer held by this node.
