@@ -13,9 +13,15 @@ use scistream_testkit::{Gw, bin};
 const PREFIX: &str = "/scistream/gw/nodes/";
 
 fn node(etcd: &Etcd, name: &str) -> Gw {
+    node_with(etcd, name, "5s")
+}
+
+/// A node of cluster `gw`; `etcd_timeout` bounds each etcd call (long
+/// enough for a new etcd leader to be elected when one dies).
+fn node_with(etcd: &Etcd, name: &str, etcd_timeout: &str) -> Gw {
     Gw::start(
         None,
-        4,
+        16,
         &[
             "--insecure",
             "--cluster",
@@ -27,7 +33,9 @@ fn node(etcd: &Etcd, name: &str) -> Gw {
             "--etcd-lease-ttl",
             "2s",
             "--etcd-timeout",
-            "2s",
+            etcd_timeout,
+            "--hello-timeout",
+            "20s",
         ],
     )
 }
@@ -184,5 +192,83 @@ fn check_config_refuses_half_a_cluster_configuration() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn quorum_lost_new_requests_are_unavailable_established_streams_go_on() {
+    use scistream_testkit::{DigestReceiver, StreamSender, s2uc, s2uc_tunnel};
+    if !have_etcd("quorum_lost_new_requests_are_unavailable_established_streams_go_on") {
+        return;
+    }
+    let mut etcd = Etcd::cluster(3);
+    // The HPC side is a cluster node; the instrument side a single gateway.
+    // Killing etcd's leader costs an election: the bound covers it.
+    let hpc = node_with(&etcd, "a", "10s");
+    let inst = Gw::start(None, 4, &["--insecure"]);
+    let receiver = DigestReceiver::start();
+    let port = receiver.addr.port();
+    let request = |hpc: &Gw| {
+        s2uc(&[
+            "inbound_request",
+            "--insecure",
+            "--s2cs",
+            &hpc.control(),
+            "--remote_ip",
+            "127.0.0.1",
+            "--receiver_ports",
+            &port.to_string(),
+            "--num_conn",
+            "1",
+            "--json",
+        ])
+    };
+    let t = s2uc_tunnel(&hpc, &inst, None, "127.0.0.1", port, 1);
+    let mut stream = StreamSender::open(&t.outbound[0], 11);
+    stream.send(2 << 20);
+
+    // One member of three lost: nothing noticeable.
+    etcd.kill_member(0);
+    let out = request(&hpc);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hpc.log()
+    );
+
+    // Quorum lost: new requests fail, naming etcd, within a bound...
+    etcd.kill_member(1);
+    let started = Instant::now();
+    let out = request(&hpc);
+    let err =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a request succeeded without quorum");
+    assert!(err.contains("UNAVAILABLE") && err.contains("etcd"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    // ...and the established stream goes on, byte-exact.
+    stream.send(2 << 20);
+    let sent = stream.finish();
+    assert_eq!(receiver.next(Duration::from_secs(30)), sent);
+
+    // Members back: requests are served again.
+    etcd.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = request(&hpc);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests not served again: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            hpc.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -1,19 +1,34 @@
-//! A real etcd member for tests: started on loopback with a temporary data
-//! directory, stopped (or killed) by the test. Tests that need it skip with
-//! a printed reason when Debian's `etcd-server`/`etcd-client` are missing.
+//! Real etcd for tests: one member, or a cluster of several, started on
+//! loopback with temporary data directories and stopped (or killed) by the
+//! test. Tests that need it skip with a printed reason when Debian's
+//! `etcd-server`/`etcd-client` are missing.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One etcd member (a cluster of one).
+/// One etcd cluster (of one member by default).
 #[derive(Debug)]
 pub struct Etcd {
-    child: Option<Child>,
+    members: Vec<Member>,
     dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
     client_port: u16,
     peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
 }
 
 /// Whether `etcd` and `etcdctl` are installed; prints why a test skips.
@@ -39,68 +54,114 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
-    /// Starts a member and waits until it answers.
+    /// Starts a one-member etcd and waits until it answers.
     pub fn start() -> Etcd {
+        Etcd::cluster(1)
+    }
+
+    /// Starts `n` members that form one cluster, and waits until every
+    /// member answers.
+    pub fn cluster(n: usize) -> Etcd {
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
         let mut e = Etcd {
-            child: None,
+            members,
             dir: tempfile::tempdir().unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
         };
-        e.restart();
+        for i in 0..n {
+            e.spawn(i);
+        }
+        for i in 0..n {
+            e.wait_healthy(i);
+        }
         e
     }
 
-    /// `http://127.0.0.1:PORT`, for `--etcd`.
+    /// Every member's client URL, comma-separated, for `--etcd`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let urls: Vec<String> = self.members.iter().map(Member::client_url).collect();
+        urls.join(",")
     }
 
-    /// Starts the member again (after [`Etcd::kill`]) on the same ports and
-    /// data directory, and waits until it answers.
-    pub fn restart(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let data: PathBuf = self.dir.path().join("data");
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        let m = &self.members[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "m0", "--data-dir"])
-            .arg(&data)
-            .args(["--listen-client-urls", &self.url()])
-            .args(["--advertise-client-urls", &self.url()])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("m0={peer}")])
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(self.dir.path().join(&m.name))
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-token", "scistream-test"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.ctl(&["endpoint", "health"]).is_none() {
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let url = self.members[i].client_url();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.ctl_at(&url, &["endpoint", "health"]).is_none() {
             assert!(
                 Instant::now() < deadline,
-                "etcd did not start:\n{}",
+                "etcd member {i} did not start:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// SIGKILLs the member (it can be restarted).
+    /// Starts every stopped member again (after [`Etcd::kill`] or
+    /// [`Etcd::kill_member`]) on the same ports and data, and waits until
+    /// they answer.
+    pub fn restart(&mut self) {
+        let stopped: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_none())
+            .collect();
+        for &i in &stopped {
+            self.spawn(i);
+        }
+        for &i in &stopped {
+            self.wait_healthy(i);
+        }
+    }
+
+    /// SIGKILLs every member (they can be restarted).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// SIGKILLs one member.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Runs `etcdctl` against this member; its stdout, or `None` on failure.
-    pub fn ctl(&self, args: &[&str]) -> Option<String> {
+    fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Option<String> {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",
-                &self.url(),
+                endpoints,
                 "--dial-timeout",
                 "1s",
                 "--command-timeout",
@@ -114,6 +175,11 @@ impl Etcd {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `etcdctl` against the cluster; its stdout, or `None` on failure.
+    pub fn ctl(&self, args: &[&str]) -> Option<String> {
+        self.ctl_at(&self.url(), args)
+    }
+
     /// The keys under `prefix` with their values.
     pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
         let out = self.ctl(&["get", "--prefix", prefix]).unwrap_or_default();
@@ -125,9 +191,16 @@ impl Etcd {
             .collect()
     }
 
-    /// etcd's own log.
+    /// The members' own logs.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        self.members
+            .iter()
+            .map(|m| {
+                std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -376,25 +376,54 @@ impl EchoServer {
     }
 }
 
-/// Sends `bytes` of stream `seed` to `addr` and half-closes; returns
-/// (bytes, hash) sent. Reads (and discards) until the far side closes.
-pub fn send_stream(addr: &str, seed: u64, bytes: u64) -> (u64, u64) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut g = Generator::new(seed);
-    let mut d = Digest::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        let n = buf.len().min(left as usize);
-        g.fill(&mut buf[..n]);
-        s.write_all(&buf[..n]).unwrap();
-        d.update(&buf[..n]);
-        left -= n as u64;
+/// A stream to `addr` sent in parts (a test can do things between them),
+/// with the (bytes, xxh3) of all it sent, as [`DigestReceiver`] reports.
+#[derive(Debug)]
+pub struct StreamSender {
+    s: TcpStream,
+    g: Generator,
+    d: Digest,
+}
+
+impl StreamSender {
+    pub fn open(addr: &str, seed: u64) -> StreamSender {
+        StreamSender {
+            s: TcpStream::connect(addr).unwrap(),
+            g: Generator::new(seed),
+            d: Digest::default(),
+        }
     }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let _ = s.read(&mut [0u8; 16]);
-    d.value()
+
+    /// Sends `bytes` more.
+    pub fn send(&mut self, bytes: u64) {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            self.g.fill(&mut buf[..n]);
+            self.s.write_all(&buf[..n]).unwrap();
+            self.d.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+
+    /// Ends the stream (FIN), waits for the far end to close, and returns
+    /// what was sent.
+    pub fn finish(mut self) -> (u64, u64) {
+        self.s.shutdown(std::net::Shutdown::Write).unwrap();
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = self.s.read(&mut [0u8; 16]);
+        self.d.value()
+    }
+}
+
+/// Sends `bytes` of seeded data to `addr` and closes; (bytes, xxh3) sent.
+pub fn send_stream(addr: &str, seed: u64, bytes: u64) -> (u64, u64) {
+    let mut s = StreamSender::open(addr, seed);
+    s.send(bytes);
+    s.finish()
 }
 
 /// True when nothing listens on `addr` (connection refused).

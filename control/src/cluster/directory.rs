@@ -11,12 +11,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ClusterError;
-use super::membership::{bounded, prefix};
+use super::etcd::Etcd;
+use super::membership::prefix;
 
 /// Where a call for a uid is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +36,9 @@ struct Holder {
 
 /// The cluster's session directory, as one node uses it.
 pub(crate) struct Directory {
-    client: Client,
+    etcd: Etcd,
     cluster: String,
     me: Holder,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for Directory {
@@ -51,18 +51,11 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
-    pub(crate) fn new(
-        client: Client,
-        cluster: String,
-        node: String,
-        control: SocketAddr,
-        timeout: Duration,
-    ) -> Directory {
+    pub(crate) fn new(etcd: Etcd, cluster: String, node: String, control: SocketAddr) -> Directory {
         Directory {
-            client,
+            etcd,
             cluster,
             me: Holder { node, control },
-            timeout,
         }
     }
 
@@ -87,12 +80,16 @@ impl Directory {
     pub(crate) async fn claim(&self, uid: &str) -> Result<Route, ClusterError> {
         let key = self.key(uid);
         let value = serde_json::to_vec(&self.me).map_err(ClusterError::Encode)?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([TxnOp::get(key, None)]);
-        let mut client = self.client.clone();
-        let answer = bounded("claim a session", self.timeout, client.txn(txn)).await?;
+        let answer = self
+            .etcd
+            .call("claim a session", |mut c| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if answer.succeeded() {
             return Ok(Route::Here);
         }
@@ -106,17 +103,19 @@ impl Directory {
     /// `hello`, `update`, `release`, `status`: where the uid is held; here
     /// when no node holds it.
     pub(crate) async fn route(&self, uid: &str) -> Result<Route, ClusterError> {
-        let mut client = self.client.clone();
-        let answer = bounded(
-            "find a session",
-            self.timeout,
-            client.get(self.key(uid), None),
-        )
-        .await?;
-        Ok(answer
-            .kvs()
-            .first()
-            .map_or(Route::Here, |kv| self.route_of(kv.value())))
+        Ok(self.holder(uid).await?.unwrap_or(Route::Here))
+    }
+
+    async fn holder(&self, uid: &str) -> Result<Option<Route>, ClusterError> {
+        let key = self.key(uid);
+        let answer = self
+            .etcd
+            .call("find a session", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(answer.kvs().first().map(|kv| self.route_of(kv.value())))
     }
 
     /// Like [`Directory::route`], waiting up to `grace` for a holder to
@@ -128,15 +127,8 @@ impl Directory {
     ) -> Result<Route, ClusterError> {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
-            let mut client = self.client.clone();
-            let answer = bounded(
-                "find a session",
-                self.timeout,
-                client.get(self.key(uid), None),
-            )
-            .await?;
-            if let Some(kv) = answer.kvs().first() {
-                return Ok(self.route_of(kv.value()));
+            if let Some(route) = self.holder(uid).await? {
+                return Ok(route);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Route::Here);
@@ -147,13 +139,13 @@ impl Directory {
 
     /// `release` at the holder: the uid is no longer held.
     pub(crate) async fn forget(&self, uid: &str) -> Result<(), ClusterError> {
-        let mut client = self.client.clone();
-        bounded(
-            "forget a session",
-            self.timeout,
-            client.delete(self.key(uid), None),
-        )
-        .await?;
+        let key = self.key(uid);
+        self.etcd
+            .call("forget a session", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::ClusterError;
+use super::etcd::Etcd;
 use super::options::ClusterSettings;
 
 /// What a node says about itself in etcd.
@@ -99,7 +100,7 @@ pub(crate) async fn bounded<T>(
 
 /// This node's registration: its lease, renewed by [`Registration::keep`].
 pub(crate) struct Registration {
-    client: Client,
+    etcd: Etcd,
     settings: ClusterSettings,
     record: NodeRecord,
     /// The lease now (a new one after each registration); shared with
@@ -121,12 +122,12 @@ impl Registration {
     /// still registered (this node's previous run, or another `s2cs` given
     /// the same `--node`) is allowed, and said.
     pub(crate) async fn register(
-        client: Client,
+        etcd: Etcd,
         settings: ClusterSettings,
         record: NodeRecord,
     ) -> Result<Registration, ClusterError> {
         let mut r = Registration {
-            client,
+            etcd,
             settings,
             record,
             lease: Arc::new(AtomicI64::new(0)),
@@ -144,27 +145,33 @@ impl Registration {
     }
 
     async fn put_record(&mut self) -> Result<(), ClusterError> {
-        let t = self.settings.timeout;
         let key = self.key();
-        let old = bounded(
-            "read this node's key",
-            t,
-            self.client.get(key.clone(), None),
-        )
-        .await?;
+        let old = self
+            .etcd
+            .call("read this node's key", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         if !old.kvs().is_empty() {
             warn!(node = %self.record.node, "this node name was registered already (a previous run, or another s2cs with the same --node); taking it over");
         }
         let ttl = self.settings.lease_ttl.as_secs().max(2) as i64;
-        let lease = bounded("grant a lease", t, self.client.lease_grant(ttl, None)).await?;
+        let lease = self
+            .etcd
+            .call("grant a lease", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
         let value = serde_json::to_vec(&self.record).map_err(ClusterError::Encode)?;
-        let options = PutOptions::new().with_lease(lease.id());
-        bounded(
-            "register this node",
-            t,
-            self.client.put(key, value, Some(options)),
-        )
-        .await?;
+        let id = lease.id();
+        self.etcd
+            .call("register this node", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                let options = PutOptions::new().with_lease(id);
+                async move { c.put(key, value, Some(options)).await }
+            })
+            .await?;
         self.lease.store(lease.id(), Ordering::Relaxed);
         info!(cluster = %self.settings.cluster, node = %self.record.node, ttl_s = ttl, "registered in the cluster");
         Ok(())
@@ -176,6 +183,7 @@ impl Registration {
         loop {
             let e = self.keep_alive().await;
             warn!(error = %e, "lost the cluster registration; registering again when etcd answers");
+            self.etcd.rotate();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 match self.put_record().await {
@@ -190,16 +198,12 @@ impl Registration {
     async fn keep_alive(&mut self) -> ClusterError {
         let t = self.settings.timeout;
         let lease = self.lease.load(Ordering::Relaxed);
-        let (mut keeper, mut answers) = match bounded(
-            "keep the lease alive",
-            t,
-            self.client.lease_keep_alive(lease),
-        )
-        .await
-        {
-            Ok(k) => k,
-            Err(e) => return e,
-        };
+        let mut client = self.etcd.client();
+        let (mut keeper, mut answers) =
+            match bounded("keep the lease alive", t, client.lease_keep_alive(lease)).await {
+                Ok(k) => k,
+                Err(e) => return e,
+            };
         let every = self.settings.lease_ttl / 3;
         loop {
             if let Err(e) = bounded("renew the lease", t, keeper.keep_alive()).await {
@@ -216,8 +220,11 @@ impl Registration {
 
     /// Leaves the cluster at once (graceful stop): the lease is revoked, so
     /// the other nodes see this one go now rather than after its TTL.
-    pub(crate) async fn leave(client: &mut Client, lease: i64, timeout: Duration) {
-        match bounded("revoke the lease", timeout, client.lease_revoke(lease)).await {
+    pub(crate) async fn leave(etcd: &Etcd, lease: i64) {
+        let revoke = etcd.call("revoke the lease", |mut c| async move {
+            c.lease_revoke(lease).await
+        });
+        match revoke.await {
             Ok(_) => info!("left the cluster"),
             Err(e) => {
                 warn!(error = %e, "could not leave the cluster cleanly; the other nodes see this one go when its lease expires")
@@ -232,15 +239,13 @@ impl Registration {
 
 /// Keeps `members` up to date from etcd: a full read, then a watch from
 /// that revision; after an error, a fresh read.
-pub(crate) async fn watch_members(
-    mut client: Client,
-    settings: ClusterSettings,
-    members: Arc<Members>,
-) {
+pub(crate) async fn watch_members(etcd: Etcd, settings: ClusterSettings, members: Arc<Members>) {
     let prefix = nodes_prefix(&settings.cluster);
     loop {
+        let mut client = etcd.client();
         if let Err(e) = watch_once(&mut client, &prefix, settings.timeout, &members).await {
             warn!(error = %e, "watching the cluster's nodes failed; watching again");
+            etcd.rotate();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

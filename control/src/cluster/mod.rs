@@ -7,6 +7,7 @@
 //! what a cluster does today and what comes next.
 
 pub(crate) mod directory;
+pub(crate) mod etcd;
 pub(crate) mod membership;
 pub(crate) mod options;
 pub(crate) mod relay;
@@ -15,9 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-
-use membership::{Members, NodeRecord, Registration, bounded};
+use membership::{Members, NodeRecord, Registration};
 pub use options::ClusterOptions;
 pub(crate) use options::ClusterSettings;
 
@@ -58,7 +57,7 @@ pub enum ClusterError {
 
 /// This node's membership while `s2cs` runs.
 pub(crate) struct Cluster {
-    client: Client,
+    etcd: etcd::Etcd,
     settings: ClusterSettings,
     lease: Arc<std::sync::atomic::AtomicI64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -83,22 +82,21 @@ impl Cluster {
         settings: ClusterSettings,
         record: NodeRecord,
     ) -> Result<Cluster, ClusterError> {
-        let client = connect(&settings).await?;
+        let etcd = etcd::Etcd::connect(&settings).await?;
         let node = record.node.clone();
         let directory = Arc::new(directory::Directory::new(
-            client.clone(),
+            etcd.clone(),
             settings.cluster.clone(),
             record.node.clone(),
             record.control,
-            settings.timeout,
         ));
-        let registration = Registration::register(client.clone(), settings.clone(), record).await?;
+        let registration = Registration::register(etcd.clone(), settings.clone(), record).await?;
         let lease = registration.lease();
         let members = Arc::new(Members::default());
-        let watch = membership::watch_members(client.clone(), settings.clone(), members.clone());
+        let watch = membership::watch_members(etcd.clone(), settings.clone(), members.clone());
         let tasks = vec![tokio::spawn(registration.keep()), tokio::spawn(watch)];
         Ok(Cluster {
-            client,
+            etcd,
             settings,
             lease,
             tasks,
@@ -130,12 +128,12 @@ impl Cluster {
     }
 
     /// Leaves the cluster: the registration is revoked at once.
-    pub(crate) async fn leave(mut self) {
+    pub(crate) async fn leave(self) {
         for t in &self.tasks {
             t.abort();
         }
         let lease = self.lease.load(Ordering::Relaxed);
-        Registration::leave(&mut self.client, lease, self.settings.timeout).await;
+        Registration::leave(&self.etcd, lease).await;
     }
 }
 
@@ -145,28 +143,4 @@ impl Drop for Cluster {
             t.abort();
         }
     }
-}
-
-/// A client of the etcd members, with TLS when a CA is given.
-async fn connect(settings: &ClusterSettings) -> Result<Client, ClusterError> {
-    let t = settings.timeout;
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(t)
-        .with_keep_alive(Duration::from_secs(5), t);
-    if let Some(ca) = &settings.ca {
-        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let Some((cert, key)) = &settings.identity {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        options = options.with_tls(tls);
-    }
-    let endpoints = settings.endpoints.clone();
-    bounded("connect", t, Client::connect(endpoints, Some(options))).await
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, ClusterError> {
-    std::fs::read(path).map_err(|source| ClusterError::TlsFile {
-        path: path.display().to_string(),
-        source,
-    })
 }
