@@ -67,6 +67,14 @@ struct SetupArgs {
     /// The s2cs binary (default: next to s2bench).
     #[arg(long = "s2cs-bin")]
     s2cs_bin: Option<PathBuf>,
+    /// Make the inbound (HPC) side a cluster of this many s2cs nodes on the
+    /// etcd at --etcd, the requests spread over them in turn (0: one
+    /// single-node gateway, no etcd).
+    #[arg(long = "cluster-nodes", default_value_t = 0, requires = "etcd")]
+    cluster_nodes: usize,
+    /// etcd's client URL(s) for --cluster-nodes.
+    #[arg(long)]
+    etcd: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -391,9 +399,15 @@ fn main() -> ExitCode {
         Cmd::Sink(a) => run_sink(a),
         Cmd::Compare(a) => run_compare(a),
         Cmd::Setup(a) => (|| {
-            let report =
-                scistream_bench::setup::run(a.pairs, a.concurrency, a.first_port, a.s2cs_bin)
-                    .map_err(anyhow::Error::msg)?;
+            let cluster = a.etcd.clone().map(|etcd| (a.cluster_nodes.max(1), etcd));
+            let report = scistream_bench::setup::run(
+                a.pairs,
+                a.concurrency,
+                a.first_port,
+                a.s2cs_bin,
+                cluster,
+            )
+            .map_err(anyhow::Error::msg)?;
             print!("{}", report.table());
             write_json(&a.json, &serde_json::to_value(&report)?)?;
             Ok(true)

@@ -61,6 +61,7 @@ pub fn run(
     concurrency: usize,
     first_port: u16,
     s2cs: Option<PathBuf>,
+    cluster: Option<(usize, String)>,
 ) -> Result<SetupReport, String> {
     let dir = tempfile::Builder::new()
         .prefix("s2bench-setup-")
@@ -73,7 +74,7 @@ pub fn run(
         .or_else(|| scistream_client::local::sibling_binary("s2cs"))
         .ok_or("s2cs not found next to s2bench; build the workspace or pass --s2cs-bin")?;
     let span = u16::try_from(pairs + 10).map_err(|_| "too many pairs")?;
-    let gateway = |name: &str, first: u16| GatewayOptions {
+    let gateway = |name: &str, first: u16, more: &[String]| GatewayOptions {
         s2cs_bin: s2cs.clone(),
         listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port_range: (first, first + span),
@@ -87,13 +88,35 @@ pub fn run(
             format!("--max-ports-per-identity={}", usize::from(span) + 1),
             format!("--max-sessions-per-identity={}", usize::from(span) + 1),
             "--drain-timeout=1s".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(more.iter().cloned())
+        .collect(),
     };
-    if u32::from(first_port) + u32::from(span) * 2 + 2 > 65535 {
+    let nodes = cluster.as_ref().map_or(1, |(n, _)| *n);
+    let ranges = u32::try_from(nodes + 1).map_err(|_| "too many nodes")?;
+    if u32::from(first_port) + (u32::from(span) + 1) * ranges > 65535 {
         return Err("the port ranges would pass 65535: lower --first-port or --pairs".into());
     }
-    let hpc = LocalGateway::start(&gateway("hpc", first_port))?;
-    let inst = LocalGateway::start(&gateway("inst", first_port + span + 1))?;
+    let mut hpc = Vec::new();
+    for k in 0..nodes {
+        let more: Vec<String> = match &cluster {
+            Some((_, etcd)) => vec![
+                "--cluster=s2bench".into(),
+                format!("--etcd={etcd}"),
+                format!("--node=hpc{k}"),
+            ],
+            None => Vec::new(),
+        };
+        let first = first_port + (span + 1) * k as u16;
+        hpc.push(LocalGateway::start(&gateway(
+            &format!("hpc{k}"),
+            first,
+            &more,
+        ))?);
+    }
+    let inst_first = first_port + (span + 1) * nodes as u16;
+    let inst = LocalGateway::start(&gateway("inst", inst_first, &[]))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,9 +125,12 @@ pub fn run(
     let trust = Trust::Root(env.ca.clone());
     runtime.block_on(async {
         let err = |e: scistream_client::ClientError| e.to_string();
-        let h = scistream_client::connect(&hpc.control(), &trust, Auth::none())
-            .await
-            .map_err(err)?;
+        let mut hs = Vec::new();
+        for node in &hpc {
+            let control = node.control();
+            let c = scistream_client::connect(&control, &trust, Auth::none());
+            hs.push(c.await.map_err(err)?);
+        }
         let i = scistream_client::connect(&inst.control(), &trust, Auth::none())
             .await
             .map_err(err)?;
@@ -115,8 +141,9 @@ pub fn run(
         };
         let started = Instant::now();
         let tasks: Vec<_> = (0..pairs)
-            .map(|_| {
-                let (h, i, o, gate) = (h.clone(), i.clone(), options.clone(), gate.clone());
+            .map(|k| {
+                let h = hs[k % hs.len()].clone();
+                let (i, o, gate) = (i.clone(), options.clone(), gate.clone());
                 tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
                     let t = Instant::now();
@@ -144,9 +171,11 @@ pub fn run(
             times.push(took);
         }
         let total = started.elapsed();
-        for uid in &uids {
+        for (k, uid) in uids.iter().enumerate() {
             scistream_client::release(&i, uid).await.map_err(err)?;
-            scistream_client::release(&h, uid).await.map_err(err)?;
+            scistream_client::release(&hs[k % hs.len()], uid)
+                .await
+                .map_err(err)?;
         }
         times.sort();
         Ok(SetupReport {
