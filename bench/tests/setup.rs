@@ -47,3 +47,43 @@ fn setup_reports_latency_percentiles() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn setup_against_a_cluster_spreads_the_requests_over_its_nodes() {
+    use scistream_testkit::etcd::{Etcd, have_etcd};
+    if !have_etcd("setup_against_a_cluster_spreads_the_requests_over_its_nodes") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let out = Command::new(bin("s2bench"))
+        .args([
+            "setup",
+            "--pairs",
+            "8",
+            "--concurrency",
+            "4",
+            "--first-port",
+            "5700",
+            "--cluster-nodes",
+            "2",
+            "--etcd",
+            &etcd.url(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("8 tunnel setups"), "{text}");
+    // Every session was released on its node: none is still claimed.
+    assert!(etcd.get_prefix("/scistream/s2bench/sessions/").is_empty());
+    // --cluster-nodes needs --etcd.
+    let out = Command::new(bin("s2bench"))
+        .args(["setup", "--cluster-nodes", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
