@@ -45,6 +45,8 @@ pub struct Metrics {
     failures: Family<Labels, Counter>,
     snapshot: Arc<Snapshot>,
     scrape_lock: tokio::sync::Mutex<()>,
+    /// Cluster mode: where the node and cluster series come from.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::relay::Relay>>,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,7 @@ impl Metrics {
             failures,
             snapshot,
             scrape_lock: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -115,6 +118,11 @@ impl Metrics {
     }
 
     /// Reads the live state from `sessions` and renders the OpenMetrics text.
+    /// Cluster mode: adds this node's and the cluster's series.
+    pub(crate) fn set_cluster(&self, relay: Arc<crate::cluster::relay::Relay>) {
+        let _ = self.cluster.set(relay);
+    }
+
     pub async fn scrape(&self, sessions: &Registry) -> String {
         // One scrape at a time, so each encodes the state it read.
         let _one = self.scrape_lock.lock().await;
@@ -123,6 +131,10 @@ impl Metrics {
         let mut live = Live {
             restarts: sessions.dataplane().restarts(),
             dataplane_up: stats.is_ok(),
+            cluster: self.cluster.get().map(|r| {
+                let (cluster, node, live) = r.view();
+                (cluster.to_owned(), node.to_owned(), live)
+            }),
             ..Live::default()
         };
         let stats: HashMap<SessionKey, SessionStats> = stats
@@ -151,6 +163,8 @@ struct Live {
     sessions: Vec<(SessionKey, SessionStats)>,
     restarts: u64,
     dataplane_up: bool,
+    /// Cluster mode: (cluster, this node, live nodes).
+    cluster: Option<(String, String, usize)>,
 }
 
 /// The collector of the per-scrape series.
@@ -194,6 +208,24 @@ impl Collector for Snapshot {
             None,
             up.metric_type(),
         )?)?;
+        if let Some((cluster, node, nodes)) = &live.cluster {
+            let info = ConstGauge::new(1i64);
+            let mut m = encoder.encode_descriptor(
+                "cluster_node_info",
+                "This node of a gateway cluster (always 1): join on it to label this node's series by node",
+                None,
+                info.metric_type(),
+            )?;
+            let labels = [("cluster", cluster.as_str()), ("node", node.as_str())];
+            info.encode(m.encode_family(&labels)?)?;
+            let n = ConstGauge::new(*nodes as i64);
+            n.encode(encoder.encode_descriptor(
+                "cluster_nodes",
+                "Live nodes of this gateway's cluster, as this node's watch of etcd sees them",
+                None,
+                n.metric_type(),
+            )?)?;
+        }
 
         let mut m = encoder.encode_descriptor(
             "session_bytes",

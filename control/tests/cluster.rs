@@ -36,6 +36,8 @@ fn node_with(etcd: &Etcd, name: &str, etcd_timeout: &str) -> Gw {
             etcd_timeout,
             "--hello-timeout",
             "20s",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ],
     )
 }
@@ -46,6 +48,22 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The node's Prometheus metrics, as text.
+fn metrics_text(gw: &Gw) -> String {
+    use std::io::{Read, Write};
+    let addr = gw.metrics_addr();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
 }
 
 fn registered(etcd: &Etcd) -> Vec<String> {
@@ -82,6 +100,13 @@ fn nodes_register_see_each_other_and_leave() {
     wait_for("a's log to show b joining", Duration::from_secs(10), || {
         a.log().contains("a node joined the cluster") && a.log().contains("node=b")
     });
+    // a's metrics name it and count the live nodes.
+    let metrics = metrics_text(&a);
+    assert!(
+        metrics.contains("scistream_cluster_node_info{cluster=\"gw\",node=\"a\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("scistream_cluster_nodes 2"), "{metrics}");
 
     // Killed: gone when its lease expires (2 s), and b says so.
     let pid = a.gw.pid().unwrap();

@@ -59,6 +59,10 @@ impl Directory {
         }
     }
 
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     fn key(&self, uid: &str) -> String {
         let digest = Sha256::digest(format!("{}\n{uid}", self.cluster).as_bytes());
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();

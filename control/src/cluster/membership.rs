@@ -51,6 +51,11 @@ impl Members {
             .collect()
     }
 
+    /// How many nodes are live.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The live nodes' names, for log lines.
     fn names(&self) -> Vec<String> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());

@@ -112,6 +112,11 @@ impl Relay {
         }
     }
 
+    /// (cluster, this node, live nodes now), for the metrics.
+    pub(crate) fn view(&self) -> (&str, &str, usize) {
+        (self.directory.cluster(), &self.node, self.members.len())
+    }
+
     /// This node's name, shown with its sessions.
     pub(crate) fn node(&self) -> &str {
         &self.node

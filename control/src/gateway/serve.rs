@@ -94,6 +94,9 @@ impl Gateway {
     ) -> Result<(), RunError> {
         let _expiry = self.expire_unused_sessions();
         let metrics = Arc::new(Metrics::new());
+        if let Some(relay) = &relay {
+            metrics.set_cluster(relay.clone());
+        }
         let metrics_addr = ports.metrics.as_ref().and_then(|l| l.local_addr().ok());
         let _metrics_task = ports.metrics.map(|l| {
             let task = crate::metrics::serve(l, metrics.clone(), self.registry.clone());
