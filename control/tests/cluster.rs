@@ -132,6 +132,12 @@ fn nodes_register_see_each_other_and_leave() {
     wait_for("b's log to show a leaving", Duration::from_secs(5), || {
         b.log().contains("a node left the cluster")
     });
+    // A node that comes back rejoins.
+    let a = node(&etcd, "a");
+    wait_for("a back", Duration::from_secs(10), || {
+        registered(&etcd) == ["a", "b"]
+    });
+    drop(a);
 
     // Graceful stop: the lease is revoked, so the node leaves at once.
     let log = b.log();
