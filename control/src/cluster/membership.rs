@@ -296,30 +296,31 @@ async fn watch_once(
         })?
     {
         for event in answer.events() {
-            let Some(kv) = event.kv() else { continue };
-            let name = kv
-                .key_str()
-                .unwrap_or_default()
-                .trim_start_matches(prefix)
-                .to_owned();
-            match event.event_type() {
-                EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
-                    Ok(r) => {
-                        if members.put(r) {
-                            info!(node = %name, nodes = ?members.names(), "a node joined the cluster");
-                        }
-                    }
-                    Err(e) => {
-                        warn!(node = %name, error = %e, "a node's record is not readable; ignored")
-                    }
-                },
-                EventType::Delete => {
-                    if members.remove(&name) {
-                        info!(node = %name, nodes = ?members.names(), "a node left the cluster (it stopped, or its lease expired)");
-                    }
-                }
-            }
+            apply(members, prefix, event);
         }
     }
     Ok(())
+}
+
+/// One change of the nodes' keys, applied to `members` (joins and leaves logged).
+fn apply(members: &Members, prefix: &str, event: &etcd_client::Event) {
+    let Some(kv) = event.kv() else {
+        return;
+    };
+    let name = kv.key_str().unwrap_or_default().trim_start_matches(prefix);
+    match event.event_type() {
+        EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
+            Ok(r) => {
+                if members.put(r) {
+                    info!(node = %name, nodes = ?members.names(), "a node joined the cluster");
+                }
+            }
+            Err(e) => warn!(node = %name, error = %e, "a node's record is not readable; ignored"),
+        },
+        EventType::Delete => {
+            if members.remove(name) {
+                info!(node = %name, nodes = ?members.names(), "a node left the cluster (it stopped, or its lease expired)");
+            }
+        }
+    }
 }
