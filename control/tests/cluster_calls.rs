@@ -28,6 +28,22 @@ fn node(etcd: &Etcd, name: &str) -> Gw {
     )
 }
 
+/// A `req` of one connection, left waiting for its hello on its own task.
+fn spawn_req(
+    conn: &scistream_client::Connection,
+    uid: &str,
+    role: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::Response>, tonic::Status>> {
+    let mut client = conn.client.clone();
+    let request = pb::Request {
+        uid: uid.to_owned(),
+        role: role.to_owned(),
+        num_conn: 1,
+        rate: 0,
+    };
+    tokio::spawn(async move { client.req(request).await })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn req_hello_update_status_release_at_three_different_nodes() {
     if !have_etcd("req_hello_update_status_release_at_three_different_nodes") {
@@ -54,19 +70,7 @@ async fn req_hello_update_status_release_at_three_different_nodes() {
     let (ca, cb, cc) = (at(&a).await, at(&b).await, at(&c).await);
 
     // req at a waits for its hello...
-    let req = {
-        let (mut client, uid) = (ca.client.clone(), uid.clone());
-        tokio::spawn(async move {
-            client
-                .req(pb::Request {
-                    uid,
-                    role: "CONS".into(),
-                    num_conn: 1,
-                    rate: 0,
-                })
-                .await
-        })
-    };
+    let req = spawn_req(&ca, &uid, "CONS");
     // ...which reaches b.
     let hello = cb
         .client
@@ -174,19 +178,7 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
     let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
-    let req = {
-        let (mut client, uid) = (ca.client.clone(), uid.clone());
-        tokio::spawn(async move {
-            client
-                .req(pb::Request {
-                    uid,
-                    role: "PROD".into(),
-                    num_conn: 1,
-                    rate: 0,
-                })
-                .await
-        })
-    };
+    let req = spawn_req(&ca, &uid, "PROD");
     // Wait until a holds it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while etcd.get_prefix("/scistream/inst/sessions/").is_empty() {

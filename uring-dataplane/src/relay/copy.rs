@@ -103,19 +103,9 @@ fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::test_pair as pair;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
-
-    fn pair() -> (OwnedFd, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (ours, _) = l.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        (OwnedFd::from(ours), peer)
-    }
 
     #[test]
     fn copies_and_half_closes() {

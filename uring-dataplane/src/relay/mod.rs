@@ -243,3 +243,17 @@ impl Relay {
 pub fn set_reset_on_close(fd: &OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
 }
+
+/// A connected (ours, peer) pair on loopback with our end non-blocking,
+/// for the relays' tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_pair() -> (OwnedFd, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    (OwnedFd::from(ours), peer)
+}

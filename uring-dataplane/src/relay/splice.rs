@@ -292,20 +292,9 @@ fn control_record(d: &mut Dir, src: &OwnedFd) -> Result<(), RelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::test_pair as pair;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
-
-    /// A connected (ours, peer) pair on loopback with our end non-blocking.
-    fn pair() -> (OwnedFd, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (ours, _) = l.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        (OwnedFd::from(ours), peer)
-    }
 
     fn run_until_idle(r: &mut SpliceRelay, c: &OwnedFd, t: &OwnedFd) -> Turn {
         loop {
