@@ -39,8 +39,8 @@ pub struct Auth {
     /// Mark the call as this client's (`false` only when relaying a call
     /// that came without the mark).
     mark: bool,
-    /// A header set on relayed calls (a cluster node's own marker).
-    relayed: Option<&'static str>,
+    /// A header and its value set on relayed calls (a cluster node's own marker).
+    relayed: Option<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -81,17 +81,17 @@ impl Auth {
     /// A call relayed as it came: its `authorization` value, and the
     /// client mark only if it carried one (a cluster node passing a call
     /// on to the node that holds the session).
-    /// `relayed_header` is set (to `1`) on every call, so that the
-    /// receiving node knows the call was passed on.
+    /// `relayed` (a header name and its value) is set on every call, so
+    /// that the receiving node knows how the call was passed on.
     pub fn relayed(
         header: MetadataValue<tonic::metadata::Ascii>,
         mark: bool,
-        relayed_header: &'static str,
+        relayed: (&'static str, MetadataValue<tonic::metadata::Ascii>),
     ) -> Self {
         Auth {
             header,
             mark,
-            relayed: Some(relayed_header),
+            relayed: Some(relayed),
         }
     }
 }
@@ -104,10 +104,8 @@ impl Interceptor for Auth {
         request
             .metadata_mut()
             .insert("authorization", self.header.clone());
-        if let Some(h) = self.relayed {
-            request
-                .metadata_mut()
-                .insert(h, MetadataValue::from_static("1"));
+        if let Some((h, v)) = &self.relayed {
+            request.metadata_mut().insert(*h, v.clone());
         }
         if self.mark {
             request.metadata_mut().insert(

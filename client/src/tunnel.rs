@@ -340,6 +340,92 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
     })
 }
 
+/// A session spread over several cluster nodes, summed over its nodes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionTotal {
+    /// PROD or CONS.
+    pub role: String,
+    /// Nodes holding part of it (lost ones too).
+    pub nodes: usize,
+    /// Its listeners, on every node.
+    pub listeners: usize,
+    /// Listeners on nodes whose part is lost or does not answer.
+    pub listeners_lost: usize,
+    /// Connections open now, and since it started.
+    pub conns_open: u64,
+    /// Connections since it started.
+    pub conns_total: u64,
+    /// Bytes towards the target, and back.
+    pub bytes_to_target: u64,
+    /// Bytes back from the target.
+    pub bytes_from_target: u64,
+    /// Bits per second towards the target, and back.
+    pub bps_to_target: f64,
+    /// Bits per second back from the target.
+    pub bps_from_target: f64,
+}
+
+/// Per role, the sum over nodes of a `status` that names more than one
+/// node (cluster mode, a session spread over nodes); empty otherwise.
+pub fn session_totals(sessions: &[pb::SessionStatus]) -> Vec<SessionTotal> {
+    let mut totals: Vec<SessionTotal> = Vec::new();
+    for s in sessions.iter().filter(|s| !s.node.is_empty()) {
+        let t = match totals.iter_mut().position(|t| t.role == s.role) {
+            Some(i) => &mut totals[i],
+            None => {
+                totals.push(SessionTotal {
+                    role: s.role.clone(),
+                    ..Default::default()
+                });
+                let last = totals.len() - 1;
+                &mut totals[last]
+            }
+        };
+        t.nodes += 1;
+        t.listeners += s.listeners.len();
+        if matches!(s.phase.as_str(), "lost" | "unreachable") {
+            t.listeners_lost += s.listeners.len();
+        }
+        t.conns_open += s.conns_open;
+        t.conns_total += s.conns_total;
+        t.bytes_to_target += s.bytes_to_target;
+        t.bytes_from_target += s.bytes_from_target;
+        t.bps_to_target += s.bps_to_target;
+        t.bps_from_target += s.bps_from_target;
+    }
+    totals.retain(|t| t.nodes > 1);
+    totals
+}
+
+/// A session's sum over nodes as JSON.
+pub fn total_json(t: &SessionTotal) -> serde_json::Value {
+    serde_json::json!({
+        "role": t.role, "nodes": t.nodes, "listeners": t.listeners,
+        "listeners_lost": t.listeners_lost, "conns_open": t.conns_open,
+        "conns_total": t.conns_total, "bytes_to_target": t.bytes_to_target,
+        "bytes_from_target": t.bytes_from_target, "bps_to_target": t.bps_to_target,
+        "bps_from_target": t.bps_from_target,
+    })
+}
+
+/// A session's sum over nodes for people.
+pub fn total_text(t: &SessionTotal) -> String {
+    use scistream_protocol::units::{format_rate, format_size};
+    format!(
+        "{} over {} nodes: {} listeners ({} lost), {} connections open, {} total; {} to target, {} back; now {} to target, {} back\n",
+        t.role,
+        t.nodes,
+        t.listeners,
+        t.listeners_lost,
+        t.conns_open,
+        t.conns_total,
+        format_size(t.bytes_to_target),
+        format_size(t.bytes_from_target),
+        format_rate(t.bps_to_target),
+        format_rate(t.bps_from_target),
+    )
+}
+
 /// A session status for people.
 pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     use scistream_protocol::units::{format_rate, format_size};
@@ -404,6 +490,36 @@ pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_session_is_summed_per_role_over_its_nodes() {
+        let part = |node: &str, role: &str, phase: &str, n: usize, bytes: u64| pb::SessionStatus {
+            node: node.into(),
+            role: role.into(),
+            phase: phase.into(),
+            listeners: (0..n).map(|i| format!("127.0.0.1:{i}")).collect(),
+            bytes_to_target: bytes,
+            conns_open: n as u64,
+            ..Default::default()
+        };
+        let spread = [
+            part("a", "PROD", "forwarding", 2, 10),
+            part("b", "PROD", "forwarding", 2, 20),
+            part("c", "PROD", "lost", 2, 0),
+            part("a", "CONS", "forwarding", 1, 5),
+        ];
+        let totals = session_totals(&spread);
+        assert_eq!(totals.len(), 1, "one node only: no sum: {totals:?}");
+        let t = &totals[0];
+        assert_eq!(
+            (t.role.as_str(), t.nodes, t.listeners, t.listeners_lost),
+            ("PROD", 3, 6, 2)
+        );
+        assert_eq!((t.bytes_to_target, t.conns_open), (30, 6));
+        // A single gateway names no node: nothing to sum.
+        let single = [part("", "PROD", "forwarding", 4, 1)];
+        assert!(session_totals(&single).is_empty());
+    }
 
     #[test]
     fn receivers_are_built_and_checked() {

@@ -1,6 +1,9 @@
 //! The `scistream.Control` gRPC service: thin glue from tonic to the [`Registry`].
 
-use crate::cluster::relay::{Relay, Rpc};
+use crate::cluster::directory::{Part, SessionRecord};
+use crate::cluster::relay::{Relay, Rpc, Served};
+use crate::cluster::spread::{self, Caller};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -9,6 +12,7 @@ use tokio::sync::Notify;
 
 use scistream_protocol::pb;
 use scistream_protocol::pb::control_server::Control;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, warn};
 
@@ -92,18 +96,24 @@ impl ControlService {
         self
     }
 
-    /// The node that holds `uid`'s session when it is not this one, with a
-    /// client carrying the caller's credentials.
-    async fn holder<M>(
-        &self,
-        rpc: Rpc,
-        request: &Request<M>,
-        uid: &str,
-    ) -> Result<Option<crate::cluster::relay::Holder>, Status> {
+    /// Where a call for `uid` is served (always here on a single node).
+    async fn route<M>(&self, rpc: Rpc, request: &Request<M>, uid: &str) -> Result<Served, Status> {
         match &self.relay {
-            Some(relay) => relay.holder(rpc, uid, request.metadata()).await,
-            None => Ok(None),
+            Some(relay) => relay.route(rpc, uid, request.metadata()).await,
+            None => Ok(Served::Here(None)),
         }
+    }
+
+    /// Cluster mode: the caller, for serving a session spread over nodes.
+    fn caller(&self, relay: &Arc<Relay>, who: Identity, metadata: MetadataMap) -> Arc<Caller> {
+        let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
+        Arc::new(Caller {
+            registry: self.registry.clone(),
+            relay: relay.clone(),
+            who,
+            metadata,
+            marked,
+        })
     }
 
     /// One call: authenticate, run `op` as that caller, log the outcome.
@@ -148,6 +158,25 @@ impl ControlService {
             started.elapsed(),
         );
         finish(rpc, &uid, who.as_ref(), self.auth.mode(), started, r)
+    }
+}
+
+/// The parts of a session spread over several nodes (of `role`, when the
+/// call names one); empty when all its listeners are on this node.
+fn spread_parts(record: Option<SessionRecord>, role: Option<&str>) -> Vec<Part> {
+    let Some(record) = record else {
+        return Vec::new();
+    };
+    let role = role.and_then(|r| scistream_protocol::Role::from_str(r).ok());
+    let parts: Vec<Part> = record
+        .parts
+        .into_iter()
+        .filter(|p| role.is_none_or(|r| p.role == r.to_string()))
+        .collect();
+    if parts.iter().all(|p| p.node == record.node) {
+        Vec::new()
+    } else {
+        parts
     }
 }
 
@@ -199,18 +228,33 @@ fn finish<T>(
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
-        let uid = request.get_ref().uid.clone();
-        if let Some((_, mut holder)) = self.holder(Rpc::Req, &request, &uid).await? {
-            return holder.req(request.into_inner()).await;
-        }
-        let marked = request
-            .metadata()
-            .contains_key(scistream_protocol::CLIENT_HEADER);
+        let served = match &self.relay {
+            Some(relay) => relay.claim(request.get_ref(), request.metadata()).await?,
+            None => Served::Here(None),
+        };
+        let parts = match served {
+            Served::There(mut holder) => return holder.req(request.into_inner()).await,
+            Served::Claimed(parts) if parts.len() > 1 => parts,
+            _ => Vec::new(),
+        };
+        let metadata = request.metadata().clone();
+        let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
+        let first = match &self.relay {
+            Some(_) => crate::cluster::relay::part_first_index(&metadata)?,
+            None => 0,
+        };
         self.call(
             "req",
             request,
             |m| &m.uid,
-            |who, m| async move { self.registry.req(&who, m, marked).await },
+            |who, m| async move {
+                match &self.relay {
+                    Some(relay) if !parts.is_empty() => {
+                        spread::req(self.caller(relay, who, metadata), m.uid, parts).await
+                    }
+                    _ => self.registry.req_at(&who, m, marked, first).await,
+                }
+            },
         )
         .await
     }
@@ -220,14 +264,24 @@ impl Control for ControlService {
         request: Request<pb::UpdateTargets>,
     ) -> Result<Response<pb::Response>, Status> {
         let uid = request.get_ref().uid.clone();
-        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
-            return holder.update(request.into_inner()).await;
-        }
+        let parts = match self.route(Rpc::Other, &request, &uid).await? {
+            Served::There(mut holder) => return holder.update(request.into_inner()).await,
+            Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
+            Served::Claimed(_) => Vec::new(),
+        };
+        let metadata = request.metadata().clone();
         self.call(
             "update",
             request,
             |m| &m.uid,
-            |who, m| async move { self.registry.update(&who, m).await },
+            |who, m| async move {
+                match &self.relay {
+                    Some(relay) if !parts.is_empty() => {
+                        spread::update(self.caller(relay, who, metadata), m, parts).await
+                    }
+                    _ => self.registry.update(&who, m).await,
+                }
+            },
         )
         .await
     }
@@ -237,15 +291,27 @@ impl Control for ControlService {
         request: Request<pb::Release>,
     ) -> Result<Response<pb::Response>, Status> {
         let uid = request.get_ref().uid.clone();
-        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
-            return holder.release(request.into_inner()).await;
-        }
+        let parts = match self.route(Rpc::Other, &request, &uid).await? {
+            Served::There(mut holder) => return holder.release(request.into_inner()).await,
+            Served::Here(record) => spread_parts(record, None),
+            Served::Claimed(_) => Vec::new(),
+        };
+        let metadata = request.metadata().clone();
         let r = self
             .call(
                 "release",
                 request,
                 |m| &m.uid,
-                |who, m| async move { self.registry.release(&who, m).await },
+                |who, m| async move {
+                    match &self.relay {
+                        Some(relay) if !parts.is_empty() => {
+                            let caller = self.caller(relay, who, metadata);
+                            spread::release_parts(&caller, &m.uid, &parts).await?;
+                            Ok(pb::Response::default())
+                        }
+                        _ => self.registry.release(&who, m).await,
+                    }
+                },
             )
             .await;
         if let (Ok(_), Some(relay)) = (&r, &self.relay) {
@@ -259,14 +325,24 @@ impl Control for ControlService {
         request: Request<pb::Hello>,
     ) -> Result<Response<pb::AppResponse>, Status> {
         let uid = request.get_ref().uid.clone();
-        if let Some((_, mut holder)) = self.holder(Rpc::Hello, &request, &uid).await? {
-            return holder.hello(request.into_inner()).await;
-        }
+        let parts = match self.route(Rpc::Hello, &request, &uid).await? {
+            Served::There(mut holder) => return holder.hello(request.into_inner()).await,
+            Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
+            Served::Claimed(_) => Vec::new(),
+        };
+        let metadata = request.metadata().clone();
         self.call(
             "hello",
             request,
             |m| &m.uid,
-            |who, m| async move { self.registry.hello(&who, m).await },
+            |who, m| async move {
+                match &self.relay {
+                    Some(relay) if !parts.is_empty() => {
+                        spread::hello(self.caller(relay, who, metadata), m, parts).await
+                    }
+                    _ => self.registry.hello(&who, m).await,
+                }
+            },
         )
         .await
     }
@@ -302,9 +378,12 @@ impl Control for ControlService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::SessionList>, Status> {
         let uid = request.get_ref().uid.clone();
-        if let Some((_, mut holder)) = self.holder(Rpc::Other, &request, &uid).await? {
-            return holder.status(request.into_inner()).await;
-        }
+        let parts = match self.route(Rpc::Other, &request, &uid).await? {
+            Served::There(mut holder) => return holder.status(request.into_inner()).await,
+            Served::Here(record) => spread_parts(record, None),
+            Served::Claimed(_) => Vec::new(),
+        };
+        let metadata = request.metadata().clone();
         self.call(
             "status",
             request,
@@ -312,14 +391,25 @@ impl Control for ControlService {
             |who, m| async move {
                 scistream_protocol::validate_uid(&m.uid)
                     .map_err(|e| ControlError::InvalidArgument(format!("uid: {e}")))?;
-                crate::status::sessions(&self.registry, &self.rates, &who, Some(&m.uid)).await
+                match &self.relay {
+                    Some(relay) if !parts.is_empty() => {
+                        let caller = self.caller(relay, who, metadata);
+                        spread::status(&caller, &m.uid, &parts, &self.rates).await
+                    }
+                    _ => {
+                        crate::status::sessions(&self.registry, &self.rates, &who, Some(&m.uid))
+                            .await
+                    }
+                }
             },
         )
         .await
         .map(|mut list| {
             if let Some(relay) = &self.relay {
                 for s in &mut list.get_mut().sessions {
-                    s.node = relay.node().to_owned();
+                    if s.node.is_empty() {
+                        s.node = relay.node().to_owned();
+                    }
                 }
             }
             list

@@ -53,6 +53,9 @@ pub struct StoredSession {
     pub phase: StoredPhase,
     /// Creation, seconds since the epoch.
     pub created_unix: u64,
+    /// Connection index of its first listener (part of a session spread
+    /// over cluster nodes; else 0).
+    pub first_index: u16,
 }
 
 /// What the store may hold: this release's form, or the first release's,
@@ -73,6 +76,8 @@ struct StoredForm {
     target_names: Vec<String>,
     phase: StoredPhase,
     created_unix: u64,
+    #[serde(default)]
+    first_index: u16,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +113,7 @@ impl From<StoredForm> for StoredSession {
             targets,
             phase: f.phase,
             created_unix: f.created_unix,
+            first_index: f.first_index,
         }
     }
 }
@@ -260,6 +266,7 @@ mod tests {
 
     fn session(uid: &str) -> StoredSession {
         StoredSession {
+            first_index: 0,
             uid: uid.into(),
             role: Role::Prod,
             owner: Identity::anonymous(),

@@ -86,6 +86,10 @@ fn killing_s2cs_mid_stream_loses_neither_the_stream_nor_the_session() {
     std::thread::sleep(Duration::from_millis(500));
     hpc1.signal(Signal::KILL);
     inst1.signal(Signal::KILL);
+    // The next s2cs opens the same store: only once these are dead.
+    for gw in [&hpc1, &inst1] {
+        scistream_testkit::wait_dead(gw.pid().unwrap() as i32);
+    }
 
     let hpc2 = restart(&hpc_opts, 2);
     let inst2 = restart(&inst_opts, 2);

@@ -37,26 +37,6 @@ fn kill9(pid: i32) {
     );
 }
 
-/// Waits until `pid` is dead (gone or a zombie): a killed process may
-/// still complete the system call it was in.
-fn wait_dead(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().chars().next())
-            })
-            .flatten();
-        if matches!(state, None | Some('Z') | Some('X')) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "s2ds {pid} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn new_s2ds(gw: &Gw, old: i32) -> i32 {
     let s2cs = gw.gw.pid().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -107,7 +87,7 @@ fn a_killed_s2ds_is_replaced_and_queued_connections_are_served() {
     let s2cs = inst.gw.pid().unwrap();
     let first = s2ds_of(s2cs).expect("s2ds runs under s2cs");
     kill9(first);
-    wait_dead(first);
+    scistream_testkit::wait_dead(first);
     // Ten new connections arrive while no s2ds runs: they wait in the backlog.
     let newcomers: Vec<_> = (0..10)
         .map(|i| {
@@ -176,7 +156,7 @@ fn an_s2ds_killed_while_starting_does_not_wedge_the_restarts() {
     let mut old = s2ds_of(s2cs).unwrap();
     for _ in 0..3 {
         kill9(old);
-        wait_dead(old);
+        scistream_testkit::wait_dead(old);
         // Kill the next one the moment it exists, before it is ready.
         let deadline = Instant::now() + Duration::from_secs(30);
         old = loop {
@@ -188,7 +168,7 @@ fn an_s2ds_killed_while_starting_does_not_wedge_the_restarts() {
         };
     }
     kill9(old);
-    wait_dead(old);
+    scistream_testkit::wait_dead(old);
     new_s2ds(&inst, old);
     let sent = send_stream(&entry, 5, 1 << 20);
     let mut seen = false;

@@ -93,6 +93,12 @@ pub struct SessionSpec {
     /// What the session's connections carry.
     #[serde(default)]
     pub channel: DataChannel,
+    /// The connection index of its first listener: 0, except for part of a
+    /// session whose listeners are spread over several gateway nodes
+    /// (listener *i* answers to, and its connections present, index
+    /// `first_index + i`).
+    #[serde(default)]
+    pub first_index: u16,
 }
 
 /// How a session's connections cross between gateways.
@@ -514,6 +520,7 @@ mod tests {
         let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
         let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = SessionSpec {
+            first_index: 0,
             key: key(),
             listeners: vec![l1.local_addr().unwrap(), l2.local_addr().unwrap()],
             targets: vec![Target::from_addr("127.0.0.1:9".parse().unwrap()); 2],
@@ -603,6 +610,7 @@ mod tests {
         let target = Target::new(&format!("{name}:65535"), addr).unwrap();
         let n = MAX_LISTENERS_PER_SESSION;
         let spec = SessionSpec {
+            first_index: 0,
             key: SessionKey {
                 uid: "u".repeat(crate::session::MAX_UID_LEN),
                 role: Role::Cons,

@@ -484,3 +484,26 @@ pub fn echoes(conn: &mut TcpStream, timeout: Duration) -> bool {
     let mut buf = [0u8; 4];
     matches!(conn.read_exact(&mut buf), Ok(()) if &buf == b"ping")
 }
+
+/// Waits until `pid` is dead (gone or a zombie): a killed process may
+/// still complete the system call it was in.
+pub fn wait_dead(pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().chars().next())
+            })
+            .flatten();
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -41,6 +41,8 @@ pub enum ListenerChannel {
         uid: Arc<str>,
         /// The peer gateway must present a verified certificate (mutual TLS).
         client_cert: bool,
+        /// The connection index of the session's first listener here.
+        first_index: u16,
     },
     /// To a peer gateway: preamble (in TLS when `tls`) before anything.
     ToPeer {
@@ -52,6 +54,8 @@ pub enum ListenerChannel {
         /// listener `i` goes to `targets[i]` first, and to the others in
         /// turn when that one fails during setup.
         targets: Arc<[scistream_protocol::Target]>,
+        /// The connection index of the session's first target here.
+        first_index: u16,
     },
 }
 

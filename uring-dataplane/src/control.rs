@@ -51,11 +51,13 @@ fn listener_channel(spec: &SessionSpec) -> ListenerChannel {
             tls: *tls,
             uid,
             client_cert: *client_cert,
+            first_index: spec.first_index,
         },
         DataChannel::ToPeer { tls } => ListenerChannel::ToPeer {
             tls: *tls,
             uid,
             targets: spec.targets.clone().into(),
+            first_index: spec.first_index,
         },
     }
 }

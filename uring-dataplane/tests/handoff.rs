@@ -22,6 +22,7 @@ fn forwards_counts_retargets_and_removes() {
     let (l0, a0) = listener();
     let (l1, a1) = listener();
     let spec = SessionSpec {
+        first_index: 0,
         key: key("s1"),
         listeners: vec![a0, a1],
         targets: targets(&[echo_a.addr, echo_a.addr]),
@@ -93,6 +94,7 @@ fn a_target_that_refuses_closes_the_client_and_counts_an_error() {
     let (l0, a0) = listener();
     let (l1, a1) = listener();
     let spec = SessionSpec {
+        first_index: 0,
         key: key("s2"),
         listeners: vec![a0, a1],
         targets: targets(&[dead, echo.addr]),
@@ -119,6 +121,7 @@ fn malformed_commands_are_refused_without_harm() {
     let (l0, a0) = listener();
     // Descriptor count does not match.
     let spec = SessionSpec {
+        first_index: 0,
         key: key("bad"),
         listeners: vec![a0, a0],
         targets: targets(&[a0, a0]),
@@ -132,6 +135,7 @@ fn malformed_commands_are_refused_without_harm() {
     // A descriptor that is not a listening socket.
     let connected = OwnedFd::from(TcpStream::connect(a0).unwrap());
     let spec = SessionSpec {
+        first_index: 0,
         key: key("bad"),
         listeners: vec![a0],
         targets: targets(&[a0]),
@@ -164,6 +168,7 @@ fn malformed_commands_are_refused_without_harm() {
     let echo = EchoServer::start();
     let (l1, a1) = listener();
     let spec = SessionSpec {
+        first_index: 0,
         key: key("kept"),
         listeners: vec![a1],
         targets: targets(&[echo.addr]),

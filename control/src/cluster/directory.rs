@@ -22,23 +22,48 @@ use super::membership::prefix;
 /// Where a call for a uid is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// On this node.
-    Here,
+    /// On this node; with the session's record when it has one (a `req`
+    /// that just claimed the uid has none yet).
+    Here(Option<SessionRecord>),
     /// On another node, reached at its control address.
     There { node: String, control: SocketAddr },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Holder {
-    node: String,
-    control: SocketAddr,
+/// A session in etcd: the node that holds it (serves its calls) and where
+/// its listeners are placed. Keyed by a hash of the uid, which is never
+/// written in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub(crate) node: String,
+    pub(crate) control: SocketAddr,
+    /// Its listeners' placement, per role (empty: all on the holder).
+    #[serde(default)]
+    pub(crate) parts: Vec<Part>,
+}
+
+/// Some of a session's listeners, on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Part {
+    /// PROD or CONS.
+    pub(crate) role: String,
+    pub(crate) node: String,
+    pub(crate) control: SocketAddr,
+    /// How many listeners.
+    pub(crate) count: usize,
+    /// The index of its first listener in the session's list.
+    pub(crate) offset: usize,
+    /// Its share of the session's rate (the `req`'s units).
+    pub(crate) rate: i32,
+    /// Its listeners, once bound.
+    #[serde(default)]
+    pub(crate) listeners: Vec<String>,
 }
 
 /// The cluster's session directory, as one node uses it.
 pub(crate) struct Directory {
     etcd: Etcd,
     cluster: String,
-    me: Holder,
+    me: SessionRecord,
 }
 
 impl std::fmt::Debug for Directory {
@@ -55,8 +80,16 @@ impl Directory {
         Directory {
             etcd,
             cluster,
-            me: Holder { node, control },
+            me: SessionRecord {
+                node,
+                control,
+                parts: Vec::new(),
+            },
         }
+    }
+
+    pub(crate) fn etcd(&self) -> &Etcd {
+        &self.etcd
     }
 
     pub(crate) fn cluster(&self) -> &str {
@@ -70,20 +103,29 @@ impl Directory {
     }
 
     fn route_of(&self, value: &[u8]) -> Route {
-        match serde_json::from_slice::<Holder>(value) {
+        match serde_json::from_slice::<SessionRecord>(value) {
             Ok(h) if h.node != self.me.node => Route::There {
                 node: h.node,
                 control: h.control,
             },
-            // Ours, or unreadable (then this node serves it).
-            _ => Route::Here,
+            Ok(h) => Route::Here(Some(h)),
+            // Unreadable: this node serves it.
+            Err(_) => Route::Here(None),
         }
     }
 
-    /// `req`: the uid becomes this node's unless another node holds it.
-    pub(crate) async fn claim(&self, uid: &str) -> Result<Route, ClusterError> {
+    /// `req`: the uid becomes this node's, with its listeners placed as
+    /// `parts` (empty: all here): `None`. When some node (this one too)
+    /// holds it already: where.
+    pub(crate) async fn claim(
+        &self,
+        uid: &str,
+        parts: &[Part],
+    ) -> Result<Option<Route>, ClusterError> {
         let key = self.key(uid);
-        let value = serde_json::to_vec(&self.me).map_err(ClusterError::Encode)?;
+        let mut record = self.me.clone();
+        record.parts = parts.to_vec();
+        let value = serde_json::to_vec(&record).map_err(ClusterError::Encode)?;
         let answer = self
             .etcd
             .call("claim a session", |mut c| {
@@ -95,19 +137,19 @@ impl Directory {
             })
             .await?;
         if answer.succeeded() {
-            return Ok(Route::Here);
+            return Ok(None);
         }
         let held = answer.op_responses().into_iter().find_map(|op| match op {
             etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
             _ => None,
         });
-        Ok(held.map_or(Route::Here, |v| self.route_of(&v)))
+        Ok(Some(held.map_or(Route::Here(None), |v| self.route_of(&v))))
     }
 
     /// `hello`, `update`, `release`, `status`: where the uid is held; here
     /// when no node holds it.
     pub(crate) async fn route(&self, uid: &str) -> Result<Route, ClusterError> {
-        Ok(self.holder(uid).await?.unwrap_or(Route::Here))
+        Ok(self.holder(uid).await?.unwrap_or(Route::Here(None)))
     }
 
     async fn holder(&self, uid: &str) -> Result<Option<Route>, ClusterError> {
@@ -135,10 +177,58 @@ impl Directory {
                 return Ok(route);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(Route::Here);
+                return Ok(Route::Here(None));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Sets the placement of `role`'s listeners in the session's record
+    /// (this node holds it). Compare-and-swap on the record's revision, so
+    /// that both roles of one uid placed at once both land.
+    pub(crate) async fn set_parts(
+        &self,
+        uid: &str,
+        role: &str,
+        parts: &[Part],
+    ) -> Result<(), ClusterError> {
+        let key = self.key(uid);
+        for _ in 0..8 {
+            let now = self
+                .etcd
+                .call("read a session's record", |mut c| {
+                    let key = key.clone();
+                    async move { c.get(key, None).await }
+                })
+                .await?;
+            let (mut record, revision) = match now.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice(kv.value()).unwrap_or_else(|_| self.me.clone()),
+                    kv.mod_revision(),
+                ),
+                None => (self.me.clone(), 0),
+            };
+            record.parts.retain(|p| p.role != role);
+            record.parts.extend_from_slice(parts);
+            let value = serde_json::to_vec(&record).map_err(ClusterError::Encode)?;
+            let answer = self
+                .etcd
+                .call("record a session's placement", |mut c| {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if answer.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Contended("record a session's placement"))
     }
 
     /// `release` at the holder: the uid is no longer held.

@@ -8,9 +8,12 @@
 
 pub(crate) mod directory;
 pub(crate) mod etcd;
+mod load;
 pub(crate) mod membership;
 pub(crate) mod options;
+pub(crate) mod placement;
 pub(crate) mod relay;
+pub(crate) mod spread;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,6 +53,9 @@ pub enum ClusterError {
         /// Why.
         source: std::io::Error,
     },
+    /// Other writers kept changing a record this node tried to change.
+    #[error("etcd: cannot {0}: the record kept changing under this node; try again")]
+    Contended(&'static str),
     /// A record could not be encoded.
     #[error("etcd: cannot encode a record: {0}")]
     Encode(serde_json::Error),
@@ -119,7 +125,20 @@ impl Cluster {
             self.node.clone(),
             trust,
             hello_grace,
+            self.settings.placement,
         )
+    }
+
+    /// Publishes this node's load (what placement reads) from now on.
+    pub(crate) fn publish_load(&mut self, registry: Arc<crate::sessions::Registry>) {
+        let task = load::publish(
+            self.etcd.clone(),
+            self.settings.cluster.clone(),
+            self.node.clone(),
+            self.lease.clone(),
+            registry,
+        );
+        self.tasks.push(tokio::spawn(task));
     }
 
     /// The cluster's name.

@@ -50,6 +50,13 @@ pub struct ClusterOptions {
     /// Bound on each call to etcd (and on connecting to it at start).
     #[arg(long = "etcd-timeout", alias = "etcd_timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub etcd_timeout: Duration,
+
+    /// Where a `req`'s listeners go: `spread` over the live nodes, least
+    /// loaded (booked rate, then listeners) first, so that one session's
+    /// bandwidth adds up across nodes; `pack` keeps them all on the node
+    /// that took the `req`. The node taking the `req` always keeps one.
+    #[arg(long, value_enum, default_value_t = super::placement::Placement::Spread)]
+    pub placement: super::placement::Placement,
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -76,6 +83,7 @@ pub(crate) struct ClusterSettings {
     pub(crate) identity: Option<(PathBuf, PathBuf)>,
     pub(crate) lease_ttl: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) placement: super::placement::Placement,
 }
 
 impl ClusterOptions {
@@ -116,6 +124,7 @@ impl ClusterOptions {
             identity,
             lease_ttl: self.lease_ttl,
             timeout: self.etcd_timeout,
+            placement: self.placement,
         }))
     }
 }

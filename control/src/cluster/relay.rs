@@ -4,6 +4,7 @@
 //! authenticates the caller itself, and its answer (or error) is the answer.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,22 +15,31 @@ use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{info, warn};
 
-use super::directory::{Directory, Route};
+use super::directory::{Directory, Part, Route, SessionRecord};
 use super::membership::Members;
+use super::placement::{Candidate, Placement, Share};
 
 /// Marks a call one node passes to another on behalf of a caller, so that
 /// the receiving node answers for itself only (a `list` is not fanned out
-/// again).
+/// again). Its value says how: `1` passed on to the node holding the
+/// session, `part` to a node holding some of its listeners (served there,
+/// on that node's own sessions, and not passed on again).
 pub(crate) const RELAYED_HEADER: &str = "x-scistream-relayed";
 
-/// The node holding a session, and a client of it.
-pub(crate) type Holder = (String, Control);
+/// Where a call is served.
+#[derive(Debug)]
+pub(crate) enum Served {
+    /// Here; with the session's record in cluster mode once it has one.
+    Here(Option<SessionRecord>),
+    /// Here: a `req` that has just claimed its uid with this placement.
+    Claimed(Vec<Part>),
+    /// At another node: its name and a client carrying the caller's credentials.
+    There(Control),
+}
 
-/// The kinds of call, for where they are served.
+/// The kinds of call other than `req`, for where they are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rpc {
-    /// Claims the uid for this node unless another node holds it.
-    Req,
     /// Waits up to the hello grace time for the `req` to reach some node.
     Hello,
     /// Served where the uid is held, here when nowhere.
@@ -48,6 +58,7 @@ pub(crate) struct Relay {
     /// under `--insecure`.
     trust: Trust,
     hello_grace: Duration,
+    placement: Placement,
 }
 
 impl Relay {
@@ -57,6 +68,7 @@ impl Relay {
         node: String,
         trust: Trust,
         hello_grace: Duration,
+        placement: Placement,
     ) -> Relay {
         Relay {
             directory,
@@ -64,32 +76,121 @@ impl Relay {
             node,
             trust,
             hello_grace,
+            placement,
         }
     }
 
-    /// `None` when the call is served here; else a client of the node that
-    /// holds the session, carrying the caller's credentials.
-    pub(crate) async fn holder(
+    /// Where a call for `uid` is served: here (with the session's record,
+    /// if any), or at the node that holds the session. A `req` claims the
+    /// uid for this node when no node holds it (see [`Relay::claim`]).
+    pub(crate) async fn route(
         &self,
         rpc: Rpc,
         uid: &str,
         metadata: &MetadataMap,
-    ) -> Result<Option<Holder>, Status> {
-        if uid.is_empty() {
-            return Ok(None);
+    ) -> Result<Served, Status> {
+        if uid.is_empty() || is_part_call(metadata) {
+            return Ok(Served::Here(None));
         }
         let route = match rpc {
-            Rpc::Req => self.directory.claim(uid).await,
             Rpc::Hello => self.directory.route_waiting(uid, self.hello_grace).await,
             Rpc::Other => self.directory.route(uid).await,
         }
         .map_err(|e| Status::unavailable(e.to_string()))?;
-        let Route::There { node, control } = route else {
-            return Ok(None);
+        self.served(route, metadata).await
+    }
+
+    async fn served(&self, route: Route, metadata: &MetadataMap) -> Result<Served, Status> {
+        match route {
+            Route::Here(record) => Ok(Served::Here(record)),
+            Route::There { node, control } => {
+                let how = MetadataValue::from_static("1");
+                let client = self.connect(&node, control, metadata, how).await?;
+                info!(%node, "passing the call on to the node that holds the session");
+                Ok(Served::There(client))
+            }
+        }
+    }
+
+    /// A `req`: places its listeners (`--placement`), then claims the uid
+    /// for this node with that placement in one etcd transaction. When
+    /// another node holds the uid already, the call goes there.
+    pub(crate) async fn claim(
+        &self,
+        request: &pb::Request,
+        metadata: &MetadataMap,
+    ) -> Result<Served, Status> {
+        if request.uid.is_empty() || is_part_call(metadata) {
+            return Ok(Served::Here(None));
+        }
+        let n = usize::try_from(request.num_conn).unwrap_or(0);
+        let parts = match scistream_protocol::Role::from_str(&request.role) {
+            Ok(role) if n > 1 => self.place(n, request.rate, &role.to_string()).await?,
+            // Malformed or one listener: this node answers (and refuses).
+            _ => Vec::new(),
         };
-        let client = self.connect(&node, control, metadata).await?;
-        info!(%node, "passing the call on to the node that holds the session");
-        Ok(Some((node, client)))
+        let held = self
+            .directory
+            .claim(&request.uid, &parts)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        match held {
+            None => Ok(Served::Claimed(parts)),
+            Some(route) => self.served(route, metadata).await,
+        }
+    }
+
+    /// The parts of a session of `n` listeners at `rate`: empty when they
+    /// all stay here.
+    async fn place(&self, n: usize, rate: i32, role: &str) -> Result<Vec<Part>, Status> {
+        if self.placement == Placement::Pack || self.members.len() <= 1 {
+            return Ok(Vec::new());
+        }
+        let loads = super::load::read(self.directory.etcd(), self.directory.cluster())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let candidate = |(node, control): (String, SocketAddr)| Candidate {
+            load: loads.get(&node).copied().unwrap_or_default(),
+            node,
+            control,
+        };
+        let (me, others): (Vec<_>, Vec<_>) = self
+            .members
+            .controls()
+            .into_iter()
+            .map(candidate)
+            .partition(|c| c.node == self.node);
+        let Some(me) = me.into_iter().next() else {
+            // Not registered this moment (etcd was lost): keep it here.
+            return Ok(Vec::new());
+        };
+        let shares = super::placement::plan(n, me, others, self.placement);
+        Ok(parts_of(&shares, n, rate, role))
+    }
+
+    /// A client of a node holding part of a session, for the caller. The
+    /// marker carries the index of the part's first listener in the session.
+    pub(crate) async fn part(
+        &self,
+        part: &Part,
+        metadata: &MetadataMap,
+    ) -> Result<Control, Status> {
+        let how = format!("part;first={}", part.offset);
+        let how = MetadataValue::try_from(how.as_str())
+            .map_err(|_| Status::internal("cannot write a part's marker"))?;
+        self.connect(&part.node, part.control, metadata, how).await
+    }
+
+    /// Whether `node` is registered now.
+    pub(crate) fn is_live(&self, node: &str) -> bool {
+        self.members.controls().iter().any(|(n, _)| n == node)
+    }
+
+    /// Records where `role`'s listeners are, once bound.
+    pub(crate) async fn record_parts(&self, uid: &str, role: &str, parts: &[Part]) {
+        if let Err(e) = self.directory.set_parts(uid, role, parts).await {
+            warn!(error = %e, "the session's listeners are not recorded in etcd; status cannot show them if their node is lost");
+        }
     }
 
     async fn connect(
@@ -97,13 +198,14 @@ impl Relay {
         node: &str,
         control: SocketAddr,
         metadata: &MetadataMap,
+        how: MetadataValue<tonic::metadata::Ascii>,
     ) -> Result<Control, Status> {
         let header = metadata
             .get("authorization")
             .cloned()
             .unwrap_or_else(|| MetadataValue::from_static("INVALID_TOKEN"));
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
-        let auth = Auth::relayed(header, marked, RELAYED_HEADER);
+        let auth = Auth::relayed(header, marked, (RELAYED_HEADER, how));
         match scistream_client::connect(&control.to_string(), &self.trust, auth).await {
             Ok(c) => Ok(c.client),
             Err(e) => Err(Status::unavailable(format!(
@@ -133,7 +235,8 @@ impl Relay {
             if node == self.node {
                 continue;
             }
-            let listed = match self.connect(&node, control, metadata).await {
+            let how = MetadataValue::from_static("1");
+            let listed = match self.connect(&node, control, metadata, how).await {
                 Ok(mut c) => c.list(pb::ListRequest {}).await,
                 Err(e) => Err(e),
             };
@@ -147,10 +250,64 @@ impl Relay {
         all
     }
 
+    /// This node's name.
+    pub(crate) fn me(&self) -> &str {
+        &self.node
+    }
+
     /// `release` served here: the uid is no longer held by this node.
     pub(crate) async fn forget(&self, uid: &str) {
         if let Err(e) = self.directory.forget(uid).await {
             warn!(error = %e, "the released session stays listed in etcd (harmless: its next call is served here)");
         }
     }
+}
+
+/// A call from another node for its part of a session: served here only.
+fn is_part_call(metadata: &MetadataMap) -> bool {
+    metadata
+        .get(RELAYED_HEADER)
+        .is_some_and(|v| v.as_bytes().starts_with(b"part"))
+}
+
+/// The connection index of a part's first listener, from the marker of a
+/// call for that part (`part;first=N`); 0 for any other call.
+pub(crate) fn part_first_index(metadata: &MetadataMap) -> Result<u16, Status> {
+    let Some(v) = metadata.get(RELAYED_HEADER) else {
+        return Ok(0);
+    };
+    match v.to_str().ok().and_then(|v| v.strip_prefix("part;first=")) {
+        Some(n) => n
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("{RELAYED_HEADER}: bad first index"))),
+        None => Ok(0),
+    }
+}
+
+/// Parts from shares: offsets in the session's listener list, and each
+/// part's share of the rate (a rate of 0 or less, no cap, stays as it is).
+fn parts_of(shares: &[Share], n: usize, rate: i32, role: &str) -> Vec<Part> {
+    let mut offset = 0;
+    shares
+        .iter()
+        .map(|s| {
+            let share = if rate > 0 {
+                let r = i64::from(rate) * s.count as i64 / n.max(1) as i64;
+                i32::try_from(r.max(1)).unwrap_or(rate)
+            } else {
+                rate
+            };
+            let part = Part {
+                role: role.to_owned(),
+                node: s.node.clone(),
+                control: s.control,
+                count: s.count,
+                offset,
+                rate: share,
+                listeners: Vec::new(),
+            };
+            offset += s.count;
+            part
+        })
+        .collect()
 }

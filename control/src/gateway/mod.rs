@@ -127,10 +127,14 @@ pub async fn run(
         state.store.clone(),
     ));
     let cluster = files.cluster.clone();
-    let gateway = serve::Gateway::new(&config, files, registry, supervisor);
+    let gateway = serve::Gateway::new(&config, files, registry.clone(), supervisor);
     recover(gateway.registry(), state.stored, &attached).await;
     let cluster = match cluster {
-        Some(settings) => Some(join_cluster(&config, &ports, settings).await?),
+        Some(settings) => {
+            let mut cluster = join_cluster(&config, &ports, settings).await?;
+            cluster.publish_load(registry);
+            Some(cluster)
+        }
         None => None,
     };
     info!(

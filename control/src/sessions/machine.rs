@@ -77,6 +77,8 @@ pub(crate) struct Session {
     pub(super) targets: Vec<Target>,
     /// Its inbound side requires the peer gateway's certificate (its uid is not random).
     pub(super) client_cert: bool,
+    /// Connection index of its first listener (part of a spread session).
+    pub(super) first_index: u16,
     /// Serialises the steps of a hello, update or release of this session
     /// across the caller's awaits.
     op_lock: Arc<tokio::sync::Mutex<()>>,
@@ -213,6 +215,7 @@ impl Machine {
             receivers: Vec::new(),
             targets: Vec::new(),
             client_cert: new.client_cert,
+            first_index: new.first_index,
             op_lock: Arc::default(),
             hello_tx: Some(hello_tx),
         };
@@ -548,6 +551,7 @@ impl Machine {
             receivers: stored.receivers,
             targets: stored.targets,
             client_cert,
+            first_index: stored.first_index,
             op_lock: Arc::default(),
             hello_tx: None,
         };
@@ -605,6 +609,7 @@ impl Machine {
                 },
                 Role::Cons => DataChannel::ToPeer { tls },
             },
+            first_index: s.first_index,
         }
     }
 }
@@ -640,5 +645,6 @@ fn record(key: &SessionKey, s: &Session) -> StoredSession {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        first_index: s.first_index,
     }
 }

@@ -138,14 +138,18 @@ impl Registry {
 
     /// `req`: allocate listeners and wait for the hello. `marked`: the call
     /// comes from this project's client, whose rate is meant (else see
-    /// [`Policy::enforce_unmarked_rates`]).
-    pub async fn req(
+    /// [`Policy::enforce_unmarked_rates`]). `first_index`: the connection
+    /// index of its first listener, 0 except for part of a session whose
+    /// listeners are spread over several cluster nodes.
+    pub async fn req_at(
         &self,
         who: &Identity,
         r: pb::Request,
         marked: bool,
+        first_index: u16,
     ) -> Result<pb::Response, ControlError> {
-        let new = NewSession::parse(r, marked, who, &self.policy)?;
+        let mut new = NewSession::parse(r, marked, who, &self.policy)?;
+        new.first_index = first_index;
         let key = new.key.clone();
         let (num_conn, rate_kbps) = (new.num_conn, new.rate_kbps);
         let Waiting {

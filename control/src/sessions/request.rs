@@ -48,6 +48,10 @@ pub(crate) struct NewSession {
     pub rate_kbps: u64,
     /// Its inbound side requires the peer gateway's certificate.
     pub client_cert: bool,
+    /// Connection index of its first listener (see [`SessionSpec::first_index`]).
+    ///
+    /// [`SessionSpec::first_index`]: scistream_protocol::handoff::SessionSpec::first_index
+    pub first_index: u16,
 }
 
 impl NewSession {
@@ -85,6 +89,7 @@ impl NewSession {
             num_conn,
             rate_kbps,
             client_cert,
+            first_index: 0,
         })
     }
 }

@@ -57,3 +57,13 @@ impl Registry {
             .collect()
     }
 }
+
+impl Registry {
+    /// What this gateway's sessions hold now: (listeners, booked rate in kbit/s).
+    pub fn booked(&self) -> (usize, u64) {
+        let machine = self.lock();
+        machine.sessions().values().fold((0, 0), |(l, r), s| {
+            (l + s.listeners.len(), r.saturating_add(s.rate_kbps))
+        })
+    }
+}

@@ -242,10 +242,16 @@ impl Conn {
         preamble: Preamble,
         early: Vec<u8>,
     ) -> Next {
-        let ListenerChannel::FromPeer { tls, uid, .. } = &self.channel else {
+        let ListenerChannel::FromPeer {
+            tls,
+            uid,
+            first_index,
+            ..
+        } = &self.channel
+        else {
             return Next::Close { reset: true };
         };
-        let tls = *tls;
+        let (tls, index) = (*tls, usize::from(*first_index) + self.listener);
         let client = self.client.as_fd();
         if (preamble.flags & FLAG_TLS != 0) != tls {
             let _ = inbound.answer(client, Some(Refusal::Malformed));
@@ -254,7 +260,7 @@ impl Conn {
                 "the preamble's TLS flag does not match the channel (is the peer misconfigured?)",
             );
         }
-        if !uid_matches(&preamble.uid, uid) || usize::from(preamble.conn_index) != self.listener {
+        if !uid_matches(&preamble.uid, uid) || usize::from(preamble.conn_index) != index {
             let _ = inbound.answer(client, Some(Refusal::WrongSession));
             return self.refuse(
                 ctx.worker,
@@ -294,11 +300,19 @@ impl Conn {
     fn connected(&mut self, ctx: &mut ConnCtx, inbound: Option<Box<Inbound>>) -> Next {
         match (inbound, self.channel.clone()) {
             (Some(inbound), _) => self.accept_peer(ctx, inbound),
-            (None, ListenerChannel::ToPeer { tls, uid, targets }) => {
+            (
+                None,
+                ListenerChannel::ToPeer {
+                    tls,
+                    uid,
+                    targets,
+                    first_index,
+                },
+            ) => {
                 // The inbound listener this target is answers to its own index.
                 let preamble = Preamble {
                     flags: if tls { FLAG_TLS } else { 0 },
-                    conn_index: self.target_index as u16,
+                    conn_index: first_index.saturating_add(self.target_index as u16),
                     uid: uid.to_string(),
                 };
                 let server_name = targets

@@ -154,6 +154,7 @@ pub fn add_session(
 ) -> (Vec<SocketAddr>, Vec<OwnedFd>) {
     let (fds, addrs): (Vec<OwnedFd>, Vec<SocketAddr>) = (0..n).map(|_| listener()).unzip();
     let spec = SessionSpec {
+        first_index: 0,
         key: key(uid),
         listeners: addrs.clone(),
         targets: targets(&vec![target; n]),
@@ -176,6 +177,7 @@ pub fn add_channel_session(
     let (fds, addrs): (Vec<OwnedFd>, Vec<SocketAddr>) =
         (0..targets.len()).map(|_| listener()).unzip();
     let spec = SessionSpec {
+        first_index: 0,
         key: SessionKey {
             uid: uid.into(),
             role,

@@ -291,7 +291,26 @@ async fn status(config: &ClientConfig, a: StatusArgs, json: bool) -> Result {
             // Clear the screen and go home, like top.
             print!("\x1b[2J\x1b[H");
         }
-        print_sessions(a.control.s2cs(), &sessions, json, true);
+        let totals = scistream_client::tunnel::session_totals(&sessions);
+        if json {
+            let sessions: Vec<_> = sessions
+                .iter()
+                .map(scistream_client::tunnel::status_json)
+                .collect();
+            let totals: Vec<_> = totals
+                .iter()
+                .map(scistream_client::tunnel::total_json)
+                .collect();
+            println!(
+                "{}",
+                json!({"s2cs": a.control.s2cs(), "sessions": sessions, "totals": totals})
+            );
+        } else {
+            print_sessions(a.control.s2cs(), &sessions, false, true);
+            for t in &totals {
+                print!("{}", scistream_client::tunnel::total_text(t));
+            }
+        }
         if !a.watch {
             return Ok(());
         }

@@ -1,0 +1,87 @@
+//! Each node's load in etcd (`/scistream/CLUSTER/load/NODE`, under the
+//! node's lease): what placement reads to choose the least loaded nodes.
+//! Written once a second when it changed, so a busy cluster of N nodes
+//! costs at most N small writes a second, whatever the number of sessions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{GetOptions, PutOptions};
+use tracing::debug;
+
+use super::ClusterError;
+use super::etcd::Etcd;
+use super::membership::prefix;
+use super::placement::Load;
+use crate::sessions::Registry;
+
+fn load_prefix(cluster: &str) -> String {
+    format!("{}load/", prefix(cluster))
+}
+
+/// Publishes this node's load for as long as the future runs.
+pub(crate) async fn publish(
+    etcd: Etcd,
+    cluster: String,
+    node: String,
+    lease: Arc<AtomicI64>,
+    registry: Arc<Registry>,
+) {
+    let key = format!("{}{node}", load_prefix(&cluster));
+    let mut published: Option<(Load, i64)> = None;
+    loop {
+        let (listeners, booked_kbps) = registry.booked();
+        let now = (
+            Load {
+                listeners,
+                booked_kbps,
+            },
+            lease.load(Ordering::Relaxed),
+        );
+        if published != Some(now) {
+            match put(&etcd, &key, now).await {
+                Ok(()) => published = Some(now),
+                Err(e) => debug!(error = %e, "cannot publish this node's load; trying again"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn put(etcd: &Etcd, key: &str, (load, lease): (Load, i64)) -> Result<(), ClusterError> {
+    let value = serde_json::to_vec(&load).map_err(ClusterError::Encode)?;
+    etcd.call("publish this node's load", |mut c| {
+        let (key, value) = (key.to_owned(), value.clone());
+        async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Every node's published load (a node that has published nothing yet is
+/// taken as idle).
+pub(crate) async fn read(
+    etcd: &Etcd,
+    cluster: &str,
+) -> Result<BTreeMap<String, Load>, ClusterError> {
+    let prefix = load_prefix(cluster);
+    let answer = etcd
+        .call("read the nodes' load", |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+    Ok(answer
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let node = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+            Some((node, serde_json::from_slice(kv.value()).ok()?))
+        })
+        .collect())
+}

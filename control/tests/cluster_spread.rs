@@ -1,0 +1,378 @@
+//! Cluster mode: one session's listeners spread over the nodes (issue 18).
+//! A `req` of 6 connections at node a places listeners on a, b and c; its
+//! `hello` reaches b, its `update` c; data crosses all 6 connections
+//! byte-exact; `status` anywhere shows each node's part; `release` at any
+//! node frees every listener on every node.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use scistream_client::{Auth, Trust, connect};
+use scistream_protocol::pb;
+use scistream_testkit::etcd::{Etcd, have_etcd};
+use scistream_testkit::{DigestReceiver, Gw, s2uc_json, send_stream, strings};
+
+fn node(etcd: &Etcd, name: &str, extra: &[&str]) -> Gw {
+    let url = etcd.url();
+    let mut args = vec![
+        "--cluster",
+        "hpc",
+        "--etcd",
+        &url,
+        "--node",
+        name,
+        "--etcd-lease-ttl",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    Gw::start(None, 8, &args)
+}
+
+async fn client(gw: &Gw) -> scistream_client::Connection {
+    connect(&gw.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap()
+}
+
+/// Waits until every node has seen the others join (placement uses the
+/// nodes this node sees).
+async fn wait_for_members(etcd: &Etcd, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while etcd.get_prefix("/scistream/hpc/nodes/").len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each node's watch applies the others' keys a moment later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Nodes a, b and c, each seeing the others.
+async fn three_nodes(etcd: &Etcd) -> (Gw, Gw, Gw) {
+    let nodes = (
+        node(etcd, "a", &[]),
+        node(etcd, "b", &[]),
+        node(etcd, "c", &[]),
+    );
+    wait_for_members(etcd, 3).await;
+    nodes
+}
+
+fn random_uid() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).unwrap();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+async fn status(c: &scistream_client::Connection, uid: &str) -> Vec<pb::SessionStatus> {
+    let answer = c
+        .client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.into() })
+        .await;
+    answer.map(|a| a.into_inner().sessions).unwrap_or_default()
+}
+
+/// A `req` of `n` PROD connections at `req_at` with its hello at
+/// `hello_at`, to `receiver`: the session's listeners.
+async fn request(
+    req_at: &scistream_client::Connection,
+    hello_at: &scistream_client::Connection,
+    uid: &str,
+    n: i32,
+    receiver: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut req_client = req_at.client.clone();
+    let request = pb::Request {
+        uid: uid.to_owned(),
+        role: "PROD".into(),
+        num_conn: n,
+        rate: 0,
+    };
+    let req = tokio::spawn(async move { req_client.req(request).await });
+    let hello = pb::Hello {
+        uid: uid.to_owned(),
+        prod_listeners: vec![receiver.to_owned()],
+        role: "PROD".into(),
+    };
+    let said = hello_at.client.clone().hello(hello).await;
+    let answered = tokio::time::timeout(Duration::from_secs(30), req)
+        .await
+        .unwrap()
+        .unwrap()?
+        .into_inner();
+    assert_eq!(
+        said?.into_inner().listeners,
+        answered.listeners,
+        "hello and req name the same listeners"
+    );
+    Ok(answered.listeners)
+}
+
+/// The instrument side: `inst`'s outbound session of `listeners.len()`
+/// connections, one to each listener; its own listeners.
+fn outbound(inst: &Gw, uid: &str, listeners: &[String]) -> Vec<String> {
+    let n = listeners.len().to_string();
+    let joined = listeners.join(",");
+    let outbound = s2uc_json(&[
+        "outbound_request",
+        "--s2cs",
+        &inst.control(),
+        "--insecure",
+        "--num_conn",
+        &n,
+        uid,
+        &joined,
+    ]);
+    strings(&outbound, "listeners")
+}
+
+fn by_node(sessions: &[pb::SessionStatus]) -> BTreeMap<String, pb::SessionStatus> {
+    sessions
+        .iter()
+        .map(|s| (s.node.clone(), s.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_six_connections_spreads_over_three_nodes() {
+    if !have_etcd("a_session_of_six_connections_spreads_over_three_nodes") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b, c) = three_nodes(&etcd).await;
+    let (ca, cb, cc) = (client(&a).await, client(&b).await, client(&c).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+
+    // req at a (the HPC side, inbound); its hello reaches b.
+    let receiver_addr = receiver.addr.to_string();
+    let listeners = request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
+    assert_eq!(listeners.len(), 6, "{listeners:?}");
+
+    // status at c: two listeners on each node, awaiting the update.
+    let parts = by_node(&status(&cc, &uid).await);
+    assert_eq!(
+        parts.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{parts:?}"
+    );
+    for (n, s) in &parts {
+        assert_eq!(s.listeners.len(), 2, "node {n}: {s:?}");
+        assert_eq!(s.phase, "ready", "node {n}: {s:?}");
+    }
+    let placed: Vec<String> = parts.values().flat_map(|s| s.listeners.clone()).collect();
+    let mut sorted_answer = listeners.clone();
+    sorted_answer.sort();
+    let mut sorted_placed = placed;
+    sorted_placed.sort();
+    assert_eq!(sorted_answer, sorted_placed);
+
+    // update at c: every part forwards to the receiver.
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver.addr.to_string()],
+        role: "PROD".into(),
+    };
+    cc.client.clone().update(update).await.unwrap();
+
+    // The instrument side: one gateway, six listeners, one to each of ours.
+    let inst = Gw::start(None, 16, &[]);
+    let entries = outbound(&inst, &uid, &listeners);
+    assert_eq!(entries.len(), 6);
+
+    // Six streams at once, one per connection: each arrives byte-exact.
+    let senders: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.clone();
+            std::thread::spawn(move || send_stream(&e, 100 + i as u64, 2 << 20))
+        })
+        .collect();
+    let mut sent: Vec<(u64, u64)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut got: Vec<(u64, u64)> = (0..6)
+        .map(|_| receiver.next(Duration::from_secs(60)))
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(sent, got);
+
+    // Each node carried its two connections' bytes (conns_total also
+    // counts the outbound gateway's probes).
+    let parts = by_node(&status(&ca, &uid).await);
+    for (n, s) in &parts {
+        assert_eq!(s.phase, "forwarding", "node {n}: {s:?}");
+        assert_eq!(
+            s.bytes_to_target,
+            2 * (2 << 20),
+            "node {n} carried its share: {parts:#?}\n--- inst\n{}\n--- b\n{}",
+            inst.log(),
+            b.log()
+        );
+    }
+
+    // s2uc status at c sums the session over its nodes.
+    let v = s2uc_json(&["status", "--s2cs", &c.control(), "--insecure", &uid]);
+    let total = &v["totals"][0];
+    assert_eq!(total["nodes"], 3, "{v}");
+    assert_eq!(total["listeners"], 6, "{v}");
+    assert_eq!(total["bytes_to_target"], 6 * (2 << 20), "{v}");
+
+    // release at b frees every part, on every node.
+    cb.client
+        .clone()
+        .release(pb::Release { uid: uid.clone() })
+        .await
+        .unwrap();
+    for (name, conn) in [("a", &ca), ("b", &cb), ("c", &cc)] {
+        let listed = conn.client.clone().list(pb::ListRequest {}).await.unwrap();
+        let left: Vec<_> = listed
+            .into_inner()
+            .sessions
+            .into_iter()
+            .filter(|s| s.uid == uid)
+            .collect();
+        assert!(left.is_empty(), "node {name} still lists: {left:?}");
+    }
+    for l in &listeners {
+        let refused = scistream_testkit::refused(l);
+        assert!(refused, "{l} still accepts connections after the release");
+    }
+    assert!(etcd.get_prefix("/scistream/hpc/sessions/").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pack_keeps_a_session_on_the_node_that_took_it() {
+    if !have_etcd("pack_keeps_a_session_on_the_node_that_took_it") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = node(&etcd, "a", &["--placement", "pack"]);
+    let _b = node(&etcd, "b", &["--placement", "pack"]);
+    wait_for_members(&etcd, 2).await;
+    let ca = client(&a).await;
+    let uid = random_uid();
+    let listeners = request(&ca, &ca, &uid, 4, "127.0.0.1:9").await.unwrap();
+    assert_eq!(listeners.len(), 4);
+    let parts = by_node(&status(&ca, &uid).await);
+    assert_eq!(parts.keys().collect::<Vec<_>>(), ["a"], "{parts:?}");
+    assert_eq!(parts["a"].listeners.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_costs_only_its_own_connections() {
+    if !have_etcd("a_node_killed_mid_stream_costs_only_its_own_connections") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b, c) = three_nodes(&etcd).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    let listeners = request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver_addr.clone()],
+        role: "PROD".into(),
+    };
+    cb.client.clone().update(update).await.unwrap();
+    let inst = Gw::start(None, 16, &[]);
+    let entries = outbound(&inst, &uid, &listeners);
+    // Listeners 4 and 5 are c's (a, b, c in that order, two each).
+    let parts = by_node(&status(&ca, &uid).await);
+    assert_eq!(parts["c"].listeners, listeners[4..6], "{parts:?}");
+
+    // Six streams under way...
+    let mut streams: Vec<scistream_testkit::StreamSender> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| scistream_testkit::StreamSender::open(e, 200 + i as u64))
+        .collect();
+    for s in &mut streams {
+        s.send(4 << 20);
+    }
+    // ...when node c (its s2cs and its s2ds) is killed.
+    let pid = c.gw.pid().unwrap();
+    let s2ds = scistream_testkit::s2ds_pid(pid);
+    for p in [pid, s2ds] {
+        std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
+    }
+    // The streams through a and b go on and arrive whole.
+    let survivors: Vec<_> = streams.drain(..4).collect();
+    drop(streams);
+    let sent: Vec<(u64, u64)> = tokio::task::spawn_blocking(move || {
+        survivors
+            .into_iter()
+            .map(|mut s| {
+                s.send(8 << 20);
+                s.finish()
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    let got: Vec<(u64, u64)> = (0..6)
+        .map(|_| receiver.next(Duration::from_secs(60)))
+        .collect();
+    for s in &sent {
+        assert!(
+            got.contains(s),
+            "a stream through a live node was damaged: {s:?} not in {got:?}"
+        );
+    }
+
+    // New connections to the entries that led to c land on a or b.
+    for (i, e) in entries[4..].iter().enumerate() {
+        let e = e.clone();
+        let seed = 300 + i as u64;
+        let sent = tokio::task::spawn_blocking(move || send_stream(&e, seed, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(receiver.next(Duration::from_secs(30)), sent);
+    }
+
+    // status shows c's listeners lost once its lease expired; the session stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let parts = by_node(&status(&ca, &uid).await);
+        if parts.get("c").is_some_and(|p| p.phase == "lost") {
+            assert_eq!(parts["c"].listeners, listeners[4..6]);
+            assert_eq!(parts["a"].phase, "forwarding");
+            assert_eq!(parts["b"].phase, "forwarding");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c never shown lost: {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // c started again rejoins and takes new work.
+    let _c = node(&etcd, "c", &[]);
+    wait_for_members(&etcd, 3).await;
+    let uid2 = random_uid();
+    let l2 = request(&cb, &ca, &uid2, 3, &receiver_addr).await.unwrap();
+    let parts = by_node(&status(&ca, &uid2).await);
+    assert_eq!(
+        parts.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{parts:?} {l2:?}"
+    );
+}
