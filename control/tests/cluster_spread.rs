@@ -13,20 +13,32 @@ use scistream_protocol::pb;
 use scistream_testkit::etcd::{Etcd, have_etcd};
 use scistream_testkit::{DigestReceiver, Gw, s2uc_json, send_stream, strings};
 
-fn node(etcd: &Etcd, name: &str, extra: &[&str]) -> Gw {
-    let url = etcd.url();
-    let mut args = vec![
+fn node_args(etcd: &Etcd, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--cluster",
         "hpc",
         "--etcd",
-        &url,
+        &etcd.url(),
         "--node",
         name,
         "--etcd-lease-ttl",
         "3s",
-    ];
-    args.extend_from_slice(extra);
-    Gw::start(None, 8, &args)
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn node(etcd: &Etcd, name: &str, extra: &[&str]) -> Gw {
+    node_with_range(etcd, name, 8, extra)
+}
+
+fn node_with_range(etcd: &Etcd, name: &str, ports: u16, extra: &[&str]) -> Gw {
+    let args = node_args(etcd, name, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Gw::start(None, ports, &args)
 }
 
 async fn client(gw: &Gw) -> scistream_client::Connection {
@@ -375,4 +387,111 @@ async fn a_node_killed_mid_stream_costs_only_its_own_connections() {
         ["a", "b", "c"],
         "{parts:?} {l2:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
+    if !have_etcd("sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node") {
+        return;
+    }
+    let etcd = Etcd::start();
+    // Each node: 60 Mbit/s to book; every session of 3 connections at
+    // 9 Mbit/s puts 3 Mbit/s on each node, so at most 20 fit.
+    let limits = [
+        "--capacity",
+        "60Mbit",
+        "--max-pending-per-identity",
+        "100",
+        "--max-ports-per-identity",
+        "64",
+        "--max-sessions-per-identity",
+        "100",
+    ];
+    let gws = [
+        node_with_range(&etcd, "a", 64, &limits),
+        node_with_range(&etcd, "b", 64, &limits),
+        node_with_range(&etcd, "c", 64, &limits),
+    ];
+    wait_for_members(&etcd, 3).await;
+    let mut conns = Vec::new();
+    for gw in &gws {
+        conns.push(client(gw).await);
+    }
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (req_at, hello_at) = (
+                conns[i % 3].client.clone(),
+                conns[(i + 1) % 3].client.clone(),
+            );
+            tokio::spawn(async move {
+                let uid = random_uid();
+                let mut req_at = req_at;
+                let request = pb::Request {
+                    uid: uid.clone(),
+                    role: "PROD".into(),
+                    num_conn: 3,
+                    rate: 9000,
+                };
+                let req = tokio::spawn(async move { req_at.req(request).await });
+                let hello = pb::Hello {
+                    uid,
+                    prod_listeners: vec!["127.0.0.1:9".into()],
+                    role: "PROD".into(),
+                };
+                let _ = hello_at.clone().hello(hello).await;
+                req.await.unwrap()
+            })
+        })
+        .collect();
+    let mut ok = Vec::new();
+    for t in tasks {
+        let answer = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every request is answered")
+            .unwrap();
+        match answer {
+            Ok(r) => ok.push(r.into_inner().listeners),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("capacity left"), "{s:?}");
+            }
+        }
+    }
+    println!("{} of 60 sessions placed", ok.len());
+    assert!(
+        !ok.is_empty() && ok.len() <= 20,
+        "{} sessions placed",
+        ok.len()
+    );
+    let mut ports: Vec<&String> = ok.iter().flatten().collect();
+    let placed = ports.len();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), placed, "a port was booked twice");
+    // Each node holds one part of each placed session, within its capacity
+    // (the parts of refused requests are gone once their cancellation lands).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (name, conn) in ["a", "b", "c"].iter().zip(&conns) {
+        loop {
+            let listed = conn.client.clone().list(pb::ListRequest {}).await.unwrap();
+            let here: Vec<_> = listed
+                .into_inner()
+                .sessions
+                .into_iter()
+                .filter(|s| s.node == *name)
+                .collect();
+            let booked: u64 = here.iter().map(|s| s.rate_kbps).sum();
+            assert!(booked <= 60_000, "node {name} booked {booked} kbit/s");
+            if here.len() == ok.len() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {name} holds {} parts for {} sessions",
+                here.len(),
+                ok.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
