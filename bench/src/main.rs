@@ -134,6 +134,10 @@ struct CompareArgs {
     /// --s2cs-arg=--s2ds-arg=--no-pin or --s2cs-arg=--ktls-off.
     #[arg(long = "s2cs-arg", allow_hyphen_values = true)]
     s2cs_args: Vec<String>,
+    /// etcd's client URL, for the `scistream-cluster3` topology (its
+    /// inbound side three cluster nodes; add it to --only).
+    #[arg(long)]
+    etcd: Option<String>,
 }
 
 fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String> {
@@ -158,6 +162,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         load: a.load,
         baseline_s2cs: a.baseline_s2cs_bin,
+        etcd: a.etcd,
     };
     let report = scistream_bench::compare::run(&cfg).map_err(anyhow::Error::msg)?;
     print!("{}", report.table());

@@ -495,3 +495,90 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_is_taken_over_and_the_session_can_still_be_released() {
+    if !have_etcd("a_killed_holder_is_taken_over_and_the_session_can_still_be_released") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b, c) = three_nodes(&etcd).await;
+    let (ca, cb, cc) = (client(&a).await, client(&b).await, client(&c).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    // a holds the session (its req reached a).
+    let listeners = request(&ca, &ca, &uid, 6, &receiver_addr).await.unwrap();
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver_addr.clone()],
+        role: "PROD".into(),
+    };
+    ca.client.clone().update(update).await.unwrap();
+    let inst = Gw::start(None, 16, &[]);
+    let entries = outbound(&inst, &uid, &listeners);
+    let mut streams: Vec<scistream_testkit::StreamSender> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| scistream_testkit::StreamSender::open(e, 400 + i as u64))
+        .collect();
+    for s in &mut streams {
+        s.send(2 << 20);
+    }
+    // The holder dies.
+    let pid = a.gw.pid().unwrap();
+    let s2ds = scistream_testkit::s2ds_pid(pid);
+    for p in [pid, s2ds] {
+        std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
+    }
+    // The streams through b and c finish whole.
+    let survivors: Vec<_> = streams.drain(2..).collect();
+    drop(streams);
+    let sent: Vec<(u64, u64)> = tokio::task::spawn_blocking(move || {
+        survivors
+            .into_iter()
+            .map(|mut s| {
+                s.send(4 << 20);
+                s.finish()
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    let got: Vec<(u64, u64)> = (0..6)
+        .map(|_| receiver.next(Duration::from_secs(60)))
+        .collect();
+    for s in &sent {
+        assert!(got.contains(s), "{s:?} not in {got:?}");
+    }
+    // Once a's lease expired, b takes the session over: status shows a's
+    // part lost and the others forwarding.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let parts = by_node(&status(&cb, &uid).await);
+        if parts.get("a").is_some_and(|p| p.phase == "lost") {
+            assert_eq!(parts["b"].phase, "forwarding", "{parts:?}");
+            assert_eq!(parts["c"].phase, "forwarding", "{parts:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never taken over: {parts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(b.log().contains("this node holds it now"), "{}", b.log());
+    // release at c (passed on to b, the holder now) frees b's and c's listeners.
+    cc.client
+        .clone()
+        .release(pb::Release { uid: uid.clone() })
+        .await
+        .unwrap();
+    for l in &listeners[2..] {
+        assert!(scistream_testkit::refused(l), "{l} still accepts");
+    }
+    assert!(etcd.get_prefix("/scistream/hpc/sessions/").is_empty());
+}

@@ -40,6 +40,8 @@ pub struct CompareConfig {
     pub s2cs_args: Vec<String>,
     /// Another build's `s2cs`, measured as `scistream-baseline`.
     pub baseline_s2cs: Option<PathBuf>,
+    /// etcd's client URL, for `scistream-cluster3`.
+    pub etcd: Option<String>,
     /// Progress bar on stderr.
     pub progress: bool,
     /// What makes the traffic.
@@ -141,6 +143,7 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
     let mut env = Env::create(dir.path(), cfg.s2cs.clone())?;
     env.s2cs_args = cfg.s2cs_args.clone();
     env.baseline_s2cs = cfg.baseline_s2cs.clone();
+    env.etcd = cfg.etcd.clone();
     let sink = Sink::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .map_err(|e| format!("cannot start the sink: {e}"))?;
     let iperf = match cfg.load {

@@ -29,6 +29,10 @@ pub enum Kind {
     /// The TLS tunnel with another build's `s2cs`/`s2ds` (`--baseline-s2cs-bin`),
     /// to measure a change side by side with what it replaces.
     ScistreamBaseline,
+    /// The TLS tunnel whose inbound side is a cluster of three `s2cs`
+    /// nodes on the etcd at `--etcd`: one session's listeners spread over
+    /// the three (`--placement spread`).
+    ScistreamCluster3,
     /// Two HAProxy hops.
     Haproxy,
     /// Two stunnel hops, TLS 1.3 between them.
@@ -57,12 +61,13 @@ impl Kind {
     ];
 
     /// Variants of the SciStream tunnel, for measuring the data plane's choices.
-    pub const VARIANTS: [Kind; 5] = [
+    pub const VARIANTS: [Kind; 6] = [
         Kind::ScistreamPlain,
         Kind::ScistreamEpoll,
         Kind::ScistreamCopy,
         Kind::ScistreamPipe64k,
         Kind::ScistreamBaseline,
+        Kind::ScistreamCluster3,
     ];
 
     /// Short name (for `--only` and tables).
@@ -75,6 +80,7 @@ impl Kind {
             Kind::ScistreamCopy => "scistream-copy",
             Kind::ScistreamPipe64k => "scistream-pipe64k",
             Kind::ScistreamBaseline => "scistream-baseline",
+            Kind::ScistreamCluster3 => "scistream-cluster3",
             Kind::Haproxy => "haproxy",
             Kind::Stunnel => "stunnel",
             Kind::HaproxyTls => "haproxy-tls",
@@ -99,6 +105,9 @@ impl Kind {
             Kind::ScistreamPipe64k => "scistream-plain with 64 KiB pipes (--pipe-size 64KiB)",
             Kind::ScistreamBaseline => {
                 "scistream (TLS) with the s2cs and s2ds of --baseline-s2cs-bin: another build, side by side"
+            }
+            Kind::ScistreamCluster3 => {
+                "scistream (TLS) whose inbound side is three s2cs nodes of one cluster (etcd at --etcd), the session's listeners spread over them"
             }
             Kind::Haproxy => "haproxy -> haproxy, mode tcp, option splice-auto",
             Kind::Stunnel => "stunnel client -> stunnel server, TLS 1.3 between them",
@@ -139,7 +148,7 @@ mod tests {
         let all: Vec<Kind> = Kind::ALL.into_iter().chain(Kind::VARIANTS).collect();
         assert_eq!(
             all.len(),
-            13,
+            14,
             "a new Kind must be listed in ALL or VARIANTS"
         );
         for k in all {
@@ -167,6 +176,8 @@ pub struct Env {
     pub s2cs_args: Vec<String>,
     /// Another build's `s2cs`, for `scistream-baseline`.
     pub baseline_s2cs: Option<PathBuf>,
+    /// etcd's client URL, for `scistream-cluster3`.
+    pub etcd: Option<String>,
 }
 
 impl Env {
@@ -189,6 +200,7 @@ impl Env {
             key: w.key,
             s2cs_args: Vec::new(),
             baseline_s2cs: None,
+            etcd: None,
         })
     }
 }
@@ -245,6 +257,10 @@ pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<
             }
             None => Err("give another build's s2cs with --baseline-s2cs-bin".into()),
         },
+        Kind::ScistreamCluster3 => match &env.etcd {
+            Some(etcd) => scistream_cluster(env, sink_port, max_conns, etcd, 3),
+            None => Err("scistream-cluster3 needs etcd: give its URL with --etcd".into()),
+        },
         Kind::ScistreamPlain => scistream(env, sink_port, max_conns, &["--data-tls=off"]),
         Kind::ScistreamEpoll => scistream(
             env,
@@ -288,13 +304,56 @@ fn scistream_named(
     s2cs_args: &[&str],
     tag: &str,
 ) -> Result<Running, String> {
+    let hpc = start_gateway(env, &format!("hpc{tag}"), (25100, 25299), s2cs_args)?;
+    let inst = start_gateway(env, &format!("inst{tag}"), (26100, 26299), s2cs_args)?;
+    tunnel(env, sink_port, conns, vec![hpc], inst)
+}
+
+/// [`scistream`] whose inbound side is `nodes` nodes of one cluster: the
+/// session's listeners are spread over them.
+fn scistream_cluster(
+    env: &Env,
+    sink_port: u16,
+    conns: usize,
+    etcd: &str,
+    nodes: u16,
+) -> Result<Running, String> {
+    let cluster = format!("s2bench{}", std::process::id());
+    let mut hpc = Vec::new();
+    for k in 0..nodes {
+        let node_args = [
+            format!("--cluster={cluster}"),
+            format!("--etcd={etcd}"),
+            format!("--node=hpc{k}"),
+        ];
+        let args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+        let first = 27100 + 100 * k;
+        hpc.push(start_gateway(
+            env,
+            &format!("cluster-hpc{k}"),
+            (first, first + 99),
+            &args,
+        )?);
+    }
+    // Placement uses the nodes this node sees: let the others' joins land.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let inst = start_gateway(env, "cluster-inst", (26100, 26299), &[])?;
+    tunnel(env, sink_port, conns, hpc, inst)
+}
+
+fn start_gateway(
+    env: &Env,
+    name: &str,
+    range: (u16, u16),
+    s2cs_args: &[&str],
+) -> Result<LocalGateway, String> {
     let s2cs = env
         .s2cs
         .clone()
         .or_else(|| scistream_client::local::sibling_binary("s2cs"))
         .ok_or("s2cs not found next to s2bench; build the workspace (cargo build --release) or pass --s2cs-bin")?;
-    let gateway = |name: &str, range: (u16, u16)| GatewayOptions {
-        s2cs_bin: s2cs.clone(),
+    LocalGateway::start(&GatewayOptions {
+        s2cs_bin: s2cs,
         listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port_range: range,
         tls: Some((env.cert.clone(), env.key.clone())),
@@ -311,12 +370,19 @@ fn scistream_named(
         .chain(env.s2cs_args.iter().cloned())
         .chain(s2cs_args.iter().map(|a| a.to_string()))
         .collect(),
-    };
-    // Each variant gets its own state directories (and ports from the ranges).
-    // Below Linux's ephemeral ports (32768-60999), where the sink and the
-    // peer proxies get theirs: a gateway refuses to target its own range.
-    let hpc = LocalGateway::start(&gateway(&format!("hpc{tag}"), (25100, 25299)))?;
-    let inst = LocalGateway::start(&gateway(&format!("inst{tag}"), (26100, 26299)))?;
+    })
+}
+
+/// The tunnel through the inbound side `hpc` (its first node takes the
+/// requests) and the outbound gateway `inst`, set up as a user would.
+fn tunnel(
+    env: &Env,
+    sink_port: u16,
+    conns: usize,
+    hpc: Vec<LocalGateway>,
+    inst: LocalGateway,
+) -> Result<Running, String> {
+    let first = hpc.first().ok_or("no inbound gateway")?.control();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -326,25 +392,27 @@ fn scistream_named(
         num_conn: conns as u32,
         rate_kbps: 0,
     };
-    let (hpc_uid, outbound) = runtime
+    let outbound = runtime
         .block_on(async {
-            let h = scistream_client::connect(&hpc.control(), &trust, Auth::none()).await?;
+            let h = scistream_client::connect(&first, &trust, Auth::none()).await?;
             let inbound =
                 scistream_client::inbound_request(&h, "127.0.0.1", &[sink_port], &options).await?;
             let i = scistream_client::connect(&inst.control(), &trust, Auth::none()).await?;
-            let out = scistream_client::outbound_request(
+            scistream_client::outbound_request(
                 &i,
                 &inbound.uid,
                 inbound.listeners.clone(),
                 Vec::new(),
                 &options,
             )
-            .await?;
-            Ok::<_, scistream_client::ClientError>((inbound.uid, out))
+            .await
         })
         .map_err(|e| e.to_string())?;
-    let _ = hpc_uid;
-    let pids = [hpc.pid(), inst.pid()].into_iter().flatten().collect();
+    let pids = hpc
+        .iter()
+        .chain(std::iter::once(&inst))
+        .filter_map(LocalGateway::pid)
+        .collect();
     Ok(Running {
         entries: outbound.listeners,
         pids,

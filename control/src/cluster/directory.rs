@@ -25,8 +25,12 @@ pub(crate) enum Route {
     /// On this node; with the session's record when it has one (a `req`
     /// that just claimed the uid has none yet).
     Here(Option<SessionRecord>),
-    /// On another node, reached at its control address.
-    There { node: String, control: SocketAddr },
+    /// On another node: the session's record (its holder, and where its
+    /// listeners are) at this revision of its key.
+    There {
+        record: SessionRecord,
+        revision: i64,
+    },
 }
 
 /// A session in etcd: the node that holds it (serves its calls) and where
@@ -102,12 +106,9 @@ impl Directory {
         format!("{}sessions/{hex}", prefix(&self.cluster))
     }
 
-    fn route_of(&self, value: &[u8]) -> Route {
+    fn route_of(&self, value: &[u8], revision: i64) -> Route {
         match serde_json::from_slice::<SessionRecord>(value) {
-            Ok(h) if h.node != self.me.node => Route::There {
-                node: h.node,
-                control: h.control,
-            },
+            Ok(record) if record.node != self.me.node => Route::There { record, revision },
             Ok(h) => Route::Here(Some(h)),
             // Unreadable: this node serves it.
             Err(_) => Route::Here(None),
@@ -140,10 +141,15 @@ impl Directory {
             return Ok(None);
         }
         let held = answer.op_responses().into_iter().find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
             _ => None,
         });
-        Ok(Some(held.map_or(Route::Here(None), |v| self.route_of(&v))))
+        Ok(Some(
+            held.map_or(Route::Here(None), |(v, r)| self.route_of(&v, r)),
+        ))
     }
 
     /// `hello`, `update`, `release`, `status`: where the uid is held; here
@@ -161,7 +167,10 @@ impl Directory {
                 async move { c.get(key, None).await }
             })
             .await?;
-        Ok(answer.kvs().first().map(|kv| self.route_of(kv.value())))
+        Ok(answer
+            .kvs()
+            .first()
+            .map(|kv| self.route_of(kv.value(), kv.mod_revision())))
     }
 
     /// Like [`Directory::route`], waiting up to `grace` for a holder to
@@ -229,6 +238,36 @@ impl Directory {
             }
         }
         Err(ClusterError::Contended("record a session's placement"))
+    }
+
+    /// The session's holder is gone from the cluster: this node becomes its
+    /// holder, unless the record changed since `revision` (another node took
+    /// it over first, or the holder came back): then `None`.
+    pub(crate) async fn take_over(
+        &self,
+        uid: &str,
+        record: &SessionRecord,
+        revision: i64,
+    ) -> Result<Option<SessionRecord>, ClusterError> {
+        let key = self.key(uid);
+        let mut mine = record.clone();
+        mine.node = self.me.node.clone();
+        mine.control = self.me.control;
+        let value = serde_json::to_vec(&mine).map_err(ClusterError::Encode)?;
+        let answer = self
+            .etcd
+            .call("take a session over", |mut c| {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(answer.succeeded().then_some(mine))
     }
 
     /// `release` at the holder: the uid is no longer held.

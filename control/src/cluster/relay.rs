@@ -97,19 +97,43 @@ impl Relay {
             Rpc::Other => self.directory.route(uid).await,
         }
         .map_err(|e| Status::unavailable(e.to_string()))?;
-        self.served(route, metadata).await
+        self.served(uid, route, metadata).await
     }
 
-    async fn served(&self, route: Route, metadata: &MetadataMap) -> Result<Served, Status> {
-        match route {
-            Route::Here(record) => Ok(Served::Here(record)),
-            Route::There { node, control } => {
-                let how = MetadataValue::from_static("1");
-                let client = self.connect(&node, control, metadata, how).await?;
-                info!(%node, "passing the call on to the node that holds the session");
-                Ok(Served::There(client))
+    async fn served(
+        &self,
+        uid: &str,
+        route: Route,
+        metadata: &MetadataMap,
+    ) -> Result<Served, Status> {
+        let (record, revision) = match route {
+            Route::Here(record) => return Ok(Served::Here(record)),
+            Route::There { record, revision } => (record, revision),
+        };
+        let spread = record.parts.iter().any(|p| p.node != record.node);
+        if spread && !self.is_live(&record.node) {
+            // Its other parts live on: this node serves the session from now
+            // on (the lost holder's part shows as lost).
+            let taken = self.directory.take_over(uid, &record, revision).await;
+            match taken.map_err(|e| Status::unavailable(e.to_string()))? {
+                Some(mine) => {
+                    warn!(lost = %record.node, "the node holding this session is gone from the cluster; this node holds it now");
+                    return Ok(Served::Here(Some(mine)));
+                }
+                None => {
+                    return Err(Status::unavailable(format!(
+                        "the node holding this session ({}) is gone and another node is taking it over; retry",
+                        record.node
+                    )));
+                }
             }
         }
+        let how = MetadataValue::from_static("1");
+        let client = self
+            .connect(&record.node, record.control, metadata, how)
+            .await?;
+        info!(node = %record.node, "passing the call on to the node that holds the session");
+        Ok(Served::There(client))
     }
 
     /// A `req`: places its listeners (`--placement`), then claims the uid
@@ -136,7 +160,7 @@ impl Relay {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         match held {
             None => Ok(Served::Claimed(parts)),
-            Some(route) => self.served(route, metadata).await,
+            Some(route) => self.served(&request.uid, route, metadata).await,
         }
     }
 

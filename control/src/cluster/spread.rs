@@ -238,12 +238,20 @@ pub(crate) async fn hello(
     })
 }
 
-/// `update`: every part forwards to its listeners' targets.
+/// `update`: every part forwards to its listeners' targets (the parts on
+/// nodes gone from the cluster are left out, and said in the log).
 pub(crate) async fn update(
     caller: Arc<Caller>,
     u: pb::UpdateTargets,
-    parts: Vec<Part>,
+    mut parts: Vec<Part>,
 ) -> Result<pb::Response, ControlError> {
+    parts.retain(|p| {
+        let live = caller.is_here(p) || caller.relay.is_live(&p.node);
+        if !live {
+            warn!(node = %p.node, "a node holding part of the session is gone from the cluster; its part is not updated");
+        }
+        live
+    });
     let answers = all(&caller, &parts, move |c, p| c.update_part(u.clone(), p)).await?;
     Ok(pb::Response {
         listeners: answers.iter().flat_map(|a| a.listeners.clone()).collect(),
