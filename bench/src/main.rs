@@ -58,7 +58,11 @@ struct SetupArgs {
     /// Most pairs in flight at once.
     #[arg(long, default_value = "200", value_parser = positive_usize)]
     concurrency: usize,
-    /// First port of the two gateways' port ranges (2 x (pairs + 11) ports).
+    /// Connections (listeners) per session; more than one spreads each
+    /// session over the cluster nodes (--cluster-nodes).
+    #[arg(long, default_value = "1", value_parser = positive_usize)]
+    conns: usize,
+    /// First port of the gateways' port ranges (pairs x conns + 11 ports each).
     #[arg(long = "first-port", default_value_t = 12000)]
     first_port: u16,
     /// Write the report as JSON.
@@ -405,14 +409,15 @@ fn main() -> ExitCode {
         Cmd::Compare(a) => run_compare(a),
         Cmd::Setup(a) => (|| {
             let cluster = a.etcd.clone().map(|etcd| (a.cluster_nodes.max(1), etcd));
-            let report = scistream_bench::setup::run(
-                a.pairs,
-                a.concurrency,
-                a.first_port,
-                a.s2cs_bin,
+            let plan = scistream_bench::setup::SetupPlan {
+                pairs: a.pairs,
+                concurrency: a.concurrency,
+                conns: a.conns,
+                first_port: a.first_port,
+                s2cs: a.s2cs_bin,
                 cluster,
-            )
-            .map_err(anyhow::Error::msg)?;
+            };
+            let report = scistream_bench::setup::run(&plan).map_err(anyhow::Error::msg)?;
             print!("{}", report.table());
             write_json(&a.json, &serde_json::to_value(&report)?)?;
             Ok(true)

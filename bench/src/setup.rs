@@ -32,14 +32,43 @@ pub struct SetupReport {
     pub max_ms: f64,
     /// Pairs per second over the whole run.
     pub pairs_per_s: f64,
+    /// Connections (listeners) per session.
+    pub conns: usize,
+    /// Cluster mode: etcd's KV calls (range, put, txn, delete) per pair
+    /// set up, from etcd's own counters (its `/metrics`) before and after
+    /// the setups; the nodes' load keys (at most one put a second per
+    /// node) are counted in.
+    pub etcd_calls_per_setup: Option<f64>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct SetupPlan {
+    /// Tunnel pairs to set up.
+    pub pairs: usize,
+    /// Most in flight at once.
+    pub concurrency: usize,
+    /// Connections per session.
+    pub conns: usize,
+    /// First port of the gateways' ranges.
+    pub first_port: u16,
+    /// The `s2cs` binary.
+    pub s2cs: Option<PathBuf>,
+    /// Cluster mode for the inbound side: nodes and etcd's client URL.
+    pub cluster: Option<(usize, String)>,
 }
 
 impl SetupReport {
     /// One paragraph for people.
     pub fn table(&self) -> String {
+        let etcd = self
+            .etcd_calls_per_setup
+            .map(|n| format!("   {n:.1} etcd calls/setup"))
+            .unwrap_or_default();
         format!(
-            "{} tunnel setups (inbound + outbound request), {} at once, TLS, loopback\n  p50 {:.1} ms   p95 {:.1} ms   p99 {:.1} ms   max {:.1} ms   {:.1} setups/s\n",
+            "{} tunnel setups (inbound + outbound request, {} connections each), {} at once, TLS, loopback\n  p50 {:.1} ms   p95 {:.1} ms   p99 {:.1} ms   max {:.1} ms   {:.1} setups/s{etcd}\n",
             self.pairs,
+            self.conns,
             self.concurrency,
             self.p50_ms,
             self.p95_ms,
@@ -55,14 +84,38 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(i).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
+/// etcd's KV calls so far, from its Prometheus counters at `URL/metrics`.
+fn etcd_kv_calls(url: &str) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let first = url.split(',').next().unwrap_or(url);
+    let host = first
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{first}: counting etcd calls needs an http:// URL"))?
+        .trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| format!("etcd {host}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter(|l| l.contains("etcdserverpb.KV"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
 /// Runs the measurement.
-pub fn run(
-    pairs: usize,
-    concurrency: usize,
-    first_port: u16,
-    s2cs: Option<PathBuf>,
-    cluster: Option<(usize, String)>,
-) -> Result<SetupReport, String> {
+pub fn run(plan: &SetupPlan) -> Result<SetupReport, String> {
+    let SetupPlan {
+        pairs,
+        concurrency,
+        conns,
+        first_port,
+        ..
+    } = *plan;
+    let (s2cs, cluster) = (plan.s2cs.clone(), plan.cluster.clone());
     let dir = tempfile::Builder::new()
         .prefix("s2bench-setup-")
         .tempdir()
@@ -73,7 +126,7 @@ pub fn run(
         .clone()
         .or_else(|| scistream_client::local::sibling_binary("s2cs"))
         .ok_or("s2cs not found next to s2bench; build the workspace or pass --s2cs-bin")?;
-    let span = u16::try_from(pairs + 10).map_err(|_| "too many pairs")?;
+    let span = u16::try_from(pairs * conns + 10).map_err(|_| "too many pairs x conns")?;
     let gateway = |name: &str, first: u16, more: &[String]| GatewayOptions {
         s2cs_bin: s2cs.clone(),
         listener_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -136,9 +189,11 @@ pub fn run(
             .map_err(err)?;
         let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let options = RequestOptions {
-            num_conn: 1,
+            num_conn: u32::try_from(conns).map_err(|_| "too many conns")?,
             rate_kbps: 0,
         };
+        let etcd_url = cluster.as_ref().map(|(_, url)| url.clone());
+        let etcd_before = etcd_url.as_deref().map(etcd_kv_calls).transpose()?;
         let started = Instant::now();
         let tasks: Vec<_> = (0..pairs)
             .map(|k| {
@@ -171,6 +226,13 @@ pub fn run(
             times.push(took);
         }
         let total = started.elapsed();
+        let etcd_calls_per_setup = match (etcd_url.as_deref(), etcd_before) {
+            (Some(url), Some(before)) => {
+                let after = etcd_kv_calls(url)?;
+                Some(after.saturating_sub(before) as f64 / pairs as f64)
+            }
+            _ => None,
+        };
         for (k, uid) in uids.iter().enumerate() {
             scistream_client::release(&i, uid).await.map_err(err)?;
             scistream_client::release(&hs[k % hs.len()], uid)
@@ -186,6 +248,8 @@ pub fn run(
             p99_ms: percentile(&times, 0.99),
             max_ms: percentile(&times, 1.0),
             pairs_per_s: pairs as f64 / total.as_secs_f64(),
+            conns,
+            etcd_calls_per_setup,
         })
     })
 }

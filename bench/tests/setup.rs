@@ -66,6 +66,8 @@ fn setup_against_a_cluster_spreads_the_requests_over_its_nodes() {
             "5700",
             "--cluster-nodes",
             "2",
+            "--conns",
+            "2",
             "--etcd",
             &etcd.url(),
         ])
@@ -78,6 +80,15 @@ fn setup_against_a_cluster_spreads_the_requests_over_its_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("8 tunnel setups"), "{text}");
+    // Each session spread over both nodes: a claim, a placement and the
+    // hello's lookup at least, counted from etcd's own metrics.
+    let calls: f64 = text
+        .split("setups/s")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no etcd calls/setup in {text}"));
+    assert!(calls >= 3.0, "{text}");
     // Every session was released on its node: none is still claimed.
     assert!(etcd.get_prefix("/scistream/s2bench/sessions/").is_empty());
     // --cluster-nodes needs --etcd.

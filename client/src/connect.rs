@@ -171,6 +171,23 @@ fn tls_config(path: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientCon
 
 /// Connects (TCP and TLS) to `addr` (`host:port`).
 pub async fn connect(addr: &str, trust: &Trust, auth: Auth) -> Result<Connection, ClientError> {
+    let channel = channel(addr, trust).await?;
+    Ok(Connection {
+        client: ControlClient::with_interceptor(channel, auth),
+        addr: addr.to_owned(),
+    })
+}
+
+/// A client on an existing channel, sending `auth` with every call (one
+/// HTTP/2 connection carries the calls of many callers, each with its own
+/// credentials: a cluster node passing calls on to another).
+pub fn with_auth(channel: Channel, auth: Auth) -> Control {
+    ControlClient::with_interceptor(channel, auth)
+}
+
+/// The HTTP/2 channel (TCP and TLS) to `addr` (`host:port`), without a
+/// client: see [`with_auth`].
+pub async fn channel(addr: &str, trust: &Trust) -> Result<Channel, ClientError> {
     let host = split_host(addr)?;
     // TLS is this client's own (a connector below), so the URI stays http.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -179,7 +196,7 @@ pub async fn connect(addr: &str, trust: &Trust, auth: Auth) -> Result<Connection
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    let channel = match trust {
+    match trust {
         Trust::Insecure => endpoint.connect().await,
         Trust::Root(path) => {
             let config = tls_config(path)?;
@@ -203,11 +220,7 @@ pub async fn connect(addr: &str, trust: &Trust, auth: Auth) -> Result<Connection
             endpoint.connect_with_connector(connector).await
         }
     }
-    .map_err(|e| classify(addr, &trust.describe(), &e))?;
-    Ok(Connection {
-        client: ControlClient::with_interceptor(channel, auth),
-        addr: addr.to_owned(),
-    })
+    .map_err(|e| classify(addr, &trust.describe(), &e))
 }
 
 impl Connection {

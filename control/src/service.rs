@@ -161,6 +161,22 @@ impl ControlService {
     }
 }
 
+/// The answer of the node holding the session, as this node's: its own
+/// errors as they are; a call that did not reach it names it.
+fn passed<T>(node: &str, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    answer.map_err(|s| {
+        let transport = std::error::Error::source(&s).is_some();
+        if transport && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+            Status::unavailable(format!(
+                "node {node} holds this session and did not answer: {}",
+                s.message()
+            ))
+        } else {
+            s
+        }
+    })
+}
+
 /// The parts of a session spread over several nodes (of `role`, when the
 /// call names one); empty when all its listeners are on this node.
 fn spread_parts(record: Option<SessionRecord>, role: Option<&str>) -> Vec<Part> {
@@ -233,7 +249,9 @@ impl Control for ControlService {
             None => Served::Here(None),
         };
         let parts = match served {
-            Served::There(mut holder) => return holder.req(request.into_inner()).await,
+            Served::There(node, mut holder) => {
+                return passed(&node, holder.req(request.into_inner()).await);
+            }
             Served::Claimed(parts) if parts.len() > 1 => parts,
             _ => Vec::new(),
         };
@@ -265,7 +283,9 @@ impl Control for ControlService {
     ) -> Result<Response<pb::Response>, Status> {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
-            Served::There(mut holder) => return holder.update(request.into_inner()).await,
+            Served::There(node, mut holder) => {
+                return passed(&node, holder.update(request.into_inner()).await);
+            }
             Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
             Served::Claimed(_) => Vec::new(),
         };
@@ -292,7 +312,9 @@ impl Control for ControlService {
     ) -> Result<Response<pb::Response>, Status> {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
-            Served::There(mut holder) => return holder.release(request.into_inner()).await,
+            Served::There(node, mut holder) => {
+                return passed(&node, holder.release(request.into_inner()).await);
+            }
             Served::Here(record) => spread_parts(record, None),
             Served::Claimed(_) => Vec::new(),
         };
@@ -326,7 +348,9 @@ impl Control for ControlService {
     ) -> Result<Response<pb::AppResponse>, Status> {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Hello, &request, &uid).await? {
-            Served::There(mut holder) => return holder.hello(request.into_inner()).await,
+            Served::There(node, mut holder) => {
+                return passed(&node, holder.hello(request.into_inner()).await);
+            }
             Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
             Served::Claimed(_) => Vec::new(),
         };
@@ -379,7 +403,9 @@ impl Control for ControlService {
     ) -> Result<Response<pb::SessionList>, Status> {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
-            Served::There(mut holder) => return holder.status(request.into_inner()).await,
+            Served::There(node, mut holder) => {
+                return passed(&node, holder.status(request.into_inner()).await);
+            }
             Served::Here(record) => spread_parts(record, None),
             Served::Claimed(_) => Vec::new(),
         };

@@ -3,16 +3,20 @@
 //! message, the caller's `authorization` value and client mark; the holder
 //! authenticates the caller itself, and its answer (or error) is the answer.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use scistream_client::connect::Control;
 use scistream_client::{Auth, Trust};
 use scistream_protocol::pb;
+use tokio::sync::OnceCell;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::directory::{Directory, Part, Route, SessionRecord};
@@ -26,6 +30,10 @@ use super::placement::{Candidate, Placement, Share};
 /// on that node's own sessions, and not passed on again).
 pub(crate) const RELAYED_HEADER: &str = "x-scistream-relayed";
 
+/// This node's channels to the others, by (node, control address); each
+/// made once.
+type Channels = HashMap<(String, SocketAddr), Arc<OnceCell<Channel>>>;
+
 /// Where a call is served.
 #[derive(Debug)]
 pub(crate) enum Served {
@@ -34,7 +42,7 @@ pub(crate) enum Served {
     /// Here: a `req` that has just claimed its uid with this placement.
     Claimed(Vec<Part>),
     /// At another node: its name and a client carrying the caller's credentials.
-    There(Control),
+    There(String, Box<Control>),
 }
 
 /// The kinds of call other than `req`, for where they are served.
@@ -59,6 +67,8 @@ pub(crate) struct Relay {
     trust: Trust,
     hello_grace: Duration,
     placement: Placement,
+    /// One HTTP/2 channel per other node (see [`Relay::connect`]).
+    channels: Mutex<Channels>,
 }
 
 impl Relay {
@@ -77,6 +87,7 @@ impl Relay {
             trust,
             hello_grace,
             placement,
+            channels: Mutex::default(),
         }
     }
 
@@ -133,7 +144,7 @@ impl Relay {
             .connect(&record.node, record.control, metadata, how)
             .await?;
         info!(node = %record.node, "passing the call on to the node that holds the session");
-        Ok(Served::There(client))
+        Ok(Served::There(record.node, Box::new(client)))
     }
 
     /// A `req`: places its listeners (`--placement`), then claims the uid
@@ -217,6 +228,11 @@ impl Relay {
         }
     }
 
+    /// A client of `node` carrying the caller's credentials and the relay
+    /// marker `how`, on this node's one HTTP/2 channel to that node (made
+    /// on first use, kept while it works): the calls of every caller share
+    /// it, so a busy node holds one connection per other node, not one per
+    /// call waiting for its hello.
     async fn connect(
         &self,
         node: &str,
@@ -230,12 +246,29 @@ impl Relay {
             .unwrap_or_else(|| MetadataValue::from_static("INVALID_TOKEN"));
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
         let auth = Auth::relayed(header, marked, (RELAYED_HEADER, how));
-        match scistream_client::connect(&control.to_string(), &self.trust, auth).await {
-            Ok(c) => Ok(c.client),
-            Err(e) => Err(Status::unavailable(format!(
-                "node {node} ({control}) holds this session and cannot be reached: {e}"
-            ))),
-        }
+        let channel = self.channel(node, control).await?;
+        Ok(scistream_client::connect::with_auth(channel, auth))
+    }
+
+    /// The channel to `node`: made once (calls that need it meanwhile wait
+    /// for that one connection rather than each opening its own), again
+    /// after a failure, and anew when the node's address changes.
+    async fn channel(&self, node: &str, control: SocketAddr) -> Result<Channel, Status> {
+        let cell = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.retain(|(n, c), _| n != node || *c == control);
+            channels
+                .entry((node.to_owned(), control))
+                .or_default()
+                .clone()
+        };
+        let addr = control.to_string();
+        let made = cell
+            .get_or_try_init(|| scistream_client::connect::channel(&addr, &self.trust))
+            .await;
+        made.cloned().map_err(|e| {
+            Status::unavailable(format!("node {node} ({control}) cannot be reached: {e}"))
+        })
     }
 
     /// (cluster, this node, live nodes now), for the metrics.

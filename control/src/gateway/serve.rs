@@ -178,9 +178,17 @@ impl Gateway {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .http2_max_header_list_size(MAX_HEADERS)
+            // Cluster mode: another node passes every caller's calls over
+            // one connection, and a `req` stays open until its hello (which
+            // comes over the same connection). What one caller may have
+            // waiting is bounded by --max-pending-per-identity, not here.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
     }
 }
+
+/// Calls in flight on one control connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
 /// Serves control connections until `shutdown`; then tonic stops taking new
 /// calls and lets calls in flight finish. Idle clients may keep their
