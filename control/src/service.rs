@@ -99,9 +99,19 @@ impl ControlService {
     /// Where a call for `uid` is served (always here on a single node).
     async fn route<M>(&self, rpc: Rpc, request: &Request<M>, uid: &str) -> Result<Served, Status> {
         match &self.relay {
-            Some(relay) => relay.route(rpc, uid, request.metadata()).await,
-            None => Ok(Served::Here(None)),
+            Some(relay) if self.admitted(request).await => {
+                relay.route(rpc, uid, request.metadata()).await
+            }
+            _ => Ok(Served::Here(None)),
         }
+    }
+
+    /// Cluster mode: only an authenticated caller's call touches etcd (a
+    /// claim, a lookup) or another node; any other is answered here, where
+    /// it fails its authentication as on a single node. (The node serving
+    /// the call checks the caller again; verdicts are cached.)
+    async fn admitted<M>(&self, request: &Request<M>) -> bool {
+        self.auth.authenticate(request.metadata()).await.is_ok()
     }
 
     /// Cluster mode: the caller, for serving a session spread over nodes.
@@ -245,8 +255,10 @@ fn finish<T>(
 impl Control for ControlService {
     async fn req(&self, request: Request<pb::Request>) -> Result<Response<pb::Response>, Status> {
         let served = match &self.relay {
-            Some(relay) => relay.claim(request.get_ref(), request.metadata()).await?,
-            None => Served::Here(None),
+            Some(relay) if self.admitted(&request).await => {
+                relay.claim(request.get_ref(), request.metadata()).await?
+            }
+            _ => Served::Here(None),
         };
         let parts = match served {
             Served::There(node, mut holder) => {

@@ -202,3 +202,69 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("node a"), "{}", e.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_call_leaves_no_trace_in_etcd() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_etcd("an_unauthenticated_call_leaves_no_trace_in_etcd") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alice good-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = etcd.url();
+    let a = Gw::start(
+        None,
+        4,
+        &[
+            "--cluster",
+            "inst",
+            "--etcd",
+            &url,
+            "--node",
+            "a",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    let stranger = connect(&a.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let uid = "0f3c1e2d-4b5a-4c6d-8e7f-9a0b1c2d3e4f".to_owned();
+    let e = spawn_req(&stranger, &uid, "PROD")
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = stranger
+        .client
+        .clone()
+        .hello(pb::Hello {
+            uid: uid.clone(),
+            prod_listeners: vec![],
+            role: "PROD".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(
+        etcd.get_prefix("/scistream/inst/sessions/").is_empty(),
+        "a call without a valid token claimed a uid in etcd"
+    );
+    // With the token, the same req claims it.
+    let alice = connect(
+        &a.control(),
+        &Trust::Insecure,
+        Auth::bearer("good-token-0123456789abcdef").unwrap(),
+    )
+    .await
+    .unwrap();
+    let _req = spawn_req(&alice, &uid, "PROD");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while etcd.get_prefix("/scistream/inst/sessions/").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
