@@ -61,6 +61,12 @@ pub(crate) struct Part {
     /// Its listeners, once bound.
     #[serde(default)]
     pub(crate) listeners: Vec<String>,
+    /// Who requested the session (as logs name identities), once bound.
+    #[serde(default)]
+    pub(crate) owner: String,
+    /// Where its listeners forward to (as the `update` gave them), once updated.
+    #[serde(default)]
+    pub(crate) targets: Vec<String>,
 }
 
 /// The cluster's session directory, as one node uses it.
@@ -193,13 +199,27 @@ impl Directory {
     }
 
     /// Sets the placement of `role`'s listeners in the session's record
-    /// (this node holds it). Compare-and-swap on the record's revision, so
-    /// that both roles of one uid placed at once both land.
+    /// (this node holds it).
     pub(crate) async fn set_parts(
         &self,
         uid: &str,
         role: &str,
         parts: &[Part],
+    ) -> Result<(), ClusterError> {
+        self.modify(uid, |record| {
+            record.parts.retain(|p| p.role != role);
+            record.parts.extend_from_slice(parts);
+        })
+        .await
+    }
+
+    /// Changes the session's record with `change`: compare-and-swap on the
+    /// record's revision (read again and retried when another change landed
+    /// first, as when both roles of one uid are placed at once).
+    pub(crate) async fn modify(
+        &self,
+        uid: &str,
+        change: impl Fn(&mut SessionRecord),
     ) -> Result<(), ClusterError> {
         let key = self.key(uid);
         for _ in 0..8 {
@@ -217,12 +237,11 @@ impl Directory {
                 ),
                 None => (self.me.clone(), 0),
             };
-            record.parts.retain(|p| p.role != role);
-            record.parts.extend_from_slice(parts);
+            change(&mut record);
             let value = serde_json::to_vec(&record).map_err(ClusterError::Encode)?;
             let answer = self
                 .etcd
-                .call("record a session's placement", |mut c| {
+                .call("change a session's record", |mut c| {
                     let txn = Txn::new()
                         .when([Compare::mod_revision(
                             key.clone(),
@@ -237,7 +256,7 @@ impl Directory {
                 return Ok(());
             }
         }
-        Err(ClusterError::Contended("record a session's placement"))
+        Err(ClusterError::Contended("change a session's record"))
     }
 
     /// The session's holder is gone from the cluster: this node becomes its

@@ -221,6 +221,13 @@ impl Relay {
         self.members.controls().iter().any(|(n, _)| n == node)
     }
 
+    /// Changes the session's record (this node holds it).
+    pub(crate) async fn change_record(&self, uid: &str, change: impl Fn(&mut SessionRecord)) {
+        if let Err(e) = self.directory.modify(uid, change).await {
+            warn!(error = %e, "the session's record in etcd is not up to date; status cannot show a lost part's targets");
+        }
+    }
+
     /// Records where `role`'s listeners are, once bound.
     pub(crate) async fn record_parts(&self, uid: &str, role: &str, parts: &[Part]) {
         if let Err(e) = self.directory.set_parts(uid, role, parts).await {
@@ -362,6 +369,8 @@ fn parts_of(shares: &[Share], n: usize, rate: i32, role: &str) -> Vec<Part> {
                 offset,
                 rate: share,
                 listeners: Vec::new(),
+                owner: String::new(),
+                targets: Vec::new(),
             };
             offset += s.count;
             part

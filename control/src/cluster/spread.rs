@@ -211,6 +211,7 @@ pub(crate) async fn req(
     let mut placed = parts;
     for (p, a) in placed.iter_mut().zip(&answers) {
         p.listeners = a.listeners.clone();
+        p.owner = caller.who.to_string();
     }
     caller.relay.record_parts(&uid, &role, &placed).await;
     Ok(pb::Response {
@@ -252,7 +253,9 @@ pub(crate) async fn update(
         }
         live
     });
+    let (uid, given) = (u.uid.clone(), u.remote_listeners.clone());
     let answers = all(&caller, &parts, move |c, p| c.update_part(u.clone(), p)).await?;
+    record_targets(&caller, &uid, &given, parts).await;
     Ok(pb::Response {
         listeners: answers.iter().flat_map(|a| a.listeners.clone()).collect(),
         prod_listeners: answers
@@ -260,6 +263,22 @@ pub(crate) async fn update(
             .flat_map(|a| a.prod_listeners.clone())
             .collect(),
     })
+}
+
+/// Records each updated part's targets in the session's record (so that
+/// `status` shows them for a part whose node is lost).
+async fn record_targets(caller: &Caller, uid: &str, given: &[String], updated: Vec<Part>) {
+    let set = caller.relay.change_record(uid, |record| {
+        for p in &mut record.parts {
+            let was_updated = updated
+                .iter()
+                .any(|u| u.role == p.role && u.node == p.node && u.offset == p.offset);
+            if was_updated {
+                p.targets = targets_of(given, p);
+            }
+        }
+    });
+    set.await;
 }
 
 /// The nodes of `parts`, each once, in order.
@@ -375,6 +394,8 @@ fn missing(uid: &str, parts: &[Part], node: &str, phase: &str) -> Vec<pb::Sessio
             uid: uid.to_owned(),
             role: p.role.clone(),
             phase: phase.into(),
+            owner: p.owner.clone(),
+            targets: p.targets.clone(),
             listeners: p.listeners.clone(),
             tag: scistream_protocol::tag::session_tag(uid),
             node: node.to_owned(),
@@ -396,6 +417,8 @@ mod tests {
             offset,
             rate: 0,
             listeners: Vec::new(),
+            owner: String::new(),
+            targets: Vec::new(),
         }
     }
 
