@@ -367,7 +367,11 @@ async fn a_node_killed_mid_stream_costs_only_its_own_connections() {
             assert_eq!(parts["c"].listeners, listeners[4..6]);
             // What etcd keeps of it: its owner and its targets.
             assert_eq!(parts["c"].owner, parts["a"].owner, "{parts:?}");
-            assert_eq!(parts["c"].targets, [receiver_addr.clone()], "{parts:?}");
+            assert_eq!(
+                parts["c"].targets,
+                std::slice::from_ref(&receiver_addr),
+                "{parts:?}"
+            );
             assert_eq!(parts["a"].phase, "forwarding");
             assert_eq!(parts["b"].phase, "forwarding");
             break;
