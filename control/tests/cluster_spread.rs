@@ -589,3 +589,72 @@ async fn a_killed_holder_is_taken_over_and_the_session_can_still_be_released() {
     }
     assert!(etcd.get_prefix("/scistream/hpc/sessions/").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instrument_side_spreads_the_same_way() {
+    if !have_etcd("the_instrument_side_spreads_the_same_way") {
+        return;
+    }
+    let etcd = Etcd::start();
+    // The HPC side: one gateway, four listeners, to a receiver.
+    let receiver = DigestReceiver::start();
+    let hpc = Gw::start(None, 16, &[]);
+    let inbound =
+        scistream_testkit::s2uc_inbound(&hpc.control(), None, "127.0.0.1", receiver.addr.port(), 4);
+    let uid = inbound["uid"].as_str().unwrap().to_owned();
+    let inbound_listeners = strings(&inbound, "listeners");
+    // The instrument side: two cluster nodes; the outbound session's four
+    // listeners spread two and two.
+    let (x, y) = (node(&etcd, "x", &[]), node(&etcd, "y", &[]));
+    wait_for_members(&etcd, 2).await;
+    let (cx, cy) = (client(&x).await, client(&y).await);
+    let mut req_client = cx.client.clone();
+    let request = pb::Request {
+        uid: uid.clone(),
+        role: "CONS".into(),
+        num_conn: 4,
+        rate: 0,
+    };
+    let req = tokio::spawn(async move { req_client.req(request).await });
+    let hello = pb::Hello {
+        uid: uid.clone(),
+        prod_listeners: vec![],
+        role: "CONS".into(),
+    };
+    cy.client.clone().hello(hello).await.unwrap();
+    let entries = req.await.unwrap().unwrap().into_inner().listeners;
+    assert_eq!(entries.len(), 4);
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: inbound_listeners,
+        role: "CONS".into(),
+    };
+    cy.client.clone().update(update).await.unwrap();
+    let parts = by_node(&status(&cx, &uid).await);
+    assert_eq!(parts.keys().collect::<Vec<_>>(), ["x", "y"], "{parts:?}");
+    // Each outbound listener reaches the inbound listener of its index
+    // (the inbound gateway checks the index): four streams, byte-exact.
+    let senders: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.clone();
+            std::thread::spawn(move || send_stream(&e, 500 + i as u64, 1 << 20))
+        })
+        .collect();
+    let mut sent: Vec<(u64, u64)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut got: Vec<(u64, u64)> = (0..4)
+        .map(|_| receiver.next(Duration::from_secs(60)))
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(sent, got);
+    let parts = by_node(&status(&cy, &uid).await);
+    for (n, s) in &parts {
+        assert_eq!(s.bytes_to_target, 2 << 20, "node {n}: {parts:#?}");
+        assert_eq!(
+            s.errors, 0,
+            "node {n}: no connection went astray: {parts:#?}"
+        );
+    }
+}
