@@ -171,6 +171,38 @@ impl ControlService {
     }
 }
 
+/// A uid a `req` claimed in etcd: forgotten again when the `req` fails or
+/// its caller goes away, so that refused requests leave no keys behind.
+struct ClaimGuard {
+    relay: Arc<Relay>,
+    uid: String,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    fn new(relay: Arc<Relay>, uid: &str) -> Self {
+        ClaimGuard {
+            relay,
+            uid: uid.to_owned(),
+            armed: true,
+        }
+    }
+
+    /// The `req` succeeded: the claim stays.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (relay, uid) = (self.relay.clone(), std::mem::take(&mut self.uid));
+            tokio::spawn(async move { relay.forget(&uid).await });
+        }
+    }
+}
+
 /// The answer of the node holding the session, as this node's: its own
 /// errors as they are; a call that did not reach it names it.
 fn passed<T>(node: &str, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
@@ -260,12 +292,20 @@ impl Control for ControlService {
             }
             _ => Served::Here(None),
         };
+        // A uid this req claimed is forgotten again unless the req succeeds.
+        let mut claim = None;
         let parts = match served {
             Served::There(node, mut holder) => {
                 return passed(&node, holder.req(request.into_inner()).await);
             }
-            Served::Claimed(parts) if parts.len() > 1 => parts,
-            _ => Vec::new(),
+            Served::Claimed(parts) => {
+                claim = self
+                    .relay
+                    .clone()
+                    .map(|r| ClaimGuard::new(r, &request.get_ref().uid));
+                if parts.len() > 1 { parts } else { Vec::new() }
+            }
+            Served::Here(_) => Vec::new(),
         };
         let metadata = request.metadata().clone();
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
@@ -273,20 +313,25 @@ impl Control for ControlService {
             Some(_) => crate::cluster::relay::part_first_index(&metadata)?,
             None => 0,
         };
-        self.call(
-            "req",
-            request,
-            |m| &m.uid,
-            |who, m| async move {
-                match &self.relay {
-                    Some(relay) if !parts.is_empty() => {
-                        spread::req(self.caller(relay, who, metadata), m.uid, parts).await
+        let r = self
+            .call(
+                "req",
+                request,
+                |m| &m.uid,
+                |who, m| async move {
+                    match &self.relay {
+                        Some(relay) if !parts.is_empty() => {
+                            spread::req(self.caller(relay, who, metadata), m.uid, parts).await
+                        }
+                        _ => self.registry.req_at(&who, m, marked, first).await,
                     }
-                    _ => self.registry.req_at(&who, m, marked, first).await,
-                }
-            },
-        )
-        .await
+                },
+            )
+            .await;
+        if let (Ok(_), Some(claim)) = (&r, claim) {
+            claim.keep();
+        }
+        r
     }
 
     async fn update(

@@ -178,18 +178,27 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
     let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
+    // A session on a (its hello came), then a dies (kill -9: no goodbye).
     let req = spawn_req(&ca, &uid, "PROD");
-    // Wait until a holds it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while etcd.get_prefix("/scistream/inst/sessions/").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the req was not claimed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    ca.client
+        .clone()
+        .hello(pb::Hello {
+            uid: uid.clone(),
+            prod_listeners: vec!["127.0.0.1:9".into()],
+            role: "PROD".into(),
+        })
+        .await
+        .unwrap();
+    req.await.unwrap().unwrap();
+    assert_eq!(etcd.get_prefix("/scistream/inst/sessions/").len(), 1);
+    let pid = a.gw.pid().unwrap();
+    let s2ds = scistream_testkit::s2ds_pid(pid);
+    for p in [pid, s2ds] {
+        std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
     }
-    drop(a);
-    req.abort();
     let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
@@ -201,6 +210,7 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("node a"), "{}", e.message());
+    drop(a);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,6 +275,48 @@ async fn an_unauthenticated_call_leaves_no_trace_in_etcd() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while etcd.get_prefix("/scistream/inst/sessions/").is_empty() {
         assert!(std::time::Instant::now() < deadline, "not claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_or_abandoned_req_leaves_no_claim_behind() {
+    if !have_etcd("a_refused_or_abandoned_req_leaves_no_claim_behind") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let a = node(&etcd, "a");
+    let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let keys = || etcd.get_prefix("/scistream/inst/sessions/");
+    // Refused (too many connections): nothing stays claimed.
+    let mut c = ca.client.clone();
+    let e = c
+        .req(pb::Request {
+            uid: "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d".into(),
+            role: "PROD".into(),
+            num_conn: 500,
+            rate: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Abandoned by its caller before its hello: claimed, then forgotten.
+    let req = spawn_req(&ca, "8b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e", "PROD");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while keys().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    req.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !keys().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an abandoned req's claim stayed: {:?}",
+            keys()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

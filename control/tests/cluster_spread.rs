@@ -168,6 +168,16 @@ async fn a_session_of_six_connections_spreads_over_three_nodes() {
     let receiver = DigestReceiver::start();
     let uid = random_uid();
 
+    // A session is at most 128 connections, spread or not.
+    let too_many = pb::Request {
+        uid: random_uid(),
+        role: "PROD".into(),
+        num_conn: 129,
+        rate: 0,
+    };
+    let e = ca.client.clone().req(too_many).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
     // req at a (the HPC side, inbound); its hello reaches b.
     let receiver_addr = receiver.addr.to_string();
     let listeners = request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
@@ -413,6 +423,10 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
         "64",
         "--max-sessions-per-identity",
         "100",
+        // A part whose hello landed just as its request failed elsewhere
+        // is an orphan that never gets its update: it goes with this.
+        "--update-timeout",
+        "4s",
     ];
     let gws = [
         node_with_range(&etcd, "a", 64, &limits),
@@ -441,12 +455,22 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
                 };
                 let req = tokio::spawn(async move { req_at.req(request).await });
                 let hello = pb::Hello {
-                    uid,
+                    uid: uid.clone(),
                     prod_listeners: vec!["127.0.0.1:9".into()],
                     role: "PROD".into(),
                 };
                 let _ = hello_at.clone().hello(hello).await;
-                req.await.unwrap()
+                let answer = req.await.unwrap();
+                if answer.is_ok() {
+                    // Placed: it forwards (so --update-timeout keeps it).
+                    let update = pb::UpdateTargets {
+                        uid: uid.clone(),
+                        remote_listeners: vec!["127.0.0.1:9".into()],
+                        role: "PROD".into(),
+                    };
+                    hello_at.clone().update(update).await.unwrap();
+                }
+                (uid, answer)
             })
         })
         .collect();
@@ -457,8 +481,8 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
             .expect("every request is answered")
             .unwrap();
         match answer {
-            Ok(r) => ok.push(r.into_inner().listeners),
-            Err(s) => {
+            (uid, Ok(r)) => ok.push((uid, r.into_inner().listeners)),
+            (_, Err(s)) => {
                 assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
                 assert!(s.message().contains("capacity left"), "{s:?}");
             }
@@ -470,7 +494,7 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
         "{} sessions placed",
         ok.len()
     );
-    let mut ports: Vec<&String> = ok.iter().flatten().collect();
+    let mut ports: Vec<&String> = ok.iter().flat_map(|(_, l)| l).collect();
     let placed = ports.len();
     ports.sort();
     ports.dedup();

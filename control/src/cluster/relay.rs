@@ -159,9 +159,11 @@ impl Relay {
             return Ok(Served::Here(None));
         }
         let n = usize::try_from(request.num_conn).unwrap_or(0);
+        let spreadable = (2..=scistream_protocol::MAX_LISTENERS_PER_SESSION).contains(&n);
         let parts = match scistream_protocol::Role::from_str(&request.role) {
-            Ok(role) if n > 1 => self.place(n, request.rate, &role.to_string()).await?,
-            // Malformed or one listener: this node answers (and refuses).
+            Ok(role) if spreadable => self.place(n, request.rate, &role.to_string()).await?,
+            // Malformed, out of bounds or one listener: this node answers
+            // (and refuses what it must, as a single node does).
             _ => Vec::new(),
         };
         let held = self

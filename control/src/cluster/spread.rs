@@ -180,7 +180,7 @@ where
 
 /// `req` of a session placed as `parts`: every part's listeners, in order,
 /// once every part has its hello. A part that fails fails the whole `req`
-/// and releases the parts that were ready.
+/// and releases every part.
 pub(crate) async fn req(
     caller: Arc<Caller>,
     uid: String,
@@ -195,13 +195,9 @@ pub(crate) async fn req(
     };
     let (got, failed) = each(&caller, &parts, for_each).await;
     if let Some(e) = failed {
-        let ready: Vec<Part> = parts
-            .iter()
-            .zip(&got)
-            .filter(|(_, g)| g.is_some())
-            .map(|(p, _)| p.clone())
-            .collect();
-        if let Err(again) = release_parts(&caller, &uid, &ready).await {
+        // Every part is released, not only those whose answer came: a part
+        // whose hello landed just as the others failed holds listeners too.
+        if let Err(again) = release_parts(&caller, &uid, &parts).await {
             warn!(error = %again, "a part of the failed request could not be released; its node expires it (--update-timeout)");
         }
         caller.relay.record_parts(&uid, &role, &[]).await;
