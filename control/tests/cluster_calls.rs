@@ -320,3 +320,51 @@ async fn a_refused_or_abandoned_req_leaves_no_claim_behind() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_reaches_another_node_first_waits_for_its_req() {
+    if !have_etcd("a_hello_that_reaches_another_node_first_waits_for_its_req") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b) = (node(&etcd, "a"), node(&etcd, "b"));
+    let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let uid = "9c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f".to_owned();
+    // The hello reaches b while no node holds the uid yet...
+    let mut hello_client = cb.client.clone();
+    let hello = tokio::spawn({
+        let uid = uid.clone();
+        async move {
+            hello_client
+                .hello(pb::Hello {
+                    uid,
+                    prod_listeners: vec!["127.0.0.1:9".into()],
+                    role: "PROD".into(),
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!hello.is_finished(), "the hello did not wait for its req");
+    // ...and its req, a moment later, reaches a: both complete.
+    let req = spawn_req(&ca, &uid, "PROD");
+    let said = tokio::time::timeout(Duration::from_secs(20), hello)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    let answered = tokio::time::timeout(Duration::from_secs(20), req)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(said.listeners, answered.listeners);
+    assert!(b.log().contains("passing the call on"), "{}", b.log());
+}
