@@ -109,16 +109,7 @@ fn nodes_register_see_each_other_and_leave() {
     assert!(metrics.contains("scistream_cluster_nodes 2"), "{metrics}");
 
     // Killed: gone when its lease expires (2 s), and b says so.
-    let pid = a.gw.pid().unwrap();
-    let s2ds = scistream_testkit::s2ds_pid(pid);
-    let kill = |p: u32| {
-        Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    };
-    kill(pid);
-    kill(s2ds);
+    a.kill9();
     let killed = Instant::now();
     wait_for(
         "a's registration to expire",

@@ -191,14 +191,7 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
         .unwrap();
     req.await.unwrap().unwrap();
     assert_eq!(etcd.get_prefix("/scistream/inst/sessions/").len(), 1);
-    let pid = a.gw.pid().unwrap();
-    let s2ds = scistream_testkit::s2ds_pid(pid);
-    for p in [pid, s2ds] {
-        std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    }
+    a.kill9();
     let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();

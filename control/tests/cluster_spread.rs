@@ -150,6 +150,27 @@ fn outbound(inst: &Gw, uid: &str, listeners: &[String]) -> Vec<String> {
     strings(&outbound, "listeners")
 }
 
+/// One stream of `bytes` to each of `entries` at once (seeds from `seed`
+/// on): each arrives at `receiver` byte-exact.
+fn streams_arrive(entries: &[String], seed: u64, bytes: u64, receiver: &DigestReceiver) {
+    let senders: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.clone();
+            std::thread::spawn(move || send_stream(&e, seed + i as u64, bytes))
+        })
+        .collect();
+    let mut sent: Vec<(u64, u64)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut got: Vec<(u64, u64)> = entries
+        .iter()
+        .map(|_| receiver.next(Duration::from_secs(60)))
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(sent, got);
+}
+
 fn by_node(sessions: &[pb::SessionStatus]) -> BTreeMap<String, pb::SessionStatus> {
     sessions
         .iter()
@@ -215,21 +236,7 @@ async fn a_session_of_six_connections_spreads_over_three_nodes() {
     assert_eq!(entries.len(), 6);
 
     // Six streams at once, one per connection: each arrives byte-exact.
-    let senders: Vec<_> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let e = e.clone();
-            std::thread::spawn(move || send_stream(&e, 100 + i as u64, 2 << 20))
-        })
-        .collect();
-    let mut sent: Vec<(u64, u64)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut got: Vec<(u64, u64)> = (0..6)
-        .map(|_| receiver.next(Duration::from_secs(60)))
-        .collect();
-    sent.sort();
-    got.sort();
-    assert_eq!(sent, got);
+    streams_arrive(&entries, 100, 2 << 20, &receiver);
 
     // Each node carried its two connections' bytes (conns_total also
     // counts the outbound gateway's probes).
@@ -327,14 +334,7 @@ async fn a_node_killed_mid_stream_costs_only_its_own_connections() {
         s.send(4 << 20);
     }
     // ...when node c (its s2cs and its s2ds) is killed.
-    let pid = c.gw.pid().unwrap();
-    let s2ds = scistream_testkit::s2ds_pid(pid);
-    for p in [pid, s2ds] {
-        std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    }
+    c.kill9();
     // The streams through a and b go on and arrive whole.
     let survivors: Vec<_> = streams.drain(..4).collect();
     drop(streams);
@@ -557,14 +557,7 @@ async fn a_killed_holder_is_taken_over_and_the_session_can_still_be_released() {
         s.send(2 << 20);
     }
     // The holder dies.
-    let pid = a.gw.pid().unwrap();
-    let s2ds = scistream_testkit::s2ds_pid(pid);
-    for p in [pid, s2ds] {
-        std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status()
-            .unwrap();
-    }
+    a.kill9();
     // The streams through b and c finish whole.
     let survivors: Vec<_> = streams.drain(2..).collect();
     drop(streams);
@@ -658,21 +651,7 @@ async fn the_instrument_side_spreads_the_same_way() {
     assert_eq!(parts.keys().collect::<Vec<_>>(), ["x", "y"], "{parts:?}");
     // Each outbound listener reaches the inbound listener of its index
     // (the inbound gateway checks the index): four streams, byte-exact.
-    let senders: Vec<_> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let e = e.clone();
-            std::thread::spawn(move || send_stream(&e, 500 + i as u64, 1 << 20))
-        })
-        .collect();
-    let mut sent: Vec<(u64, u64)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut got: Vec<(u64, u64)> = (0..4)
-        .map(|_| receiver.next(Duration::from_secs(60)))
-        .collect();
-    sent.sort();
-    got.sort();
-    assert_eq!(sent, got);
+    streams_arrive(&entries, 500, 1 << 20, &receiver);
     let parts = by_node(&status(&cy, &uid).await);
     for (n, s) in &parts {
         assert_eq!(s.bytes_to_target, 2 << 20, "node {n}: {parts:#?}");

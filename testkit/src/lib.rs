@@ -108,6 +108,20 @@ pub struct Gw {
 }
 
 impl Gw {
+    /// Kills the node as a crash would: SIGKILL to its `s2cs` and its
+    /// `s2ds`, then waits until both are dead.
+    pub fn kill9(&self) {
+        let pid = self.gw.pid().unwrap();
+        let s2ds = s2ds_pid(pid);
+        for p in [pid, s2ds] {
+            std::process::Command::new("kill")
+                .args(["-9", &p.to_string()])
+                .status()
+                .unwrap();
+            wait_dead(p as i32);
+        }
+    }
+
     /// Starts `s2cs` (with its `s2ds`); `tls` is `None` for `--insecure`.
     /// With TLS, the `ca.crt` next to the certificate (as [`Pki`] writes it)
     /// is the peer CA of the data channel.

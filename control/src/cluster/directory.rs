@@ -238,21 +238,8 @@ impl Directory {
                 None => (self.me.clone(), 0),
             };
             change(&mut record);
-            let value = serde_json::to_vec(&record).map_err(ClusterError::Encode)?;
-            let answer = self
-                .etcd
-                .call("change a session's record", |mut c| {
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
-                    async move { c.txn(txn).await }
-                })
-                .await?;
-            if answer.succeeded() {
+            let what = "change a session's record";
+            if self.put_if_unchanged(what, &key, &record, revision).await? {
                 return Ok(());
             }
         }
@@ -272,21 +259,30 @@ impl Directory {
         let mut mine = record.clone();
         mine.node = self.me.node.clone();
         mine.control = self.me.control;
-        let value = serde_json::to_vec(&mine).map_err(ClusterError::Encode)?;
+        let put = self.put_if_unchanged("take a session over", &key, &mine, revision);
+        Ok(put.await?.then_some(mine))
+    }
+
+    /// Writes `record` at `key` if the key is still at `revision` (0: does
+    /// not exist); whether it was written.
+    async fn put_if_unchanged(
+        &self,
+        what: &'static str,
+        key: &str,
+        record: &SessionRecord,
+        revision: i64,
+    ) -> Result<bool, ClusterError> {
+        let value = serde_json::to_vec(record).map_err(ClusterError::Encode)?;
         let answer = self
             .etcd
-            .call("take a session over", |mut c| {
+            .call(what, |mut c| {
                 let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        revision,
-                    )])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                    .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+                    .and_then([TxnOp::put(key, value.clone(), None)]);
                 async move { c.txn(txn).await }
             })
             .await?;
-        Ok(answer.succeeded().then_some(mine))
+        Ok(answer.succeeded())
     }
 
     /// `release` at the holder: the uid is no longer held.
