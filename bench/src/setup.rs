@@ -191,6 +191,7 @@ pub fn run(plan: &SetupPlan) -> Result<SetupReport, String> {
         let options = RequestOptions {
             num_conn: u32::try_from(conns).map_err(|_| "too many conns")?,
             rate_kbps: 0,
+            ..Default::default()
         };
         let etcd_url = cluster.as_ref().map(|(_, url)| url.clone());
         let etcd_before = etcd_url.as_deref().map(etcd_kv_calls).transpose()?;

@@ -241,6 +241,7 @@ async fn open_tunnel(
     let options = RequestOptions {
         num_conn: n,
         rate_kbps: 0,
+        ..Default::default()
     };
     say(&format!(
         "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0",

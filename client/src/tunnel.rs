@@ -4,7 +4,7 @@
 //! connection — the server holds a `hello` that overtakes its `req`, so
 //! there is no sleep between them — then `update`.
 
-use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, pb, validate_uid};
+use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Protocol, Role, pb, validate_uid};
 use serde::Serialize;
 
 use crate::connect::Connection;
@@ -36,9 +36,30 @@ pub struct RequestOptions {
     pub num_conn: u32,
     /// Rate cap in kbit/s (0: none).
     pub rate_kbps: u32,
+    /// What the listeners carry: TCP (SciStream's), UDP, or both.
+    pub protocol: Protocol,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            num_conn: 1,
+            rate_kbps: 0,
+            protocol: Protocol::Tcp,
+        }
+    }
 }
 
 impl RequestOptions {
+    /// The `protocol` field of a `req`: empty for TCP, so that a TCP
+    /// request is byte-for-byte what SciStream's client sends.
+    fn protocol_field(&self) -> String {
+        match self.protocol {
+            Protocol::Tcp => String::new(),
+            p => p.as_str().into(),
+        }
+    }
+
     fn check(&self) -> Result<(i32, i32), ClientError> {
         if self.num_conn == 0 || self.num_conn as usize > MAX_LISTENERS_PER_SESSION {
             return Err(ClientError::Input(format!(
@@ -109,9 +130,9 @@ async fn req_and_hello(
     role: Role,
     hello_role: Role,
     hello_listeners: Vec<String>,
-    num_conn: i32,
-    rate: i32,
+    options: &RequestOptions,
 ) -> Result<pb::Response, ClientError> {
+    let (num_conn, rate) = options.check()?;
     let mut req_client = conn.client.clone();
     let mut hello_client = conn.client.clone();
     let req = pb::Request {
@@ -119,6 +140,7 @@ async fn req_and_hello(
         role: role.as_str().into(),
         num_conn,
         rate,
+        protocol: options.protocol_field(),
     };
     let hello = pb::Hello {
         uid: uid.into(),
@@ -171,7 +193,7 @@ pub async fn inbound_request_as(
     receiver_ports: &[u16],
     options: &RequestOptions,
 ) -> Result<Tunnel, ClientError> {
-    let (num_conn, rate) = options.check()?;
+    options.check()?;
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
     let receivers = receiver_endpoints(remote_ip, receiver_ports)?;
     let uid = uid.to_owned();
@@ -181,8 +203,7 @@ pub async fn inbound_request_as(
         Role::Prod,
         Role::Prod,
         receivers.clone(),
-        num_conn,
-        rate,
+        options,
     )
     .await?;
     let targets = if resp.prod_listeners.is_empty() {
@@ -219,6 +240,7 @@ pub async fn prod_req(
             role: Role::Prod.as_str().into(),
             num_conn,
             rate,
+            protocol: options.protocol_field(),
         })
         .await
         .map_err(|s| conn.status_error("req", s))?
@@ -244,12 +266,12 @@ pub async fn outbound_request(
     announce: Vec<String>,
     options: &RequestOptions,
 ) -> Result<Tunnel, ClientError> {
-    let (num_conn, rate) = options.check()?;
+    options.check()?;
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
     if inbound_listeners.is_empty() {
         return Err(ClientError::Input("no inbound listeners given".into()));
     }
-    let resp = req_and_hello(conn, uid, Role::Cons, Role::Cons, announce, num_conn, rate).await?;
+    let resp = req_and_hello(conn, uid, Role::Cons, Role::Cons, announce, options).await?;
     let updated = update(conn, uid, Role::Cons, inbound_listeners).await?;
     Ok(Tunnel {
         uid: uid.to_owned(),
@@ -337,7 +359,27 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
             "bytes_to_target": c.bytes_to_target, "bytes_from_target": c.bytes_from_target,
             "age_ms": c.age_ms,
         })).collect::<Vec<_>>(),
+        "protocol": protocol_name(s),
+        "udp": {
+            "flows_open": s.udp_flows_open, "flows_total": s.udp_flows_total,
+            "flows_expired": s.udp_flows_expired,
+            "datagrams_to_target": s.udp_datagrams_to_target,
+            "bytes_to_target": s.udp_bytes_to_target,
+            "datagrams_from_target": s.udp_datagrams_from_target,
+            "bytes_from_target": s.udp_bytes_from_target,
+            "dropped": s.udp_dropped,
+        },
     })
+}
+
+/// A status's protocol; a gateway that does not report one (SciStream-era
+/// scistream-rs) carries TCP.
+fn protocol_name(s: &pb::SessionStatus) -> &str {
+    if s.protocol.is_empty() {
+        "tcp"
+    } else {
+        &s.protocol
+    }
 }
 
 /// A session spread over several cluster nodes, summed over its nodes.
@@ -460,6 +502,20 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     if !s.node.is_empty() {
         t.push_str(&format!("  node:      {}\n", s.node));
     }
+    if protocol_name(s) != "tcp" {
+        t.push_str(&format!(
+            "  protocol:  {}\n  udp flows: {} open, {} total, {} expired idle\n  datagrams: {} ({}) to target, {} ({}) back, {} dropped\n",
+            protocol_name(s),
+            s.udp_flows_open,
+            s.udp_flows_total,
+            s.udp_flows_expired,
+            s.udp_datagrams_to_target,
+            format_size(s.udp_bytes_to_target),
+            s.udp_datagrams_from_target,
+            format_size(s.udp_bytes_from_target),
+            s.udp_dropped,
+        ));
+    }
     if with_connections {
         for c in &s.connections {
             t.push_str(&format!(
@@ -550,7 +606,8 @@ mod tests {
         assert!(
             RequestOptions {
                 num_conn: 0,
-                rate_kbps: 1
+                rate_kbps: 1,
+                ..Default::default()
             }
             .check()
             .is_err()
@@ -558,7 +615,8 @@ mod tests {
         assert!(
             RequestOptions {
                 num_conn: 129,
-                rate_kbps: 1
+                rate_kbps: 1,
+                ..Default::default()
             }
             .check()
             .is_err()
@@ -566,7 +624,8 @@ mod tests {
         assert!(
             RequestOptions {
                 num_conn: 5,
-                rate_kbps: u32::MAX
+                rate_kbps: u32::MAX,
+                ..Default::default()
             }
             .check()
             .is_err()
@@ -574,7 +633,8 @@ mod tests {
         assert_eq!(
             RequestOptions {
                 num_conn: 5,
-                rate_kbps: 10000
+                rate_kbps: 10000,
+                ..Default::default()
             }
             .check()
             .unwrap(),

@@ -49,6 +49,7 @@ fn round_trip(c: &mut Criterion) {
     let options = RequestOptions {
         num_conn: 4,
         rate_kbps: 0,
+        ..Default::default()
     };
     c.bench_function("inbound_request_and_release", |b| {
         b.iter(|| {

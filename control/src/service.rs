@@ -321,7 +321,8 @@ impl Control for ControlService {
                 |who, m| async move {
                     match &self.relay {
                         Some(relay) if !parts.is_empty() => {
-                            spread::req(self.caller(relay, who, metadata), m.uid, parts).await
+                            spread::req(self.caller(relay, who, metadata), m.uid, m.protocol, parts)
+                                .await
                         }
                         _ => self.registry.req_at(&who, m, marked, first).await,
                     }

@@ -109,6 +109,15 @@ pub async fn sessions(
                     })
                     .collect(),
                 node: String::new(),
+                protocol: v.protocol.as_str().into(),
+                udp_flows_open: st.udp.flows_open,
+                udp_flows_total: st.udp.flows_total,
+                udp_datagrams_to_target: st.udp.datagrams_to_target,
+                udp_bytes_to_target: st.udp.bytes_to_target,
+                udp_datagrams_from_target: st.udp.datagrams_from_target,
+                udp_bytes_from_target: st.udp.bytes_from_target,
+                udp_dropped: st.udp.dropped,
+                udp_flows_expired: st.udp.flows_expired,
             }
         })
         .collect();

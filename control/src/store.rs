@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use scistream_protocol::handoff::SessionKey;
-use scistream_protocol::{Role, Target};
+use scistream_protocol::{Protocol, Role, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
@@ -56,6 +56,8 @@ pub struct StoredSession {
     /// Connection index of its first listener (part of a session spread
     /// over cluster nodes; else 0).
     pub first_index: u16,
+    /// What its listeners carry (records of older releases: TCP).
+    pub protocol: Protocol,
 }
 
 /// What the store may hold: this release's form, or the first release's,
@@ -78,6 +80,8 @@ struct StoredForm {
     created_unix: u64,
     #[serde(default)]
     first_index: u16,
+    #[serde(default)]
+    protocol: Protocol,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +118,7 @@ impl From<StoredForm> for StoredSession {
             phase: f.phase,
             created_unix: f.created_unix,
             first_index: f.first_index,
+            protocol: f.protocol,
         }
     }
 }
@@ -267,6 +272,7 @@ mod tests {
     fn session(uid: &str) -> StoredSession {
         StoredSession {
             first_index: 0,
+            protocol: Protocol::Tcp,
             uid: uid.into(),
             role: Role::Prod,
             owner: Identity::anonymous(),

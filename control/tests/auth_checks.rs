@@ -206,6 +206,7 @@ async fn create(c: &Client, who: &str, uid: &str, receiver: &str) -> Result<(), 
                 role: "PROD".into(),
                 num_conn: 1,
                 rate: 0,
+                protocol: String::new(),
             },
             Some(&who_req),
         ))

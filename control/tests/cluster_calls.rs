@@ -40,6 +40,7 @@ fn spawn_req(
         role: role.to_owned(),
         num_conn: 1,
         rate: 0,
+        protocol: String::new(),
     };
     tokio::spawn(async move { client.req(request).await })
 }
@@ -291,6 +292,7 @@ async fn a_refused_or_abandoned_req_leaves_no_claim_behind() {
             role: "PROD".into(),
             num_conn: 500,
             rate: 0,
+            protocol: String::new(),
         })
         .await
         .unwrap_err();

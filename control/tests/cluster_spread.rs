@@ -111,6 +111,7 @@ async fn request(
         role: "PROD".into(),
         num_conn: n,
         rate: 0,
+        protocol: String::new(),
     };
     let req = tokio::spawn(async move { req_client.req(request).await });
     let hello = pb::Hello {
@@ -195,6 +196,7 @@ async fn a_session_of_six_connections_spreads_over_three_nodes() {
         role: "PROD".into(),
         num_conn: 129,
         rate: 0,
+        protocol: String::new(),
     };
     let e = ca.client.clone().req(too_many).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -452,6 +454,7 @@ async fn sixty_requests_at_once_never_double_book_a_port_or_overfill_a_node() {
                     role: "PROD".into(),
                     num_conn: 3,
                     rate: 9000,
+                    protocol: String::new(),
                 };
                 let req = tokio::spawn(async move { req_at.req(request).await });
                 let hello = pb::Hello {
@@ -631,6 +634,7 @@ async fn the_instrument_side_spreads_the_same_way() {
         role: "CONS".into(),
         num_conn: 4,
         rate: 0,
+        protocol: String::new(),
     };
     let req = tokio::spawn(async move { req_client.req(request).await });
     let hello = pb::Hello {

@@ -747,6 +747,7 @@ async fn scistreams_default_rate_is_not_enforced_and_a_deliberate_one_is() {
                     role: r,
                     num_conn: 1,
                     rate: 10000,
+                    protocol: String::new(),
                 })
                 .await
             });

@@ -18,6 +18,7 @@ async fn s2uc_hello_completes_a_waiting_request() {
             role: "PROD".into(),
             num_conn: 2,
             rate: 0,
+            protocol: String::new(),
         })
         .await
     });

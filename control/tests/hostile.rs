@@ -130,6 +130,7 @@ async fn oversized_and_random_requests_always_get_a_status() {
                     role,
                     num_conn: next() as i32 % 300,
                     rate: next() as i32,
+                    protocol: String::new(),
                 })
                 .await
                 .map(|_| ()),

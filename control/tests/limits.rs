@@ -29,6 +29,7 @@ fn request(uid: &str, num_conn: i32, rate: i32) -> Request {
         role: "PROD".into(),
         num_conn,
         rate,
+        protocol: String::new(),
     }
 }
 

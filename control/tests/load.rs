@@ -51,6 +51,7 @@ async fn round(
     let options = RequestOptions {
         num_conn: 1,
         rate_kbps: 0,
+        ..Default::default()
     };
     let tasks: Vec<_> = (0..PAIRS)
         .map(|_| {

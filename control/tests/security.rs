@@ -396,6 +396,7 @@ async fn open(
         role: role.into(),
         num_conn,
         rate: 0,
+        protocol: String::new(),
     };
     let pending = tokio::spawn(async move { rc.req(r).await });
     let h = c
@@ -536,6 +537,7 @@ async fn a_recovered_session_outside_a_stricter_policy_is_released() {
             role: "PROD".into(),
             num_conn: 1,
             rate: 0,
+            protocol: String::new(),
         })
         .await
     });

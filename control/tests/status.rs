@@ -36,6 +36,7 @@ async fn status_shows_what_a_session_carried_and_only_to_its_owner() {
     let o = RequestOptions {
         num_conn: 1,
         rate_kbps: 50_000_000,
+        ..Default::default()
     };
     let inbound = scistream_client::inbound_request(&h, "127.0.0.1", &[receiver.addr.port()], &o)
         .await

@@ -41,6 +41,7 @@ fn req(uid: &str, role: &str, num_conn: i32) -> Request {
         role: role.into(),
         num_conn,
         rate: 10000,
+        protocol: String::new(),
     }
 }
 
@@ -389,6 +390,7 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
             role: "PROD".into(),
             num_conn: 1,
             rate: -1,
+            protocol: String::new(),
         })
         .await,
         Code::InvalidArgument,
@@ -566,6 +568,7 @@ async fn max_rate_bounds_what_a_request_may_ask_for() {
         role: "PROD".into(),
         num_conn: 1,
         rate: 200_000,
+        protocol: String::new(),
     };
     assert_code(
         cc.req(too_much).await,
@@ -577,6 +580,7 @@ async fn max_rate_bounds_what_a_request_may_ask_for() {
         role: "PROD".into(),
         num_conn: 1,
         rate: 0,
+        protocol: String::new(),
     };
     assert_code(cc.req(uncapped).await, Code::InvalidArgument, "0 (no cap)");
     let fine = Request {
@@ -584,6 +588,7 @@ async fn max_rate_bounds_what_a_request_may_ask_for() {
         role: "PROD".into(),
         num_conn: 1,
         rate: 100_000,
+        protocol: String::new(),
     };
     let (r, h) = req_with_hello(
         &c,

@@ -27,7 +27,7 @@ use rustix::net::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::session::{MAX_LISTENERS_PER_SESSION, Role};
+use crate::session::{MAX_LISTENERS_PER_SESSION, Protocol, Role};
 use crate::target::Target;
 
 /// Version of this handoff protocol; bumped on any incompatible change.
@@ -99,6 +99,12 @@ pub struct SessionSpec {
     /// `first_index + i`).
     #[serde(default)]
     pub first_index: u16,
+    /// What the listeners carry. Only the instrument side (`ToPeer`) has
+    /// UDP sockets: it frames each flow into a connection to its target;
+    /// the inbound side (`FromPeer`) takes such connections when the
+    /// session carries UDP, and plain ones when it carries TCP.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// How a session's connections cross between gateways.
@@ -131,6 +137,22 @@ pub enum DataChannel {
 }
 
 impl SessionSpec {
+    /// This side has a UDP socket per listener (the instrument side of a
+    /// session carrying UDP): the message's descriptors are the TCP
+    /// listeners, then as many UDP sockets, in listener order.
+    pub fn has_udp_sockets(&self) -> bool {
+        matches!(self.channel, DataChannel::ToPeer { .. }) && self.protocol.carries_udp()
+    }
+
+    /// This side accepts on its TCP sockets. Not on the instrument side of
+    /// a UDP-only session, whose TCP sockets are bound but not listening
+    /// (they hold the port number; a TCP client is refused by the kernel).
+    /// The inbound side always accepts: the tunnel's connections, which
+    /// carry the UDP flows too, are TCP.
+    pub fn accepts_tcp(&self) -> bool {
+        !matches!(self.channel, DataChannel::ToPeer { .. }) || self.protocol.carries_tcp()
+    }
+
     /// The pacing rate of each connection, bytes per second: the session's
     /// rate split evenly over its listeners (`num_conn`). `None`: no cap.
     pub fn per_connection_rate(&self) -> Option<u64> {
@@ -238,6 +260,46 @@ pub struct SessionStats {
     /// Open connections, at most [`MAX_LISTED_CONNECTIONS`] of them.
     #[serde(default)]
     pub connections: Vec<ConnStats>,
+    /// UDP flows and datagrams, when the session carries UDP.
+    #[serde(default)]
+    pub udp: UdpStats,
+}
+
+/// A session's UDP counters on one gateway. "To target" is the direction
+/// from the instrument towards the receiver; "from target" the replies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpStats {
+    /// Flows open now (one per sender address and port).
+    pub flows_open: u64,
+    /// Flows since the session started.
+    pub flows_total: u64,
+    /// Datagrams forwarded towards the receiver.
+    pub datagrams_to_target: u64,
+    /// Their payload bytes.
+    pub bytes_to_target: u64,
+    /// Datagrams forwarded back towards their sender.
+    pub datagrams_from_target: u64,
+    /// Their payload bytes.
+    pub bytes_from_target: u64,
+    /// Datagrams dropped because the way on could not take them (queue
+    /// full: the tunnel or the receiver is slower than the sender).
+    pub dropped: u64,
+    /// Flows closed after moving nothing for the idle time.
+    pub flows_expired: u64,
+}
+
+impl UdpStats {
+    /// Adds another worker's or thread's counters.
+    pub fn add(&mut self, o: &UdpStats) {
+        self.flows_open += o.flows_open;
+        self.flows_total += o.flows_total;
+        self.datagrams_to_target += o.datagrams_to_target;
+        self.bytes_to_target += o.bytes_to_target;
+        self.datagrams_from_target += o.datagrams_from_target;
+        self.bytes_from_target += o.bytes_from_target;
+        self.dropped += o.dropped;
+        self.flows_expired += o.flows_expired;
+    }
 }
 
 impl Default for SessionKey {
@@ -521,6 +583,7 @@ mod tests {
         let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
         let spec = SessionSpec {
             first_index: 0,
+            protocol: Default::default(),
             key: key(),
             listeners: vec![l1.local_addr().unwrap(), l2.local_addr().unwrap()],
             targets: vec![Target::from_addr("127.0.0.1:9".parse().unwrap()); 2],
@@ -611,6 +674,7 @@ mod tests {
         let n = MAX_LISTENERS_PER_SESSION;
         let spec = SessionSpec {
             first_index: 0,
+            protocol: Default::default(),
             key: SessionKey {
                 uid: "u".repeat(crate::session::MAX_UID_LEN),
                 role: Role::Cons,

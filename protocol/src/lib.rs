@@ -15,6 +15,7 @@
 //! [`options`] (the data plane's options, shared by `s2cs` and `s2ds`).
 #![forbid(unsafe_code)]
 
+pub mod datagram;
 pub mod endpoint;
 pub mod handoff;
 pub mod loglimit;
@@ -41,6 +42,6 @@ pub use target::Target;
 /// which SciStream never enforced (docs/COMPAT.md).
 pub const CLIENT_HEADER: &str = "scistream-client";
 pub use session::{
-    MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, MIN_UID_LEN, Role, RoleError, UidError, UidKind,
-    uid_kind, validate_uid,
+    MAX_LISTENERS_PER_SESSION, MAX_UID_LEN, MIN_UID_LEN, Protocol, ProtocolError, Role, RoleError,
+    UidError, UidKind, uid_kind, validate_uid,
 };

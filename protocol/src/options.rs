@@ -128,6 +128,19 @@ pub struct DataPlaneOptions {
     /// Do not pin the data plane's workers to cores.
     #[arg(long = "no-pin", alias = "no_pin")]
     pub no_pin: bool,
+
+    /// UDP: a flow (one sender address and port) that moved no datagram
+    /// either way for this long is dropped, with its connection through the
+    /// tunnel; the sender's next datagram opens a new one.
+    #[arg(long = "udp-idle", alias = "udp_idle", default_value = "60s", value_parser = parse_duration)]
+    pub udp_idle: Duration,
+
+    /// UDP: datagrams queued per flow and direction in front of a way on
+    /// that cannot take more (the tunnel is slower than the sender); a
+    /// datagram arriving at a full queue is dropped and counted (newest
+    /// first: the ones queued keep their order and go on), 1-65536.
+    #[arg(long = "udp-queue", alias = "udp_queue", default_value = "1024", value_parser = parse_udp_queue)]
+    pub udp_queue: usize,
 }
 
 impl Default for DataPlaneOptions {
@@ -147,6 +160,8 @@ impl Default for DataPlaneOptions {
             ktls: KtlsChoice::Auto,
             crypto: CryptoChoice::Auto,
             no_pin: false,
+            udp_idle: Duration::from_secs(60),
+            udp_queue: 1024,
         }
     }
 }
@@ -171,6 +186,8 @@ impl DataPlaneOptions {
             format!("--user-timeout={}", ms(self.user_timeout)),
             format!("--ktls={}", value_name(self.ktls)),
             format!("--crypto={}", value_name(self.crypto)),
+            format!("--udp-idle={}", ms(self.udp_idle)),
+            format!("--udp-queue={}", self.udp_queue),
         ];
         if let Some(n) = self.workers {
             v.push(format!("--workers={n}"));
@@ -188,6 +205,15 @@ impl DataPlaneOptions {
             v.push("--no-pin".into());
         }
         v
+    }
+}
+
+fn parse_udp_queue(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a queue length between 1 and 65536 datagrams"
+        )),
     }
 }
 

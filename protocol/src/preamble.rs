@@ -32,8 +32,13 @@ pub const FLAG_TLS: u8 = 1;
 /// index as for any connection, answers, and closes, without connecting to
 /// the receiver or counting a connection.
 pub const FLAG_PROBE: u8 = 2;
+/// Flag: the connection carries one UDP flow as frames
+/// ([`crate::datagram`]) instead of a byte stream. An inbound gateway takes
+/// it only for a session that carries UDP, and then sends the datagrams to
+/// the receiver from a UDP socket of its own.
+pub const FLAG_UDP: u8 = 4;
 /// Every flag this version knows; a preamble with any other bit set is refused.
-pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE;
+pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE | FLAG_UDP;
 /// The answer byte for "accepted".
 pub const ACCEPTED: u8 = 0x06;
 /// The answer byte for "refused", followed by a [`Refusal`] code. Not a TLS
@@ -261,8 +266,8 @@ mod tests {
             Err(PreambleError::Uid)
         );
         assert_eq!(
-            Preamble::parse(b"S2PA\x01\x07"),
-            Err(PreambleError::Flags(7)),
+            Preamble::parse(b"S2PA\x01\x0f"),
+            Err(PreambleError::Flags(15)),
             "an unknown flag"
         );
     }

@@ -194,3 +194,88 @@ mod tests {
         assert_eq!(serde_json::to_string(&Role::Cons).unwrap(), "\"CONS\"");
     }
 }
+
+/// What a session's listeners carry (`--protocol` of `s2uc`, field 5 of
+/// `Request`). SciStream's own clients never send the field: `tcp`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP streams only (SciStream's behaviour).
+    #[default]
+    Tcp,
+    /// UDP datagrams only: the instrument side's listeners take datagrams
+    /// and refuse TCP connections.
+    Udp,
+    /// Both, on the same port numbers (as SciStream's Nginx data server did).
+    Both,
+}
+
+impl Protocol {
+    /// The spelling on the wire and in `--protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "both",
+        }
+    }
+
+    /// TCP connections are taken.
+    pub fn carries_tcp(self) -> bool {
+        self != Protocol::Udp
+    }
+
+    /// UDP datagrams are taken.
+    pub fn carries_udp(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// The request field: empty (an old client) is TCP.
+    pub fn from_request(s: &str) -> Result<Protocol, ProtocolError> {
+        if s.is_empty() {
+            Ok(Protocol::Tcp)
+        } else {
+            s.parse()
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol that is not `tcp`, `udp` or `both`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol {0:?} is not valid: use \"tcp\", \"udp\" or \"both\"")]
+pub struct ProtocolError(pub String);
+
+impl FromStr for Protocol {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "both" | "tcp+udp" | "udp+tcp" => Ok(Protocol::Both),
+            _ => Err(ProtocolError(s.chars().take(32).collect())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::Protocol;
+
+    #[test]
+    fn protocol_spellings() {
+        assert_eq!(Protocol::from_request("").unwrap(), Protocol::Tcp);
+        assert_eq!(Protocol::from_request("UDP").unwrap(), Protocol::Udp);
+        assert_eq!("both".parse::<Protocol>().unwrap(), Protocol::Both);
+        let e = Protocol::from_request("sctp").unwrap_err();
+        assert!(e.to_string().contains("\"sctp\""), "{e}");
+        assert!(Protocol::Both.carries_tcp() && Protocol::Both.carries_udp());
+        assert!(!Protocol::Udp.carries_tcp() && !Protocol::Tcp.carries_udp());
+    }
+}

@@ -43,6 +43,9 @@ pub enum ListenerChannel {
         client_cert: bool,
         /// The connection index of the session's first listener here.
         first_index: u16,
+        /// Which connections it takes: plain streams (TCP), UDP flows
+        /// (preamble flagged UDP), or both.
+        protocol: scistream_protocol::Protocol,
     },
     /// To a peer gateway: preamble (in TLS when `tls`) before anything.
     ToPeer {
@@ -149,6 +152,9 @@ pub struct Conn {
     /// exists with `-v` only: at info level a span per connection cost
     /// ~1 KB of memory per idle connection (s2bench idle, 3000 connections).
     pub span: tracing::Span,
+    /// It carries a UDP flow: outbound, its client is the flow's socket
+    /// pair and its preamble is flagged UDP; inbound, its target is.
+    pub udp: bool,
 }
 
 /// Applies the socket options of a forwarded socket. Failures are logged,

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::conn::ListenerChannel;
 use crate::tls::TlsContext;
+use crate::udp::{UdpListener, UdpPlane};
 use crate::worker::{WorkerCommand, WorkerHandle};
 
 /// How long the control thread waits for a worker's acknowledgement.
@@ -34,6 +35,10 @@ pub struct DataPlane {
     /// addresses, to give back to a restarted `s2cs`.
     listeners: HashMap<SessionKey, Vec<(std::net::SocketAddr, OwnedFd)>>,
     next_worker: usize,
+    udp: UdpPlane,
+    /// A duplicate of each session's UDP sockets (instrument side), for
+    /// `ExportListeners` after the TCP ones.
+    udp_sockets: HashMap<SessionKey, Vec<OwnedFd>>,
 }
 
 fn failed(message: impl Into<String>) -> Outcome {
@@ -52,6 +57,7 @@ fn listener_channel(spec: &SessionSpec) -> ListenerChannel {
             uid,
             client_cert: *client_cert,
             first_index: spec.first_index,
+            protocol: spec.protocol,
         },
         DataChannel::ToPeer { tls } => ListenerChannel::ToPeer {
             tls: *tls,
@@ -60,6 +66,17 @@ fn listener_channel(spec: &SessionSpec) -> ListenerChannel {
             first_index: spec.first_index,
         },
     }
+}
+
+/// The UDP sockets handed over must be UDP sockets.
+fn check_udp_sockets(fds: &[OwnedFd]) -> Result<(), String> {
+    for fd in fds {
+        match rustix::net::sockopt::socket_type(fd) {
+            Ok(rustix::net::SocketType::DGRAM) => {}
+            _ => return Err("a descriptor handed over as UDP is not a UDP socket".into()),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for `n` acknowledgements.
@@ -76,7 +93,12 @@ fn wait_acks(rx: &mpsc::Receiver<Result<(), String>>, n: usize) -> Result<(), St
 
 impl DataPlane {
     /// A data plane over started workers.
-    pub fn new(workers: Vec<WorkerHandle>, engine: &'static str, tls: TlsContext) -> Self {
+    pub fn new(
+        workers: Vec<WorkerHandle>,
+        engine: &'static str,
+        tls: TlsContext,
+        udp: UdpPlane,
+    ) -> Self {
         DataPlane {
             workers,
             engine,
@@ -84,6 +106,8 @@ impl DataPlane {
             sessions: HashMap::new(),
             listeners: HashMap::new(),
             next_worker: 0,
+            udp,
+            udp_sockets: HashMap::new(),
         }
     }
 
@@ -142,34 +166,56 @@ impl DataPlane {
 
     /// Duplicates of a session's listening sockets (for `ExportListeners`).
     fn export(&self, key: &SessionKey) -> Vec<OwnedFd> {
-        self.listeners
+        let tcp = self
+            .listeners
             .get(key)
-            .map(|l| l.iter().filter_map(|(_, fd)| fd.try_clone().ok()).collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(|(_, fd)| fd);
+        let udp = self.udp_sockets.get(key).into_iter().flatten();
+        tcp.chain(udp)
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect()
     }
 
-    fn add_session(&mut self, spec: SessionSpec, fds: Vec<OwnedFd>) -> Outcome {
+    fn add_session(&mut self, spec: SessionSpec, mut fds: Vec<OwnedFd>) -> Outcome {
         let key = spec.key.clone();
         if self.sessions.contains_key(&key) {
             return failed(format!("session {key} is already being forwarded"));
         }
-        if fds.len() != spec.listeners.len() || spec.targets.len() != spec.listeners.len() {
+        let n = spec.listeners.len();
+        let sockets = if spec.has_udp_sockets() { 2 * n } else { n };
+        if fds.len() != sockets || spec.targets.len() != n {
             return failed(format!(
-                "session {key}: {} listening sockets, {} listener addresses and {} targets do not match",
+                "session {key}: {} sockets ({sockets} expected: {}), {n} listener addresses and {} targets do not match",
                 fds.len(),
-                spec.listeners.len(),
+                if spec.has_udp_sockets() {
+                    "TCP and UDP"
+                } else {
+                    "TCP"
+                },
                 spec.targets.len()
             ));
         }
         if let Err(e) = self.check_channel(&spec) {
             return failed(format!("session {key}: {e}"));
         }
+        let udp_fds = fds.split_off(n);
+        if let Err(e) = check_udp_sockets(&udp_fds) {
+            return failed(format!("session {key}: {e}"));
+        }
+        let accept = spec.accepts_tcp();
         for fd in &fds {
             match rustix::net::sockopt::socket_acceptconn(fd) {
-                Ok(true) => {}
+                Ok(listening) if listening == accept => {}
                 _ => {
                     return failed(format!(
-                        "session {key}: a descriptor handed over is not a listening socket"
+                        "session {key}: a descriptor handed over is not a {}",
+                        if accept {
+                            "listening socket"
+                        } else {
+                            "bound TCP socket that does not listen (UDP-only session)"
+                        }
                     ));
                 }
             }
@@ -197,6 +243,7 @@ impl DataPlane {
                 target: target.addr,
                 rate,
                 channel: listener_channel(&spec),
+                accept,
                 done: tx.clone(),
             };
             if let Err(e) = self.workers[w].send(cmd) {
@@ -204,7 +251,10 @@ impl DataPlane {
             }
             placement.push(w);
         }
-        let result = wait_acks(&rx, placement.len());
+        let mut result = wait_acks(&rx, placement.len());
+        if result.is_ok() && spec.protocol.carries_udp() {
+            result = self.add_udp(&spec, &placement, udp_fds);
+        }
         self.sessions.insert(key.clone(), placement);
         self.listeners.insert(key.clone(), copies);
         match result {
@@ -217,6 +267,36 @@ impl DataPlane {
                 failed(format!("session {key}: {e}"))
             }
         }
+    }
+
+    /// Starts a session's UDP: its sockets on the instrument side (each
+    /// listener's flows are adopted by that listener's worker); on the
+    /// inbound side only its counters, for the flows its workers accept.
+    fn add_udp(
+        &mut self,
+        spec: &SessionSpec,
+        placement: &[usize],
+        udp_fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let copies = udp_fds
+            .iter()
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect();
+        let listeners = udp_fds
+            .into_iter()
+            .zip(placement)
+            .enumerate()
+            .map(|(index, (fd, &w))| UdpListener {
+                index,
+                socket: std::net::UdpSocket::from(fd),
+                worker: self.workers[w].mailbox(),
+            })
+            .collect();
+        self.udp
+            .add_session(&spec.key, listeners)
+            .map_err(|e| format!("cannot serve its UDP sockets: {e}"))?;
+        self.udp_sockets.insert(spec.key.clone(), copies);
+        Ok(())
     }
 
     /// Refuses sessions this data plane cannot serve, with what is missing.
@@ -271,6 +351,8 @@ impl DataPlane {
 
     fn remove_session(&mut self, key: &SessionKey) -> Outcome {
         self.listeners.remove(key);
+        self.udp_sockets.remove(key);
+        self.udp.remove_session(key);
         let Some(mut involved) = self.sessions.remove(key) else {
             debug!(session = %key, "remove: session not here (already removed)");
             return Outcome::Done;
@@ -321,6 +403,7 @@ impl DataPlane {
         let mut sessions: Vec<SessionStats> = merged.into_values().collect();
         sessions.sort_by(|a, b| a.key.cmp(&b.key));
         for s in &mut sessions {
+            s.udp = self.udp.stats(&s.key);
             s.connections.sort_by_key(|c| (c.listener, c.age_ms));
             s.connections
                 .truncate(scistream_protocol::handoff::MAX_LISTED_CONNECTIONS);

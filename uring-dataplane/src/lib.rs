@@ -18,6 +18,7 @@ pub mod relay;
 pub mod setup;
 mod sys;
 pub mod tls;
+mod udp;
 mod worker;
 
 use std::io;
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The engine asked for cannot run here.
     #[error("{0}")]
     Engine(io::Error),
+    /// The UDP thread could not be created.
+    #[error("cannot start the UDP thread: {0}")]
+    Udp(io::Error),
     /// A worker could not be created.
     #[error("cannot start worker {id}: {source}")]
     Worker {
@@ -108,7 +112,13 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         crypto: crypto.clone(),
     })
     .map_err(StartError::Tls)?;
+    let udp = udp::UdpPlane::start(udp::FlowOptions {
+        idle: config.dp.udp_idle,
+        queue: config.dp.udp_queue,
+    })
+    .map_err(StartError::Udp)?;
     let options = worker::WorkerOptions {
+        udp: udp.clone(),
         tls: tls.clone(),
         ktls: ktls_support,
         ktls_choice: config.dp.ktls,
@@ -146,6 +156,6 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         pid = std::process::id(),
         "s2ds started"
     );
-    control::run(listener, control::DataPlane::new(workers, engine, tls))
+    control::run(listener, control::DataPlane::new(workers, engine, tls, udp))
         .map_err(StartError::Control)
 }

@@ -48,8 +48,23 @@ pub enum WorkerCommand {
         rate: Option<u64>,
         /// What its connections carry.
         channel: ListenerChannel,
+        /// Accept TCP connections on it (false: a UDP-only session's
+        /// instrument side, whose TCP socket only holds the port).
+        accept: bool,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
+    },
+    /// A UDP flow's connection ([`crate::udp`]): forward it as if the
+    /// listener `index` of the session had accepted it, flagged as UDP.
+    AdoptFlow {
+        /// The session.
+        key: SessionKey,
+        /// Listener index within the session.
+        index: usize,
+        /// This worker's end of the flow's socket pair.
+        fd: OwnedFd,
+        /// The UDP sender that opened the flow (for logs and status).
+        sender: SocketAddr,
     },
     /// New targets for a session's listeners on this worker (by index).
     SetTargets {
@@ -112,6 +127,8 @@ pub struct WorkerOptions {
     pub rekey_any_suite: bool,
     /// Whose AEAD code seals and opens records in user space.
     pub crypto: crate::record::Crypto,
+    /// Where UDP flows from peer gateways go.
+    pub udp: crate::udp::UdpPlane,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
@@ -170,6 +187,8 @@ struct Listener {
     channel: ListenerChannel,
     generation: u32,
     counters: Rc<Counters>,
+    /// Registered for accepting (a UDP-only listener only holds its port).
+    accepting: bool,
 }
 
 /// The worker's state; lives on its thread.
@@ -203,7 +222,35 @@ pub struct WorkerHandle {
     waker: Arc<OwnedFd>,
 }
 
+/// A handle on a worker that other threads may keep (the UDP flows').
+#[derive(Debug, Clone)]
+pub struct WorkerMailbox {
+    id: usize,
+    tx: mpsc::Sender<WorkerCommand>,
+    waker: Arc<OwnedFd>,
+}
+
+impl WorkerMailbox {
+    /// Queues a command and wakes the worker.
+    pub fn send(&self, cmd: WorkerCommand) -> Result<(), String> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| format!("worker {} has stopped", self.id))?;
+        wake(&self.waker);
+        Ok(())
+    }
+}
+
 impl WorkerHandle {
+    /// A handle for another thread.
+    pub fn mailbox(&self) -> WorkerMailbox {
+        WorkerMailbox {
+            id: self.id,
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
     /// Queues a command and wakes the worker.
     pub fn send(&self, cmd: WorkerCommand) -> Result<(), String> {
         self.tx
@@ -364,16 +411,20 @@ impl Worker {
                 target,
                 rate,
                 channel,
+                accept,
                 done,
             } => {
                 let counters = self.sessions.entry(key.clone()).or_default().clone();
                 let generation = self.next_generation();
                 let entry = self.listeners.vacant_entry();
                 let t = token(Kind::Listener, entry.key(), generation);
-                let result = self
-                    .reactor
-                    .register(fd.as_fd(), t)
-                    .map_err(|e| e.to_string());
+                let result = if accept {
+                    self.reactor
+                        .register(fd.as_fd(), t)
+                        .map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                };
                 if result.is_ok() {
                     debug!(worker = self.id, session = %key, index, %target, "listener added");
                     entry.insert(Listener {
@@ -385,11 +436,33 @@ impl Worker {
                         channel,
                         generation,
                         counters,
+                        accepting: accept,
                     });
-                    // Connections may have queued before we registered: accept them now.
-                    self.again.push(t);
+                    if accept {
+                        // Connections may have queued before we registered: accept them now.
+                        self.again.push(t);
+                    }
                 }
                 let _ = done.send(result);
+            }
+            WorkerCommand::AdoptFlow {
+                key,
+                index,
+                fd,
+                sender,
+            } => {
+                let slot = self
+                    .listeners
+                    .iter()
+                    .find(|(_, l)| l.key == key && l.index == index)
+                    .map(|(slot, _)| slot);
+                match slot {
+                    Some(slot) => self.start_conn(slot, fd, Some(sender)),
+                    // The session went meanwhile: closing the pair ends the flow.
+                    None => {
+                        debug!(worker = self.id, session = %key, index, "UDP flow for a session no longer here")
+                    }
+                }
             }
             WorkerCommand::SetTargets { key, targets, done } => {
                 let all: std::sync::Arc<[Target]> = targets.clone().into();
@@ -409,8 +482,10 @@ impl Worker {
                 let n = slots.len();
                 for slot in slots {
                     let l = self.listeners.remove(slot);
-                    self.reactor
-                        .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+                    if l.accepting {
+                        self.reactor
+                            .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+                    }
                 }
                 info!(
                     worker = self.id,
@@ -438,6 +513,7 @@ impl Worker {
                             rejected: c.rejected.get(),
                             key_updates: c.key_updates.get(),
                             connections: Vec::new(),
+                            udp: Default::default(),
                         };
                         (key, s)
                     })
@@ -479,8 +555,10 @@ impl Worker {
             .collect();
         for slot in listeners {
             let l = self.listeners.remove(slot);
-            self.reactor
-                .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+            if l.accepting {
+                self.reactor
+                    .deregister(l.fd.as_fd(), token(Kind::Listener, slot, l.generation));
+            }
         }
         let conns: Vec<usize> = self
             .conns
@@ -527,7 +605,7 @@ impl Worker {
                 return;
             };
             match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
-                Ok(client) => self.start_conn(slot, client),
+                Ok(client) => self.start_conn(slot, client, None),
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
                 Err(e) => {
@@ -546,7 +624,14 @@ impl Worker {
         }
     }
 
-    fn start_conn(&mut self, listener_slot: usize, client: OwnedFd) {
+    /// Starts forwarding a connection of a listener: one it accepted, or a
+    /// UDP flow's (`udp_sender`), whose client end is a Unix socket.
+    fn start_conn(
+        &mut self,
+        listener_slot: usize,
+        client: OwnedFd,
+        udp_sender: Option<SocketAddr>,
+    ) {
         let Some(l) = self.listeners.get(listener_slot) else {
             return;
         };
@@ -558,12 +643,18 @@ impl Worker {
             l.rate,
             l.channel.clone(),
         );
-        let peer = rustix::net::getpeername(&client)
-            .ok()
-            .flatten()
-            .and_then(|a| SocketAddr::try_from(a).ok())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        tune(&client, &self.options, rate);
+        let peer = match udp_sender {
+            Some(sender) => sender,
+            None => {
+                let peer = rustix::net::getpeername(&client)
+                    .ok()
+                    .flatten()
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                tune(&client, &self.options, rate);
+                peer
+            }
+        };
         bump(&counters.conns_total, 1);
         let (state, deadline) = match &channel {
             ListenerChannel::FromPeer {
@@ -642,6 +733,7 @@ impl Worker {
             rate,
             channel,
             deadline,
+            udp: udp_sender.is_some(),
         });
         if let Some(at) = deadline {
             self.timers

@@ -23,6 +23,7 @@ fn forwards_counts_retargets_and_removes() {
     let (l1, a1) = listener();
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key("s1"),
         listeners: vec![a0, a1],
         targets: targets(&[echo_a.addr, echo_a.addr]),
@@ -95,6 +96,7 @@ fn a_target_that_refuses_closes_the_client_and_counts_an_error() {
     let (l1, a1) = listener();
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key("s2"),
         listeners: vec![a0, a1],
         targets: targets(&[dead, echo.addr]),
@@ -122,6 +124,7 @@ fn malformed_commands_are_refused_without_harm() {
     // Descriptor count does not match.
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key("bad"),
         listeners: vec![a0, a0],
         targets: targets(&[a0, a0]),
@@ -136,6 +139,7 @@ fn malformed_commands_are_refused_without_harm() {
     let connected = OwnedFd::from(TcpStream::connect(a0).unwrap());
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key("bad"),
         listeners: vec![a0],
         targets: targets(&[a0]),
@@ -169,6 +173,7 @@ fn malformed_commands_are_refused_without_harm() {
     let (l1, a1) = listener();
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key("kept"),
         listeners: vec![a1],
         targets: targets(&[echo.addr]),

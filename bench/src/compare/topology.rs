@@ -391,6 +391,7 @@ fn tunnel(
     let options = RequestOptions {
         num_conn: conns as u32,
         rate_kbps: 0,
+        ..Default::default()
     };
     let outbound = runtime
         .block_on(async {

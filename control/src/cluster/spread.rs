@@ -70,6 +70,7 @@ impl Caller {
     async fn req_part(
         self: Arc<Self>,
         uid: String,
+        protocol: String,
         part: Part,
     ) -> Result<pb::Response, ControlError> {
         let m = pb::Request {
@@ -77,6 +78,7 @@ impl Caller {
             role: part.role.clone(),
             num_conn: i32::try_from(part.count).unwrap_or(i32::MAX),
             rate: part.rate,
+            protocol,
         };
         if self.is_here(&part) {
             let first = u16::try_from(part.offset).unwrap_or(u16::MAX);
@@ -184,6 +186,7 @@ where
 pub(crate) async fn req(
     caller: Arc<Caller>,
     uid: String,
+    protocol: String,
     parts: Vec<Part>,
 ) -> Result<pb::Response, ControlError> {
     let role = parts.first().map(|p| p.role.clone()).unwrap_or_default();
@@ -191,7 +194,7 @@ pub(crate) async fn req(
     info!(?nodes, "listeners spread over nodes");
     let for_each = {
         let uid = uid.clone();
-        move |c: Arc<Caller>, p| c.req_part(uid.clone(), p)
+        move |c: Arc<Caller>, p| c.req_part(uid.clone(), protocol.clone(), p)
     };
     let (got, failed) = each(&caller, &parts, for_each).await;
     if let Some(e) = failed {

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use scistream_protocol::handoff::{Command, DataChannel, SessionKey, SessionSpec};
-use scistream_protocol::{Endpoint, Role, Target, pb};
+use scistream_protocol::{Endpoint, Protocol, Role, Target, pb};
 use tokio::sync::oneshot;
 
 use super::policy::Policy;
 use super::request::{HelloMsg, NewSession};
 use crate::auth::Identity;
 use crate::error::ControlError;
-use crate::ports::{BoundPort, PortAllocator, PortError};
+use crate::ports::{BoundPort, PortAllocator, PortError, Sockets};
 use crate::store::{StoredPhase, StoredSession};
 
 /// Where a session is in its life.
@@ -79,6 +79,8 @@ pub(crate) struct Session {
     pub(super) client_cert: bool,
     /// Connection index of its first listener (part of a spread session).
     pub(super) first_index: u16,
+    /// What its listeners carry.
+    pub(super) protocol: Protocol,
     /// Serialises the steps of a hello, update or release of this session
     /// across the caller's awaits.
     op_lock: Arc<tokio::sync::Mutex<()>>,
@@ -199,10 +201,14 @@ impl Machine {
         }
         self.policy
             .admit(&self.sessions, who, new.num_conn, new.rate_kbps)?;
-        let listeners = self.ports.allocate(new.num_conn).map_err(|e| match e {
-            PortError::Exhausted { .. } => ControlError::ResourceExhausted(e.to_string()),
-            PortError::Bind { .. } => ControlError::Internal(e.to_string()),
-        })?;
+        let sockets = Sockets::for_session(key.role, new.protocol);
+        let listeners = self
+            .ports
+            .allocate(new.num_conn, sockets)
+            .map_err(|e| match e {
+                PortError::Exhausted { .. } => ControlError::ResourceExhausted(e.to_string()),
+                PortError::Bind { .. } => ControlError::Internal(e.to_string()),
+            })?;
         let (hello_tx, hello) = oneshot::channel();
         let session = Session {
             serial: self.serial(),
@@ -216,6 +222,7 @@ impl Machine {
             targets: Vec::new(),
             client_cert: new.client_cert,
             first_index: new.first_index,
+            protocol: new.protocol,
             op_lock: Arc::default(),
             hello_tx: Some(hello_tx),
         };
@@ -552,6 +559,7 @@ impl Machine {
             targets: stored.targets,
             client_cert,
             first_index: stored.first_index,
+            protocol: stored.protocol,
             op_lock: Arc::default(),
             hello_tx: None,
         };
@@ -610,15 +618,24 @@ impl Machine {
                 Role::Cons => DataChannel::ToPeer { tls },
             },
             first_index: s.first_index,
+            protocol: s.protocol,
         }
     }
 }
 
+/// Copies of a session's sockets for the data plane: the TCP ones, then
+/// the UDP ones (see [`SessionSpec::has_udp_sockets`]).
 fn dup_fds(s: &Session) -> std::io::Result<Vec<OwnedFd>> {
-    s.listeners
+    let tcp = s
+        .listeners
         .iter()
-        .map(|l| l.listener.try_clone().map(OwnedFd::from))
-        .collect()
+        .map(|l| l.listener.try_clone().map(OwnedFd::from));
+    let udp = s
+        .listeners
+        .iter()
+        .filter_map(|l| l.udp.as_ref())
+        .map(|u| u.try_clone().map(OwnedFd::from));
+    tcp.chain(udp).collect()
 }
 
 fn dup_listeners(s: &Session) -> Result<Vec<OwnedFd>, ControlError> {
@@ -646,5 +663,6 @@ fn record(key: &SessionKey, s: &Session) -> StoredSession {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         first_index: s.first_index,
+        protocol: s.protocol,
     }
 }

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use super::Registry;
 use crate::dataplane::Attached;
-use crate::ports::{BoundPort, PortAllocator};
+use crate::ports::{BoundPort, PortAllocator, Sockets};
 use crate::store::{StoredPhase, StoredSession};
 
 /// What recovery did, for the start-up log and tests.
@@ -27,17 +27,31 @@ pub struct Recovered {
 }
 
 impl Registry {
-    async fn listeners_from_dataplane(&self, key: &SessionKey) -> Result<Vec<BoundPort>, String> {
+    /// The session's sockets, back from the data plane: the TCP ones, then
+    /// the UDP ones when the session has them on this side.
+    async fn listeners_from_dataplane(
+        &self,
+        key: &SessionKey,
+        sockets: Sockets,
+    ) -> Result<Vec<BoundPort>, String> {
         let export = Command::ExportListeners { key: key.clone() };
+        let per_listener = if sockets.udp { 2 } else { 1 };
         match self.dataplane.call_fds(export, Vec::new()).await {
-            Ok((Outcome::Listeners { addrs }, fds)) if fds.len() == addrs.len() => Ok(addrs
-                .into_iter()
-                .zip(fds)
-                .map(|(addr, fd)| BoundPort {
-                    listener: TcpListener::from(fd),
-                    addr,
-                })
-                .collect()),
+            Ok((Outcome::Listeners { addrs }, mut fds))
+                if fds.len() == per_listener * addrs.len() =>
+            {
+                let udp = fds.split_off(addrs.len());
+                let mut udp = udp.into_iter().map(std::net::UdpSocket::from);
+                Ok(addrs
+                    .into_iter()
+                    .zip(fds)
+                    .map(|(addr, fd)| BoundPort {
+                        listener: TcpListener::from(fd),
+                        udp: udp.next(),
+                        addr,
+                    })
+                    .collect())
+            }
             Ok((other, fds)) => Err(format!(
                 "the data plane answered {other:?} with {} descriptors",
                 fds.len()
@@ -95,13 +109,15 @@ impl Registry {
         let client_cert = self.policy.still_allows(&s).inspect_err(|why| {
             warn!(%key, %why, "stored session released: it no longer passes this gateway's policy");
         })?;
+        let sockets = Sockets::for_session(s.role, s.protocol);
         let listeners = if in_dataplane {
-            self.listeners_from_dataplane(&key).await
+            self.listeners_from_dataplane(&key, sockets).await
         } else {
             s.listeners
                 .iter()
                 .map(|&a| {
-                    PortAllocator::rebind(a).map_err(|e| format!("cannot bind {a} again: {e}"))
+                    PortAllocator::rebind(a, sockets)
+                        .map_err(|e| format!("cannot bind {a} again: {e}"))
                 })
                 .collect()
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use scistream_protocol::handoff::SessionKey;
 use scistream_protocol::units::format_rate;
-use scistream_protocol::{Endpoint, MAX_LISTENERS_PER_SESSION, Role, Target, pb, validate_uid};
+use scistream_protocol::{
+    Endpoint, MAX_LISTENERS_PER_SESSION, Protocol, Role, Target, pb, validate_uid,
+};
 use tracing::info;
 
 use super::policy::Policy;
@@ -52,6 +54,8 @@ pub(crate) struct NewSession {
     ///
     /// [`SessionSpec::first_index`]: scistream_protocol::handoff::SessionSpec::first_index
     pub first_index: u16,
+    /// What its listeners carry.
+    pub protocol: Protocol,
 }
 
 impl NewSession {
@@ -84,7 +88,10 @@ impl NewSession {
             )));
         }
         let client_cert = policy.uid_protection(&uid, role)?;
+        let protocol = Protocol::from_request(&r.protocol)
+            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
         Ok(NewSession {
+            protocol,
             key: SessionKey { uid, role },
             num_conn,
             rate_kbps,

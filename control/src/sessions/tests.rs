@@ -82,6 +82,7 @@ impl Harness {
             role: k.role.as_str().into(),
             num_conn: n,
             rate,
+            protocol: String::new(),
         };
         let owner = who(owner);
         let new = NewSession::parse(r, true, &owner, &self.policy())?;

@@ -25,6 +25,8 @@ pub struct SessionView {
     pub rate_kbps: u64,
     /// When it was requested.
     pub created: SystemTime,
+    /// What its listeners carry.
+    pub protocol: scistream_protocol::Protocol,
 }
 
 impl Registry {
@@ -53,6 +55,7 @@ impl Registry {
                 targets: s.targets.iter().map(|t| t.given.clone()).collect(),
                 rate_kbps: s.rate_kbps,
                 created: s.created,
+                protocol: s.protocol,
             })
             .collect()
     }

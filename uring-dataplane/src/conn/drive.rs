@@ -4,10 +4,12 @@
 //! work left) comes in a [`ConnCtx`].
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use scistream_protocol::preamble::{FLAG_PROBE, FLAG_TLS, Preamble, Refusal, uid_matches};
+use scistream_protocol::preamble::{
+    FLAG_PROBE, FLAG_TLS, FLAG_UDP, Preamble, Refusal, uid_matches,
+};
 use tracing::{debug, warn};
 
 use super::{
@@ -246,12 +248,13 @@ impl Conn {
             tls,
             uid,
             first_index,
+            protocol,
             ..
         } = &self.channel
         else {
             return Next::Close { reset: true };
         };
-        let (tls, index) = (*tls, usize::from(*first_index) + self.listener);
+        let (tls, index, protocol) = (*tls, usize::from(*first_index) + self.listener, *protocol);
         let client = self.client.as_fd();
         if (preamble.flags & FLAG_TLS != 0) != tls {
             let _ = inbound.answer(client, Some(Refusal::Malformed));
@@ -281,6 +284,24 @@ impl Conn {
             debug!(worker = ctx.worker, session = %self.key, peer = %self.peer, "probe answered");
             return Next::Close { reset: false };
         }
+        let udp = preamble.flags & FLAG_UDP != 0;
+        let carried = if udp {
+            protocol.carries_udp()
+        } else {
+            protocol.carries_tcp()
+        };
+        if !carried {
+            let _ = inbound.answer(client, Some(Refusal::Malformed));
+            let reason = if udp {
+                "a UDP flow for a session that carries TCP only (requested with --protocol tcp)"
+            } else {
+                "a TCP stream for a session that carries UDP only (requested with --protocol udp)"
+            };
+            return self.refuse(ctx.worker, reason);
+        }
+        if udp {
+            return self.open_udp_flow(slot, ctx, inbound);
+        }
         // The early bytes of a TLS peer stay with the setup; the relay delivers them.
         match self.connect_target(slot, ctx) {
             Ok(()) => {
@@ -294,6 +315,41 @@ impl Conn {
                 Next::Close { reset: true }
             }
         }
+    }
+
+    /// Inbound, a UDP flow accepted: instead of a TCP connection to the
+    /// receiver, a socket pair whose other end [`crate::udp`] serves with a
+    /// UDP socket connected to the receiver. The rest (answer, relay,
+    /// counters) is as for any connection.
+    fn open_udp_flow(&mut self, slot: usize, ctx: &mut ConnCtx, mut inbound: Box<Inbound>) -> Next {
+        let pair = crate::udp::connect_receiver(self.target_addr)
+            .and_then(|receiver| Ok((receiver, crate::udp::flow_pair()?)));
+        let (receiver, (ours, theirs)) = match pair {
+            Ok(p) => p,
+            Err(e) => {
+                bump(&self.counters.errors, 1);
+                warn!(worker = ctx.worker, session = %self.key, target = %self.target_addr, error = %e, "cannot open a UDP socket to the receiver");
+                let _ = inbound.answer(self.client.as_fd(), Some(Refusal::ReceiverUnreachable));
+                return Next::Close { reset: true };
+            }
+        };
+        if !ctx.options.udp.inbound_flow(&self.key, receiver, theirs) {
+            let _ = inbound.answer(self.client.as_fd(), Some(Refusal::WrongSession));
+            return self.refuse(ctx.worker, "a UDP flow for a session being removed");
+        }
+        let target = OwnedFd::from(ours);
+        if let Err(e) = ctx
+            .reactor
+            .register(target.as_fd(), token(Kind::Target, slot, self.generation))
+        {
+            bump(&self.counters.errors, 1);
+            warn!(worker = ctx.worker, session = %self.key, error = %e, "cannot watch a UDP flow's socket");
+            return Next::Close { reset: true };
+        }
+        self.target = Some(target);
+        self.udp = true;
+        self.state = ConnState::Connecting(Some(inbound));
+        Next::Again
     }
 
     /// The target connection is up.
@@ -310,8 +366,9 @@ impl Conn {
                 },
             ) => {
                 // The inbound listener this target is answers to its own index.
+                let udp = if self.udp { FLAG_UDP } else { 0 };
                 let preamble = Preamble {
-                    flags: if tls { FLAG_TLS } else { 0 },
+                    flags: if tls { FLAG_TLS | udp } else { udp },
                     conn_index: first_index.saturating_add(self.target_index as u16),
                     uid: uid.to_string(),
                 };

@@ -155,6 +155,7 @@ pub fn add_session(
     let (fds, addrs): (Vec<OwnedFd>, Vec<SocketAddr>) = (0..n).map(|_| listener()).unzip();
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: key(uid),
         listeners: addrs.clone(),
         targets: targets(&vec![target; n]),
@@ -178,6 +179,7 @@ pub fn add_channel_session(
         (0..targets.len()).map(|_| listener()).unzip();
     let spec = SessionSpec {
         first_index: 0,
+        protocol: Default::default(),
         key: SessionKey {
             uid: uid.into(),
             role,

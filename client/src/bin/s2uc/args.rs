@@ -124,6 +124,20 @@ pub(crate) struct RequestArgs {
     /// the cap is enforced and 10 Mbit/s would throttle any real stream.
     #[arg(long, default_value_t = 0)]
     pub(crate) rate: u32,
+    /// What the listeners carry: `tcp` (SciStream's), `udp` (datagrams
+    /// only; the instrument side refuses TCP), or `both` on the same port
+    /// numbers. UDP crosses between the gateways inside the same
+    /// authenticated TLS channel, one connection per sender; datagrams are
+    /// at most 64 KiB (UDP cannot carry more) and are dropped, and
+    /// counted, when the tunnel cannot keep up. Both gateways of a tunnel
+    /// must be asked for the same protocol.
+    #[arg(long, default_value = "tcp", value_parser = parse_protocol)]
+    pub(crate) protocol: scistream_protocol::Protocol,
+}
+
+fn parse_protocol(s: &str) -> Result<scistream_protocol::Protocol, String> {
+    s.parse()
+        .map_err(|e: scistream_protocol::ProtocolError| e.to_string())
 }
 
 #[derive(Debug, Args)]

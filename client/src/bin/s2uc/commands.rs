@@ -67,6 +67,7 @@ impl RequestArgs {
         RequestOptions {
             num_conn: self.num_conn,
             rate_kbps: self.rate,
+            protocol: self.protocol,
         }
     }
 }
