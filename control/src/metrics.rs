@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as MetricRegistry;
-use scistream_protocol::handoff::{SessionKey, SessionStats};
+use scistream_protocol::handoff::{SessionKey, SessionStats, UdpStats};
 use tracing::{info, warn};
 
 use crate::sessions::Registry;
@@ -281,8 +281,67 @@ impl Collector for Snapshot {
                 ConstCounter::new(value(st)).encode(m.encode_family(&labels)?)?;
             }
         }
-        Ok(())
+        encode_udp(&mut encoder, &live.sessions)
     }
+}
+
+/// A session's UDP counters; only sessions that carried UDP have series.
+fn encode_udp(
+    encoder: &mut DescriptorEncoder,
+    sessions: &[(SessionKey, SessionStats)],
+) -> Result<(), std::fmt::Error> {
+    let udp: Vec<_> = sessions
+        .iter()
+        .filter(|(_, st)| st.udp.flows_total > 0)
+        .collect();
+    for (name, help, pairs) in [
+        (
+            "session_udp_datagrams",
+            "UDP datagrams forwarded by a session, by direction (to_target: from the senders towards the receiver)",
+            (|u: &UdpStats| [u.datagrams_to_target, u.datagrams_from_target])
+                as fn(&UdpStats) -> [u64; 2],
+        ),
+        (
+            "session_udp_bytes",
+            "UDP payload bytes forwarded by a session, by direction",
+            |u| [u.bytes_to_target, u.bytes_from_target],
+        ),
+    ] {
+        let mut m =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for (key, st) in &udp {
+            for (direction, n) in ["to_target", "from_target"].into_iter().zip(pairs(&st.udp)) {
+                let mut labels = session_labels(key);
+                labels.push(("direction", direction.to_owned()));
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    for (name, help, value) in [
+        (
+            "session_udp_dropped",
+            "UDP datagrams a session dropped because the way on could not take them (full queue), on this gateway",
+            (|u: &UdpStats| u.dropped) as fn(&UdpStats) -> u64,
+        ),
+        (
+            "session_udp_flows",
+            "UDP flows (one per sender address and port) a session opened",
+            |u| u.flows_total,
+        ),
+        (
+            "session_udp_flows_expired",
+            "UDP flows closed for being idle (--udp-idle)",
+            |u| u.flows_expired,
+        ),
+    ] {
+        let mut m =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for (key, st) in &udp {
+            let labels = session_labels(key);
+            ConstCounter::new(value(&st.udp)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Serves `GET /metrics` on `addr` until the task is dropped.

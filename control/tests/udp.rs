@@ -209,7 +209,13 @@ async fn replies_go_back_to_the_sender_that_opened_the_flow() {
             let _ = echo.send_to(&buf[..n], from);
         }
     });
-    let p = tunnel(&pki, port, &udp_options(Protocol::Both, 1, 0), &[]).await;
+    let p = tunnel(
+        &pki,
+        port,
+        &udp_options(Protocol::Both, 1, 0),
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
     let entry: SocketAddr = p.outbound.listeners[0].parse().unwrap();
     let a = udp_socket(0);
     let b = udp_socket(0);
@@ -244,6 +250,17 @@ async fn replies_go_back_to_the_sender_that_opened_the_flow() {
         (h.udp_datagrams_to_target, h.udp_datagrams_from_target),
         (400, 400)
     );
+    // The metrics say the same, under the session's tag.
+    let metrics = scrape(p.inst.metrics_addr());
+    let tag = p.inst.tag(&p.outbound.uid);
+    for (name, direction) in [("datagrams", "to_target"), ("datagrams", "from_target")] {
+        let line = format!(
+            "scistream_session_udp_{name}_total{{session=\"{tag}\",role=\"CONS\",direction=\"{direction}\"}} 400"
+        );
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    let line = format!("scistream_session_udp_dropped_total{{session=\"{tag}\",role=\"CONS\"}} 0");
+    assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     // `both`: the same port takes TCP too.
     assert!(TcpStream::connect(entry).is_ok());
 }
@@ -492,4 +509,18 @@ async fn idle_flows_expire_and_the_next_datagram_opens_a_new_one() {
     assert_eq!(drain(&sink, Duration::from_millis(1500)), vec![2]);
     let s = status_of(&p.i, &p.outbound.uid).await;
     assert_eq!(s.udp_flows_total, 2, "{s:?}");
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
 }
