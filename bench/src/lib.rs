@@ -17,4 +17,5 @@ pub mod setup;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod udp;
 pub mod wire;

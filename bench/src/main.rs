@@ -48,6 +48,12 @@ enum Cmd {
     /// Time tunnel setups (inbound + outbound request pairs) made many at
     /// once against two local gateways: latency percentiles and setups/s.
     Setup(SetupArgs),
+    /// Send numbered, checksummed UDP datagrams at a set rate.
+    #[command(name = "udp-source", alias = "udp_source")]
+    UdpSource(UdpSourceArgs),
+    /// Receive a udp-source's datagrams: loss, reordering, duplicates, corruption.
+    #[command(name = "udp-sink", alias = "udp_sink")]
+    UdpSink(UdpSinkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +148,48 @@ struct CompareArgs {
     /// inbound side three cluster nodes; add it to --only).
     #[arg(long)]
     etcd: Option<String>,
+    /// Compare UDP instead: a UDP-only tunnel (TLS between the gateways)
+    /// against socat's two-hop UDP chain, at each of these offered rates,
+    /// e.g. 100Mbit,500Mbit,1Gbit (uses --duration, --rounds, --json).
+    #[arg(long = "udp-rates", value_delimiter = ',', value_parser = rate)]
+    udp_rates: Vec<u64>,
+    /// Datagram size for --udp-rates (16-65507 bytes; UDP carries no more).
+    #[arg(long = "udp-size", default_value = "1400", value_parser = udp_size)]
+    udp_size: usize,
+}
+
+#[derive(Debug, Args)]
+struct UdpSourceArgs {
+    /// Where to send (a tunnel's listener, or a UDP sink).
+    #[arg(long)]
+    connect: SocketAddr,
+    /// Offered rate, bits per second (0: as fast as the socket takes them).
+    #[arg(long, default_value = "100Mbit", value_parser = rate)]
+    rate: u64,
+    /// Datagram size, 16-65507 bytes (UDP carries no more over IPv4).
+    #[arg(long, default_value = "1400", value_parser = udp_size)]
+    size: usize,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+}
+
+#[derive(Debug, Args)]
+struct UdpSinkArgs {
+    /// Address to receive on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Stop after this much silence once datagrams have come.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    quiet: Duration,
+    /// Stop after this long in any case.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    limit: Duration,
+}
+
+fn udp_size(s: &str) -> Result<usize, String> {
+    let n = size(s)?;
+    scistream_bench::udp::check_size(usize::try_from(n).map_err(|e| e.to_string())?)
 }
 
 fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String> {
@@ -153,7 +201,24 @@ fn topology(s: &str) -> Result<scistream_bench::compare::topology::Kind, String>
     })
 }
 
+fn run_udp_compare(a: &CompareArgs) -> anyhow::Result<bool> {
+    let cfg = scistream_bench::compare::udp::UdpCompareConfig {
+        rates: a.udp_rates.clone(),
+        size: a.udp_size,
+        duration: a.duration,
+        rounds: a.rounds,
+        s2cs: a.s2cs_bin.clone(),
+    };
+    let report = scistream_bench::compare::udp::run(&cfg).map_err(anyhow::Error::msg)?;
+    print!("{}", report.table());
+    write_json(&a.json, &serde_json::to_value(&report)?)?;
+    Ok(report.skipped.is_empty())
+}
+
 fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
+    if !a.udp_rates.is_empty() {
+        return run_udp_compare(&a);
+    }
     let msg_size = check_msg(a.msg_size, "--msg-size")?;
     let cfg = scistream_bench::compare::CompareConfig {
         only: a.only,
@@ -407,6 +472,34 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Sink(a) => run_sink(a),
         Cmd::Compare(a) => run_compare(a),
+        Cmd::UdpSource(a) => (|| {
+            let sent = scistream_bench::udp::send(a.connect, a.size, a.rate as f64, a.duration)
+                .with_context(|| format!("sending to {}", a.connect))?;
+            println!(
+                "sent {} datagrams of {} bytes in {:.1} s ({:.1} Mbit/s)",
+                sent.datagrams,
+                a.size,
+                sent.elapsed.as_secs_f64(),
+                sent.bytes as f64 * 8.0 / sent.elapsed.as_secs_f64().max(1e-9) / 1e6
+            );
+            Ok(true)
+        })(),
+        Cmd::UdpSink(a) => (|| {
+            let socket = std::net::UdpSocket::bind(a.listen)
+                .with_context(|| format!("cannot listen on {}", a.listen))?;
+            let r = scistream_bench::udp::receive(&socket, a.quiet, a.limit)?;
+            println!(
+                "received {} datagrams ({} bytes); lost {} of {} (by sequence number); {} reordered, {} duplicates, {} corrupt",
+                r.datagrams,
+                r.bytes,
+                r.lost(None),
+                r.highest,
+                r.reordered,
+                r.duplicates,
+                r.corrupt
+            );
+            Ok(r.corrupt == 0)
+        })(),
         Cmd::Setup(a) => (|| {
             let cluster = a.etcd.clone().map(|etcd| (a.cluster_nodes.max(1), etcd));
             let plan = scistream_bench::setup::SetupPlan {

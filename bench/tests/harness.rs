@@ -437,3 +437,45 @@ fn idle_connections_are_measured() {
         );
     }
 }
+
+#[test]
+fn compare_udp_measures_the_tunnel_and_socat_side_by_side() {
+    if scistream_bench::compare::peers::find_program(&["socat"]).is_none() {
+        eprintln!("skipped: socat is not installed (Debian: socat)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("udp.json");
+    let out = Command::new(bin("s2bench"))
+        .args([
+            "compare",
+            "--udp-rates",
+            "20Mbit,40Mbit",
+            "--udp-size",
+            "1200",
+            "--duration",
+            "500ms",
+            "--rounds",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("scistream-udp (TLS)"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 4, "two rates through two topologies");
+    for r in rounds {
+        assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["received"].as_u64().unwrap() > 0, "nothing arrived: {r}");
+        assert_eq!(r["corrupt"].as_u64(), Some(0), "{r}");
+    }
+    // A datagram UDP cannot carry is refused with the reason.
+    let out = s2bench(&["compare", "--udp-rates", "1Mbit", "--udp-size", "70000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 65507"));
+}

@@ -7,6 +7,7 @@ pub mod iperf;
 pub mod machine;
 pub mod peers;
 pub mod topology;
+pub mod udp;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -297,3 +297,34 @@ pub fn stunnel(dir: &Path, sink: u16, ca: &Path, cert: &Path, key: &Path) -> Res
         Ok(c)
     })
 }
+
+/// socat's UDP forwarding in the same two-hop shape: hop 1 takes the
+/// sender's datagrams and forwards them to hop 2, which forwards them to
+/// the sink on `sink` (and replies back the same way). Each hop forks a
+/// child per sender (as a tunnel opens a flow per sender), so every
+/// measurement, with its own source port, gets through. Plaintext: socat
+/// cannot carry UDP inside TLS over TCP.
+pub fn socat_udp(dir: &Path, sink: u16) -> Result<Chain, String> {
+    let socat = find_program(&["socat"]).ok_or("socat not installed (Debian: socat)")?;
+    let hop2 = free_port().map_err(|e| e.to_string())?;
+    let entry = free_port().map_err(|e| e.to_string())?;
+    let hop = |listen: u16, to: u16, name: &str| {
+        spawn(
+            Command::new(&socat).args([
+                "-b65536".to_string(),
+                format!("UDP4-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork"),
+                format!("UDP4:127.0.0.1:{to}"),
+            ]),
+            &dir.join(format!("socat-udp-{name}.log")),
+            "socat (UDP)",
+        )
+    };
+    let second = hop(hop2, sink, "hop2")?;
+    let first = hop(entry, hop2, "hop1")?;
+    // UDP has no accept to wait for: give both a moment to bind.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Chain {
+        children: vec![first, second],
+        entry,
+    })
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use scistream_client::local::{GatewayOptions, LocalGateway};
 use scistream_client::{Auth, RequestOptions, Trust};
+use scistream_protocol::Protocol;
 
 use super::peers;
 
@@ -223,6 +224,17 @@ impl std::fmt::Debug for Running {
     }
 }
 
+impl Running {
+    /// A peer chain, running.
+    pub fn chain(c: peers::Chain) -> Running {
+        Running {
+            entries: vec![format!("127.0.0.1:{}", c.entry)],
+            pids: c.pids(),
+            _keep: Box::new(c),
+        }
+    }
+}
+
 /// Sets up `kind` in front of a sink on `sink_port`, for up to `max_conns` connections.
 pub fn setup(kind: Kind, env: &Env, sink_port: u16, max_conns: usize) -> Result<Running, String> {
     let chain = |c: peers::Chain| Running {
@@ -306,7 +318,15 @@ fn scistream_named(
 ) -> Result<Running, String> {
     let hpc = start_gateway(env, &format!("hpc{tag}"), (25100, 25299), s2cs_args)?;
     let inst = start_gateway(env, &format!("inst{tag}"), (26100, 26299), s2cs_args)?;
-    tunnel(env, sink_port, conns, vec![hpc], inst)
+    tunnel(env, sink_port, conns, vec![hpc], inst, Protocol::Tcp)
+}
+
+/// A UDP-only tunnel (one listener) through two gateways, in front of a
+/// UDP sink on `sink_port`.
+pub fn scistream_udp(env: &Env, sink_port: u16, s2cs_args: &[&str]) -> Result<Running, String> {
+    let hpc = start_gateway(env, "hpc-udp", (25300, 25399), s2cs_args)?;
+    let inst = start_gateway(env, "inst-udp", (26300, 26399), s2cs_args)?;
+    tunnel(env, sink_port, 1, vec![hpc], inst, Protocol::Udp)
 }
 
 /// [`scistream`] whose inbound side is `nodes` nodes of one cluster: the
@@ -338,7 +358,7 @@ fn scistream_cluster(
     // Placement uses the nodes this node sees: let the others' joins land.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let inst = start_gateway(env, "cluster-inst", (26100, 26299), &[])?;
-    tunnel(env, sink_port, conns, hpc, inst)
+    tunnel(env, sink_port, conns, hpc, inst, Protocol::Tcp)
 }
 
 fn start_gateway(
@@ -381,6 +401,7 @@ fn tunnel(
     conns: usize,
     hpc: Vec<LocalGateway>,
     inst: LocalGateway,
+    protocol: Protocol,
 ) -> Result<Running, String> {
     let first = hpc.first().ok_or("no inbound gateway")?.control();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -391,7 +412,7 @@ fn tunnel(
     let options = RequestOptions {
         num_conn: conns as u32,
         rate_kbps: 0,
-        ..Default::default()
+        protocol,
     };
     let outbound = runtime
         .block_on(async {
