@@ -18,7 +18,7 @@ use scistream_testkit::{DigestReceiver, Gw, Pki, send_stream};
 const MAX_V4: usize = 65_507;
 
 struct Pair {
-    _hpc: Gw,
+    hpc: Gw,
     inst: Gw,
     h: Connection,
     i: Connection,
@@ -49,7 +49,7 @@ async fn tunnel(pki: &Pki, receiver_port: u16, o: &RequestOptions, extra: &[&str
     .await
     .unwrap();
     Pair {
-        _hpc: hpc,
+        hpc,
         inst,
         h,
         i,
@@ -523,4 +523,73 @@ fn scrape(addr: SocketAddr) -> String {
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     response
+}
+
+/// Kills `gw`'s s2ds and waits until s2cs has a new one and handed it the sessions.
+fn replace_s2ds(gw: &Gw) {
+    let s2cs = gw.gw.pid().unwrap();
+    let old = scistream_testkit::s2ds_pid(s2cs);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(old as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = gw.log();
+        if let Some(at) = log.rfind("data plane ready pid=") {
+            let pid: u32 = log[at + "data plane ready pid=".len()..]
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(old);
+            // The sessions are handed again next; senders retry meanwhile.
+            if pid != old {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new s2ds after 30 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends a datagram every 100 ms until one arrives (at most 15 s).
+fn gets_through(sender: &UdpSocket, entry: SocketAddr, sink: &UdpSocket, seq: u64) -> bool {
+    sink.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let _ = sender.send_to(&seq.to_le_bytes(), entry);
+        if let Ok(n) = sink.recv(&mut buf) {
+            if n == 8 && u64::from_le_bytes(buf[..8].try_into().unwrap()) == seq {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_goes_on_after_either_data_plane_is_replaced() {
+    let pki = Pki::new();
+    let sink = udp_socket(0);
+    let port = sink.local_addr().unwrap().port();
+    let p = tunnel(&pki, port, &udp_options(Protocol::Udp, 1, 0), &[]).await;
+    let entry: SocketAddr = p.outbound.listeners[0].parse().unwrap();
+    let sender = udp_socket(0);
+    assert!(gets_through(&sender, entry, &sink, 1));
+    // The instrument side's s2ds: the new one gets the same UDP socket.
+    replace_s2ds(&p.inst);
+    assert!(
+        gets_through(&sender, entry, &sink, 2),
+        "after the instrument side's s2ds was replaced"
+    );
+    // The HPC side's: the flow's connection breaks; the next one is opened.
+    replace_s2ds(&p.hpc);
+    assert!(
+        gets_through(&sender, entry, &sink, 3),
+        "after the HPC side's s2ds was replaced"
+    );
+    let s = status_of(&p.i, &p.outbound.uid).await;
+    assert!(s.udp_flows_total >= 2, "a new flow after the break: {s:?}");
 }
