@@ -593,3 +593,125 @@ async fn udp_goes_on_after_either_data_plane_is_replaced() {
     let s = status_of(&p.i, &p.outbound.uid).await;
     assert!(s.udp_flows_total >= 2, "a new flow after the break: {s:?}");
 }
+
+fn gateway_options(
+    pki: &Pki,
+    name: &str,
+    dir: &std::path::Path,
+) -> scistream_client::local::GatewayOptions {
+    let (cert, key) = pki.gateway(name);
+    scistream_client::local::GatewayOptions {
+        s2cs_bin: scistream_testkit::bin("s2cs"),
+        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        port_range: scistream_testkit::port_range(8),
+        tls: Some((cert, key)),
+        state_dir: dir.join(format!("{name}-state")),
+        log: Some(dir.join(format!("{name}.log"))),
+        extra_args: vec![format!("--peer-ca={}", pki.ca.display())],
+    }
+}
+
+fn start_gen(
+    o: &scistream_client::local::GatewayOptions,
+    n: usize,
+) -> scistream_client::local::LocalGateway {
+    let mut o = o.clone();
+    o.log = o.log.map(|l| l.with_extension(format!("{n}.log")));
+    scistream_client::local::LocalGateway::start(&o).unwrap()
+}
+
+fn log_of(gw: &scistream_client::local::LocalGateway) -> String {
+    std::fs::read_to_string(gw.log.as_ref().unwrap()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_survive_s2cs_restarts_with_and_without_their_s2ds() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (hpc_o, inst_o) = (
+        gateway_options(&pki, "hpc", dir.path()),
+        gateway_options(&pki, "inst", dir.path()),
+    );
+    let sink = udp_socket(0);
+    let port = sink.local_addr().unwrap().port();
+    let hpc1 = start_gen(&hpc_o, 1);
+    let inst1 = start_gen(&inst_o, 1);
+    let trust = Trust::Root(pki.ca.clone());
+    let o = udp_options(Protocol::Udp, 1, 0);
+    let (uid, entry) = {
+        let h = scistream_client::connect(&hpc1.control(), &trust, Auth::none())
+            .await
+            .unwrap();
+        let i = scistream_client::connect(&inst1.control(), &trust, Auth::none())
+            .await
+            .unwrap();
+        let inbound = scistream_client::inbound_request(&h, "127.0.0.1", &[port], &o)
+            .await
+            .unwrap();
+        let outbound = scistream_client::outbound_request(
+            &i,
+            &inbound.uid,
+            inbound.listeners.clone(),
+            Vec::new(),
+            &o,
+        )
+        .await
+        .unwrap();
+        (
+            inbound.uid,
+            outbound.listeners[0].parse::<SocketAddr>().unwrap(),
+        )
+    };
+    let sender = udp_socket(0);
+    assert!(gets_through(&sender, entry, &sink, 1));
+
+    // s2cs killed on both gateways; s2ds goes on; the next s2cs takes the
+    // sockets back from it, the UDP one included.
+    hpc1.signal(rustix::process::Signal::KILL);
+    inst1.signal(rustix::process::Signal::KILL);
+    for gw in [&hpc1, &inst1] {
+        scistream_testkit::wait_dead(gw.pid().unwrap() as i32);
+    }
+    let hpc2 = start_gen(&hpc_o, 2);
+    let inst2 = start_gen(&inst_o, 2);
+    for gw in [&hpc2, &inst2] {
+        let l = log_of(gw);
+        assert!(
+            l.contains("session recovered") && l.contains("kept=true"),
+            "{l}"
+        );
+    }
+    assert!(
+        gets_through(&sender, entry, &sink, 2),
+        "after s2cs restarted"
+    );
+    let i2 = scistream_client::connect(&inst2.control(), &trust, Auth::none())
+        .await
+        .unwrap();
+    assert_eq!(status_of(&i2, &uid).await.protocol, "udp");
+
+    // Everything gone on both gateways: the next start binds the TCP and
+    // UDP sockets again from the store.
+    drop((hpc2, inst2, hpc1, inst1));
+    let hpc3 = start_gen(&hpc_o, 3);
+    let inst3 = start_gen(&inst_o, 3);
+    let l = log_of(&inst3);
+    assert!(
+        l.contains("session recovered") && l.contains("kept=false"),
+        "{l}"
+    );
+    assert!(
+        gets_through(&sender, entry, &sink, 3),
+        "after both daemons were restarted"
+    );
+    assert!(TcpStream::connect(entry).is_err(), "still UDP only");
+
+    // Released: nothing goes through any more.
+    let i3 = scistream_client::connect(&inst3.control(), &trust, Auth::none())
+        .await
+        .unwrap();
+    scistream_client::tunnel::release(&i3, &uid).await.unwrap();
+    let _ = sender.send_to(&4u64.to_le_bytes(), entry);
+    assert!(drain(&sink, Duration::from_secs(1)).is_empty());
+    drop((hpc3, inst3));
+}
