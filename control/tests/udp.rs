@@ -183,6 +183,11 @@ async fn datagrams_of_mixed_sizes_arrive_whole_and_in_order() {
         h.conns_total, 1,
         "one flow, one connection through the tunnel"
     );
+    assert!(
+        !s.connections.is_empty() && s.connections.iter().all(|c| c.mode.starts_with("udp+")),
+        "{:?}",
+        s.connections
+    );
     // UDP only: the instrument side's port refuses TCP.
     assert!(TcpStream::connect(entry).is_err());
     // No larger datagram exists: the OS refuses to send one.

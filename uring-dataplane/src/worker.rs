@@ -538,7 +538,12 @@ impl Worker {
                         bytes_to_target: up,
                         bytes_from_target: down,
                         age_ms: c.accepted.elapsed().as_millis() as u64,
-                        mode: mode.into(),
+                        // A UDP flow's connection says so: `udp+tls`, `udp+ktls`, …
+                        mode: if c.udp {
+                            format!("udp+{mode}")
+                        } else {
+                            mode.into()
+                        },
                     });
                 }
                 let _ = reply.send(stats.into_values().collect());
