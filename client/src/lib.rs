@@ -4,7 +4,7 @@
 //! # async fn f() -> Result<(), scistream_client::ClientError> {
 //! use scistream_client::{Auth, RequestOptions, Trust, connect, inbound_request};
 //! let hpc = connect("hpc-gw.example.org:5000", &Trust::Root("hpc.crt".into()), Auth::none()).await?;
-//! let t = inbound_request(&hpc, "10.0.1.5", &[5001], &RequestOptions { num_conn: 4, rate_kbps: 0 }).await?;
+//! let t = inbound_request(&hpc, "10.0.1.5", &[5001], &RequestOptions { num_conn: 4, ..Default::default() }).await?;
 //! println!("give the instrument side uid {} and listeners {}", t.uid, t.listeners.join(","));
 //! # Ok(()) }
 //! ```

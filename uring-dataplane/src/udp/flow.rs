@@ -81,6 +81,12 @@ impl Queue {
 
     /// Queues a datagram without waiting.
     pub fn offer(&self, datagram: Vec<u8>, counters: &UdpCounters) -> Offer {
+        if datagram.len() > datagram::MAX_DATAGRAM {
+            // Not from a UDP socket (the receive buffers are one byte longer
+            // than any datagram, so that this is caught, not framed).
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Offer::Dropped;
+        }
         match self.tx.try_send(datagram) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
