@@ -368,6 +368,7 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
             "datagrams_from_target": s.udp_datagrams_from_target,
             "bytes_from_target": s.udp_bytes_from_target,
             "dropped": s.udp_dropped,
+            "kernel_dropped": s.udp_kernel_dropped,
         },
     })
 }
@@ -504,7 +505,7 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     }
     if protocol_name(s) != "tcp" {
         t.push_str(&format!(
-            "  protocol:  {}\n  udp flows: {} open, {} total, {} expired idle\n  datagrams: {} ({}) to target, {} ({}) back, {} dropped\n",
+            "  protocol:  {}\n  udp flows: {} open, {} total, {} expired idle\n  datagrams: {} ({}) to target, {} ({}) back, {} dropped (queue full), {} dropped by the kernel (receive buffer full)\n",
             protocol_name(s),
             s.udp_flows_open,
             s.udp_flows_total,
@@ -514,6 +515,7 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
             s.udp_datagrams_from_target,
             format_size(s.udp_bytes_from_target),
             s.udp_dropped,
+            s.udp_kernel_dropped,
         ));
     }
     if with_connections {

@@ -324,6 +324,11 @@ fn encode_udp(
             (|u: &UdpStats| u.dropped) as fn(&UdpStats) -> u64,
         ),
         (
+            "session_udp_kernel_dropped",
+            "UDP datagrams the kernel dropped on a session's sockets before the gateway took them (receive buffer full)",
+            |u| u.kernel_dropped,
+        ),
+        (
             "session_udp_flows",
             "UDP flows (one per sender address and port) a session opened",
             |u| u.flows_total,

@@ -118,6 +118,7 @@ pub async fn sessions(
                 udp_bytes_from_target: st.udp.bytes_from_target,
                 udp_dropped: st.udp.dropped,
                 udp_flows_expired: st.udp.flows_expired,
+                udp_kernel_dropped: st.udp.kernel_dropped,
             }
         })
         .collect();

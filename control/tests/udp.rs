@@ -720,3 +720,47 @@ async fn udp_sessions_survive_s2cs_restarts_with_and_without_their_s2ds() {
     assert!(drain(&sink, Duration::from_secs(1)).is_empty());
     drop((hpc3, inst3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_datagram_is_forwarded_or_counted_as_dropped() {
+    let pki = Pki::new();
+    let sink = udp_socket(0);
+    let port = sink.local_addr().unwrap().port();
+    let p = tunnel(&pki, port, &udp_options(Protocol::Udp, 1, 0), &[]).await;
+    let entry: SocketAddr = p.outbound.listeners[0].parse().unwrap();
+    let sender = udp_socket(0);
+    assert!(gets_through(&sender, entry, &sink, 0));
+    let before = status_of(&p.i, &p.outbound.uid).await;
+    // The instrument side's s2ds stopped: its UDP socket's buffer fills and
+    // the kernel drops the rest of a burst.
+    let s2ds = scistream_testkit::s2ds_pid(p.inst.gw.pid().unwrap());
+    let pid = rustix::process::Pid::from_raw(s2ds as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let d = vec![0u8; 1400];
+    let mut sent = 0u64;
+    for _ in 0..20_000 {
+        if sender.send_to(&d, entry).is_ok() {
+            sent += 1;
+        }
+    }
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let arrived = drain(&sink, Duration::from_secs(3)).len() as u64;
+    let s = status_of(&p.i, &p.outbound.uid).await;
+    let forwarded = s.udp_datagrams_to_target - before.udp_datagrams_to_target;
+    let queue = s.udp_dropped - before.udp_dropped;
+    let kernel = s.udp_kernel_dropped - before.udp_kernel_dropped;
+    eprintln!(
+        "sent {sent}: {forwarded} forwarded, {queue} dropped (queue), {kernel} dropped (kernel); {arrived} arrived"
+    );
+    assert!(kernel > 0, "the kernel dropped none of {sent}: {s:?}");
+    assert_eq!(
+        forwarded + queue + kernel,
+        sent,
+        "every datagram accounted for"
+    );
+    // (The test's own sink may overflow under load: not the gateway's to count.)
+    assert!(
+        arrived > 0 && arrived <= forwarded,
+        "{arrived} arrived of {forwarded}"
+    );
+}

@@ -286,6 +286,10 @@ pub struct UdpStats {
     pub dropped: u64,
     /// Flows closed after moving nothing for the idle time.
     pub flows_expired: u64,
+    /// Datagrams the kernel dropped on the session's UDP sockets before
+    /// `s2ds` took them (receive buffer full), from `/proc/net/udp`.
+    #[serde(default)]
+    pub kernel_dropped: u64,
 }
 
 impl UdpStats {
@@ -299,6 +303,7 @@ impl UdpStats {
         self.bytes_from_target += o.bytes_from_target;
         self.dropped += o.dropped;
         self.flows_expired += o.flows_expired;
+        self.kernel_dropped += o.kernel_dropped;
     }
 }
 

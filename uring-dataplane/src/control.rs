@@ -402,8 +402,21 @@ impl DataPlane {
         }
         let mut sessions: Vec<SessionStats> = merged.into_values().collect();
         sessions.sort_by(|a, b| a.key.cmp(&b.key));
+        let kernel = if self.udp_sockets.is_empty() {
+            HashMap::new()
+        } else {
+            crate::udp::kernel::drops_by_inode()
+        };
         for s in &mut sessions {
             s.udp = self.udp.stats(&s.key);
+            s.udp.kernel_dropped = self
+                .udp_sockets
+                .get(&s.key)
+                .into_iter()
+                .flatten()
+                .filter_map(crate::udp::kernel::inode)
+                .filter_map(|ino| kernel.get(&ino))
+                .sum();
             s.connections.sort_by_key(|c| (c.listener, c.age_ms));
             s.connections
                 .truncate(scistream_protocol::handoff::MAX_LISTED_CONNECTIONS);

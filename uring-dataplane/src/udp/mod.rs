@@ -31,6 +31,7 @@
 mod egress;
 mod flow;
 mod ingress;
+pub(crate) mod kernel;
 
 use std::collections::HashMap;
 use std::io;
@@ -74,6 +75,7 @@ impl UdpCounters {
             bytes_from_target: g(&self.bytes_from_target),
             dropped: g(&self.dropped),
             flows_expired: g(&self.flows_expired),
+            kernel_dropped: 0,
         }
     }
 
