@@ -652,3 +652,37 @@ mod tests {
         validate_uid(&a).unwrap();
     }
 }
+
+#[cfg(test)]
+mod udp_status_tests {
+    use super::*;
+
+    #[test]
+    fn udp_counters_show_in_text_and_json_and_tcp_sessions_stay_as_they_were() {
+        let s = pb::SessionStatus {
+            protocol: "both".into(),
+            udp_flows_open: 2,
+            udp_flows_total: 3,
+            udp_datagrams_to_target: 1000,
+            udp_bytes_to_target: 1_400_000,
+            udp_dropped: 7,
+            udp_kernel_dropped: 5,
+            ..Default::default()
+        };
+        let text = status_text(&s, false);
+        assert!(text.contains("protocol:  both"), "{text}");
+        assert!(text.contains("udp flows: 2 open, 3 total"), "{text}");
+        assert!(
+            text.contains("7 dropped (queue full), 5 dropped by the kernel"),
+            "{text}"
+        );
+        let json = status_json(&s);
+        assert_eq!(json["protocol"], "both");
+        assert_eq!(json["udp"]["datagrams_to_target"], 1000);
+        assert_eq!(json["udp"]["kernel_dropped"], 5);
+        // A gateway that reports no protocol (an older release) carries TCP.
+        let tcp = pb::SessionStatus::default();
+        assert!(!status_text(&tcp, false).contains("udp"));
+        assert_eq!(status_json(&tcp)["protocol"], "tcp");
+    }
+}
