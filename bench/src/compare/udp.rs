@@ -45,12 +45,17 @@ pub struct UdpRound {
     pub received: u64,
     /// Received payload rate, bit/s (over the sending time).
     pub delivered_bps: f64,
+    /// The sending time, seconds.
+    pub seconds: f64,
     /// Lost, percent of sent.
     pub loss_pct: f64,
     /// Arrived after a later one.
     pub reordered: u64,
     /// Arrived damaged (never expected; counted to be sure).
     pub corrupt: u64,
+    /// CPU time the forwarding processes (both gateways, or both socat
+    /// hops with their children) used during the measurement, seconds.
+    pub forwarder_cpu_s: f64,
 }
 
 /// The comparison's results.
@@ -157,6 +162,7 @@ fn measure(
         .map_err(|e| format!("entry: {e}"))?;
     let sink = t.sink.try_clone().map_err(|e| e.to_string())?;
     let limit = duration + Duration::from_secs(10);
+    let cpu_before = super::machine::tree_cpu_seconds(&t.running.pids);
     let receiver =
         std::thread::spawn(move || udp::receive(&sink, Duration::from_millis(700), limit));
     let sent =
@@ -165,6 +171,7 @@ fn measure(
         .join()
         .map_err(|_| "the UDP sink panicked".to_owned())?
         .map_err(|e| format!("UDP sink: {e}"))?;
+    let forwarder_cpu_s = super::machine::tree_cpu_seconds(&t.running.pids) - cpu_before;
     let secs = sent.elapsed.as_secs_f64().max(1e-9);
     Ok(UdpRound {
         topology: t.name.to_owned(),
@@ -174,10 +181,22 @@ fn measure(
         sent_bps: sent.bytes as f64 * 8.0 / secs,
         received: got.datagrams,
         delivered_bps: got.bytes as f64 * 8.0 / secs,
+        seconds: secs,
         loss_pct: 100.0 * got.lost(Some(sent.datagrams)) as f64 / sent.datagrams.max(1) as f64,
         reordered: got.reordered,
         corrupt: got.corrupt,
+        forwarder_cpu_s,
     })
+}
+
+/// Forwarder CPU seconds per gigabit that arrived.
+fn cpu_per_gbit(r: &UdpRound) -> f64 {
+    let gbit = r.delivered_bps * r.seconds / 1e9;
+    if gbit > 0.0 {
+        r.forwarder_cpu_s / gbit
+    } else {
+        f64::NAN
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -209,12 +228,21 @@ impl UdpReport {
             self.size
         );
         out.push_str(&format!(
-            "{:>8} | {:>29} | {:>29} | {:>8}\n",
+            "{:>8} | {:>35} | {:>35} | {:>8}\n",
             "offered", "scistream-udp (TLS)", "socat-udp (plaintext)", "arrived"
         ));
         out.push_str(&format!(
-            "{:>8} | {:>8} {:>8} {:>11} | {:>8} {:>8} {:>11} | {:>8}\n",
-            "", "sent", "arrived", "lost %", "sent", "arrived", "lost %", "ratio"
+            "{:>8} | {:>8} {:>8} {:>7} {:>9} | {:>8} {:>8} {:>7} {:>9} | {:>8}\n",
+            "",
+            "sent",
+            "arrived",
+            "lost %",
+            "CPU s/Gb",
+            "sent",
+            "arrived",
+            "lost %",
+            "CPU s/Gb",
+            "ratio"
         ));
         for rate in rates {
             let row = |t: &str| {
@@ -222,11 +250,12 @@ impl UdpReport {
                     pick(t, rate, |r| r.sent_bps) / 1e6,
                     pick(t, rate, |r| r.delivered_bps) / 1e6,
                     pick(t, rate, |r| r.loss_pct),
+                    pick(t, rate, cpu_per_gbit),
                 )
             };
-            let ((ss, s, sl), (cs, c, cl)) = (row("scistream-udp"), row("socat-udp"));
+            let ((ss, s, sl, su), (cs, c, cl, cu)) = (row("scistream-udp"), row("socat-udp"));
             out.push_str(&format!(
-                "{:>8.0} | {ss:>8.1} {s:>8.1} {sl:>11.2} | {cs:>8.1} {c:>8.1} {cl:>11.2} | {:>7.2}x\n",
+                "{:>8.0} | {ss:>8.1} {s:>8.1} {sl:>7.2} {su:>9.2} | {cs:>8.1} {c:>8.1} {cl:>7.2} {cu:>9.2} | {:>7.2}x\n",
                 rate as f64 / 1e6,
                 s / c
             ));
