@@ -665,3 +665,62 @@ async fn the_instrument_side_spreads_the_same_way() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_session_spreads_over_nodes_like_a_tcp_one() {
+    if !have_etcd("a_udp_session_spreads_over_nodes_like_a_tcp_one") {
+        return;
+    }
+    use scistream_client::RequestOptions;
+    use scistream_protocol::Protocol;
+    let etcd = Etcd::start();
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = sink.local_addr().unwrap().port();
+    // The HPC side: two cluster nodes; the instrument side: one gateway.
+    let (a, b) = (node(&etcd, "a", &[]), node(&etcd, "b", &[]));
+    wait_for_members(&etcd, 2).await;
+    let inst = Gw::start(None, 8, &[]);
+    let o = RequestOptions {
+        num_conn: 2,
+        rate_kbps: 0,
+        protocol: Protocol::Udp,
+    };
+    let ca = client(&a).await;
+    let inbound = scistream_client::inbound_request(&ca, "127.0.0.1", &[port], &o)
+        .await
+        .unwrap();
+    let ci = client(&inst).await;
+    let outbound = scistream_client::outbound_request(
+        &ci,
+        &inbound.uid,
+        inbound.listeners.clone(),
+        Vec::new(),
+        &o,
+    )
+    .await
+    .unwrap();
+    let parts = by_node(&status(&ca, &inbound.uid).await);
+    assert_eq!(parts.keys().collect::<Vec<_>>(), ["a", "b"], "{parts:?}");
+    // One sender per instrument-side listener: each flow crosses to the
+    // HPC node that holds the listener of its index.
+    let mut buf = [0u8; 64];
+    for (k, entry) in outbound.listeners.iter().enumerate() {
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..10u8 {
+            sender.send_to(&[k as u8, i], entry.as_str()).unwrap();
+            let n = sink.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[k as u8, i]);
+        }
+    }
+    // Asked at the other node: the same parts.
+    let parts = by_node(&status(&client(&b).await, &inbound.uid).await);
+    for (n, s) in &parts {
+        assert_eq!(s.protocol, "udp", "node {n}");
+        assert_eq!(
+            (s.udp_flows_total, s.udp_datagrams_to_target),
+            (1, 10),
+            "node {n}: {parts:#?}"
+        );
+    }
+}
