@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub keep: bool,
     /// `s2cs` to run; default: next to this executable.
     pub s2cs_bin: Option<PathBuf>,
+    /// Send UDP datagrams instead of TCP streams (`--protocol udp`).
+    pub udp: bool,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -124,6 +126,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 }
 
 async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()> {
+    if opts.udp {
+        return run_udp(opts, work).await;
+    }
     let gateways = start_gateways(opts, work)?;
     let service = TcpListener::bind((LOCALHOST, 0)).context("cannot start the receiver")?;
     let service_port = service.local_addr()?.port();
@@ -168,6 +173,56 @@ async fn run_in(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()
     println!(
         "OK: every byte arrived intact (byte counts and XXH3 checksums match on all {n} streams)"
     );
+    Ok(())
+}
+
+/// The demo with datagrams: a UDP receiver, a `--protocol udp` tunnel, one
+/// flow per listener, every datagram checked.
+async fn run_udp(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<()> {
+    let gateways = start_gateways(opts, work)?;
+    let service = std::net::UdpSocket::bind((LOCALHOST, 0)).context("cannot start the receiver")?;
+    let service_port = service.local_addr()?.port();
+    println!("    analysis service (UDP receiver) on 127.0.0.1:{service_port}");
+    let tunnel = open_tunnel(&gateways, opts, service_port).await?;
+    let n = opts.num_conn as usize;
+    let entries = tunnel
+        .outbound
+        .listeners
+        .iter()
+        .map(|l| l.parse().with_context(|| format!("listener {l}")))
+        .collect::<anyhow::Result<Vec<std::net::SocketAddr>>>()?;
+    let per_flow = (opts.bytes / crate::demo_udp::DATAGRAM as u64 / n as u64).max(1);
+    say(&format!(
+        "sending {} datagrams of {} bytes through the tunnel, one flow per listener ({n})",
+        per_flow * n as u64,
+        crate::demo_udp::DATAGRAM
+    ));
+    let outcome =
+        tokio::task::spawn_blocking(move || crate::demo_udp::run(&entries, service, per_flow))
+            .await?;
+    let status = crate::tunnel::status(&tunnel.inst, &tunnel.uid).await;
+    tunnel.release().await?;
+    tokio::task::spawn_blocking(move || {
+        gateways.hpc.stop();
+        gateways.inst.stop();
+    })
+    .await?;
+    if let Some(s) = status.ok().as_ref().and_then(|v| v.first()) {
+        println!(
+            "    instrument gateway: {} flows, {} datagrams to target, {} dropped (queue), {} dropped (kernel)",
+            s.udp_flows_total, s.udp_datagrams_to_target, s.udp_dropped, s.udp_kernel_dropped
+        );
+    }
+    let outcome = outcome.context("datagrams through the tunnel")?;
+    let bytes = outcome.datagrams * crate::demo_udp::DATAGRAM as u64;
+    println!(
+        "    received {} datagrams ({}) in {:.2} s: {}",
+        outcome.datagrams,
+        format_size(bytes),
+        outcome.elapsed.as_secs_f64(),
+        format_rate(bytes as f64 * 8.0 / outcome.elapsed.as_secs_f64())
+    );
+    println!("OK: every datagram arrived whole, intact and in order on all {n} flows");
     Ok(())
 }
 
@@ -238,13 +293,19 @@ async fn open_tunnel(
     service_port: u16,
 ) -> anyhow::Result<Tunnel> {
     let n = opts.num_conn;
+    let protocol = if opts.udp {
+        scistream_protocol::Protocol::Udp
+    } else {
+        scistream_protocol::Protocol::Tcp
+    };
     let options = RequestOptions {
         num_conn: n,
         rate_kbps: 0,
-        ..Default::default()
+        protocol,
     };
+    let flag = if opts.udp { " --protocol udp" } else { "" };
     say(&format!(
-        "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0",
+        "s2uc inbound_request --s2cs {} --server_cert ca.crt --remote_ip 127.0.0.1 --receiver_ports {service_port} --num_conn {n} --rate 0{flag}",
         g.hpc.control()
     ));
     let hpc = connect(&g.hpc.control(), &g.trust, Auth::none()).await?;
@@ -253,7 +314,7 @@ async fn open_tunnel(
     println!("    uid {}  inbound listeners {listeners}", inbound.uid);
 
     say(&format!(
-        "s2uc outbound_request --s2cs {} --server_cert ca.crt --num_conn {n} --rate 0 {} {listeners}",
+        "s2uc outbound_request --s2cs {} --server_cert ca.crt --num_conn {n} --rate 0{flag} {} {listeners}",
         g.inst.control(),
         inbound.uid,
     ));

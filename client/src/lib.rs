@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod demo;
+pub mod demo_udp;
 pub mod error;
 pub mod local;
 pub mod payload;

@@ -35,13 +35,29 @@ pub fn bin(name: &str) -> PathBuf {
     })
 }
 
+/// Ports of each test process's window (21 windows fit below the
+/// ephemeral range, 20000-32599).
+pub const PORT_WINDOW: u16 = 600;
+
 /// Disjoint port ranges for the gateways of this test process, below the
 /// ephemeral range. The allocator skips ports in use, so an overlap with
 /// another process only costs ports, never correctness.
+///
+/// Each test process gets a window of [`PORT_WINDOW`] ports (by its pid),
+/// and its ranges follow each other in it without overlapping until the
+/// window is used up: a test file whose tests start many gateways at once
+/// (the cluster tests use ~400 ports) must not hand two of them the same
+/// ports. (With 200-port windows that wrapped, two concurrent tests shared
+/// ports and a request failed with "0 of the 2 ports are free".)
 pub fn port_range(len: u16) -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 60) as u16 * 200;
-    let start = base + NEXT.fetch_add(len, Ordering::Relaxed) % 200;
+    let len = len.clamp(1, PORT_WINDOW);
+    let base = 20000 + (std::process::id() % 21) as u16 * PORT_WINDOW;
+    let mut offset = NEXT.fetch_add(len, Ordering::Relaxed) % PORT_WINDOW;
+    if offset + len > PORT_WINDOW {
+        offset = 0;
+    }
+    let start = base + offset;
     (start, start + len - 1)
 }
 

@@ -260,6 +260,10 @@ pub(crate) struct DemoArgs {
     /// The s2cs binary (default: next to s2uc).
     #[arg(long = "s2cs-bin")]
     pub(crate) s2cs_bin: Option<PathBuf>,
+    /// UDP instead of TCP: a `--protocol udp` tunnel, one flow of numbered
+    /// 1400-byte datagrams per listener, each checked at the receiver.
+    #[arg(long)]
+    pub(crate) udp: bool,
 }
 
 #[derive(Debug, Args)]

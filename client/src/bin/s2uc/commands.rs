@@ -344,6 +344,7 @@ async fn run_demo(a: DemoArgs) -> Result {
         num_conn: a.num_conn.max(1),
         keep: a.keep,
         s2cs_bin: a.s2cs_bin,
+        udp: a.udp,
     })
     .await?;
     Ok(())
