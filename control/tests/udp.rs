@@ -764,3 +764,62 @@ async fn every_datagram_is_forwarded_or_counted_as_dropped() {
         "{arrived} arrived of {forwarded}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_runs_over_ipv6_too() {
+    let Ok(sink) = UdpSocket::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    };
+    sink.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let v6 = |name: &str| {
+        let mut o = gateway_options(&pki, name, dir.path());
+        o.tls = Some(pki.gateway_for(name, &["localhost", "::1"]));
+        o.listener_ip = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        scistream_client::local::LocalGateway::start(&o).unwrap()
+    };
+    let (hpc, inst) = (v6("hpc6"), v6("inst6"));
+    let trust = Trust::Root(pki.ca.clone());
+    let o = udp_options(Protocol::Both, 1, 0);
+    // The control services listen on ::1 too.
+    let at = |gw: &scistream_client::local::LocalGateway| {
+        let control = gw.control();
+        let port = control.rsplit(':').next().unwrap().to_owned();
+        format!("[::1]:{port}")
+    };
+    let h = scistream_client::connect(&at(&hpc), &trust, Auth::none())
+        .await
+        .unwrap();
+    let i = scistream_client::connect(&at(&inst), &trust, Auth::none())
+        .await
+        .unwrap();
+    let inbound = scistream_client::inbound_request(&h, "::1", &[port], &o)
+        .await
+        .unwrap();
+    let outbound = scistream_client::outbound_request(
+        &i,
+        &inbound.uid,
+        inbound.listeners.clone(),
+        Vec::new(),
+        &o,
+    )
+    .await
+    .unwrap();
+    let entry: SocketAddr = outbound.listeners[0].parse().unwrap();
+    assert!(entry.is_ipv6(), "{entry}");
+    let sender = UdpSocket::bind("[::1]:0").unwrap();
+    for seq in 0..100u64 {
+        let d = datagram(seq);
+        sender.send_to(&d, entry).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let n = sink.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &d[..], "datagram {seq}");
+    }
+    let s = status_of(&i, &outbound.uid).await;
+    assert_eq!(s.udp_datagrams_to_target, 100, "{s:?}");
+    drop((hpc, inst));
+}
