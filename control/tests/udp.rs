@@ -823,3 +823,33 @@ async fn udp_runs_over_ipv6_too() {
     assert_eq!(s.udp_datagrams_to_target, 100, "{s:?}");
     drop((hpc, inst));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_beyond_the_flow_limit_are_dropped_and_counted() {
+    let pki = Pki::new();
+    let sink = udp_socket(0);
+    let port = sink.local_addr().unwrap().port();
+    let p = tunnel(
+        &pki,
+        port,
+        &udp_options(Protocol::Udp, 1, 0),
+        &["--udp-max-flows", "2"],
+    )
+    .await;
+    let entry: SocketAddr = p.outbound.listeners[0].parse().unwrap();
+    let (a, b, c) = (udp_socket(0), udp_socket(0), udp_socket(0));
+    assert!(gets_through(&a, entry, &sink, 1));
+    assert!(gets_through(&b, entry, &sink, 2));
+    // A third sender: no flow for it while two are open.
+    for _ in 0..10 {
+        c.send_to(&3u64.to_le_bytes(), entry).unwrap();
+    }
+    a.send_to(&4u64.to_le_bytes(), entry).unwrap();
+    assert_eq!(
+        drain(&sink, Duration::from_secs(1)),
+        vec![4],
+        "only the open flows go through"
+    );
+    let s = status_of(&p.i, &p.outbound.uid).await;
+    assert_eq!((s.udp_flows_open, s.udp_dropped), (2, 10), "{s:?}");
+}

@@ -141,6 +141,13 @@ pub struct DataPlaneOptions {
     /// first: the ones queued keep their order and go on), 1-65536.
     #[arg(long = "udp-queue", alias = "udp_queue", default_value = "1024", value_parser = parse_udp_queue)]
     pub udp_queue: usize,
+
+    /// UDP: most flows (senders) open at once per listener; each is a
+    /// connection through the tunnel. A datagram from a new sender beyond
+    /// this is dropped and counted, so that a sender changing its source
+    /// port on every datagram cannot open thousands of connections, 1-65536.
+    #[arg(long = "udp-max-flows", alias = "udp_max_flows", default_value = "1024", value_parser = parse_udp_flows)]
+    pub udp_max_flows: usize,
 }
 
 impl Default for DataPlaneOptions {
@@ -162,6 +169,7 @@ impl Default for DataPlaneOptions {
             no_pin: false,
             udp_idle: Duration::from_secs(60),
             udp_queue: 1024,
+            udp_max_flows: 1024,
         }
     }
 }
@@ -188,6 +196,7 @@ impl DataPlaneOptions {
             format!("--crypto={}", value_name(self.crypto)),
             format!("--udp-idle={}", ms(self.udp_idle)),
             format!("--udp-queue={}", self.udp_queue),
+            format!("--udp-max-flows={}", self.udp_max_flows),
         ];
         if let Some(n) = self.workers {
             v.push(format!("--workers={n}"));
@@ -213,6 +222,15 @@ fn parse_udp_queue(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=65536).contains(&n) => Ok(n),
         _ => Err(format!(
             "'{s}' is not a queue length between 1 and 65536 datagrams"
+        )),
+    }
+}
+
+fn parse_udp_flows(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a number of flows between 1 and 65536"
         )),
     }
 }

@@ -115,6 +115,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     let udp = udp::UdpPlane::start(udp::FlowOptions {
         idle: config.dp.udp_idle,
         queue: config.dp.udp_queue,
+        max_flows: config.dp.udp_max_flows,
     })
     .map_err(StartError::Udp)?;
     let options = worker::WorkerOptions {

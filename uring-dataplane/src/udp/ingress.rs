@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use scistream_protocol::datagram::MAX_DATAGRAM;
+use scistream_protocol::loglimit::LogLimit;
 use tokio::net::{UdpSocket, UnixStream};
 use tracing::{debug, warn};
 
@@ -22,6 +23,9 @@ use crate::worker::WorkerCommand;
 /// opened; its datagrams are dropped meanwhile. Bounds connection attempts
 /// to one a second per sender when the way on is broken.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Datagrams refused for --udp-max-flows, logged one by one: 5 per 10 s.
+static TOO_MANY: LogLimit = LogLimit::new(5, Duration::from_secs(10));
 
 struct Flow {
     queue: Queue,
@@ -81,6 +85,18 @@ fn offer(
             Offer::Closed => {
                 flows.remove(&sender);
             }
+        }
+    }
+    if flows.len() >= ctx.options.max_flows {
+        // Flows that ended make room first.
+        flows.retain(|_, f| !f.queue.is_closed() || f.opened.elapsed() < REOPEN_AFTER);
+        if flows.len() >= ctx.options.max_flows {
+            ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            let verdict = TOO_MANY.check(Instant::now());
+            if verdict.log {
+                warn!(session = %ctx.key, listener = index, %sender, max_flows = ctx.options.max_flows, "a datagram from a new sender dropped: this listener has as many UDP flows open as --udp-max-flows allows");
+            }
+            return;
         }
     }
     let Some(f) = open(ctx, worker, index, socket, sender) else {

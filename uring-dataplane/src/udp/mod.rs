@@ -119,6 +119,8 @@ pub(crate) struct FlowOptions {
     pub idle: Duration,
     /// Datagrams queued per flow and direction.
     pub queue: usize,
+    /// Flows open at once per listener.
+    pub max_flows: usize,
 }
 
 /// The UDP side of the data plane; cheap to clone.
