@@ -164,6 +164,97 @@ fn a_node_registers_again_when_etcd_comes_back() {
 }
 
 #[test]
+fn nodes_join_an_etcd_that_serves_tls_and_asks_for_client_certificates() {
+    if !have_etcd("nodes_join_an_etcd_that_serves_tls_and_asks_for_client_certificates") {
+        return;
+    }
+    let pki = scistream_testkit::Pki::new();
+    let etcd = Etcd::start_tls(&pki);
+    let tls = etcd.tls().unwrap().clone();
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.client.0.display().to_string(),
+        tls.client.1.display().to_string(),
+    );
+    let cluster_args = |name: &str| {
+        vec![
+            "--insecure".to_owned(),
+            "--cluster".into(),
+            "gw".into(),
+            "--etcd".into(),
+            etcd.url(),
+            "--node".into(),
+            name.into(),
+            "--etcd-lease-ttl".into(),
+            "2s".into(),
+            "--etcd-ca".into(),
+            ca.clone(),
+        ]
+    };
+    let with_cert = |name: &str| {
+        let mut a = cluster_args(name);
+        a.extend([
+            "--etcd-cert".into(),
+            cert.clone(),
+            "--etcd-key".into(),
+            key.clone(),
+        ]);
+        a
+    };
+    let a_args = with_cert("a");
+    let b_args = with_cert("b");
+    let a = Gw::start(
+        None,
+        8,
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Gw::start(
+        None,
+        8,
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_for(
+        "both nodes registered over TLS",
+        Duration::from_secs(10),
+        || registered(&etcd) == ["a", "b"],
+    );
+    wait_for(
+        "a sees b through its TLS watch",
+        Duration::from_secs(10),
+        || a.log().contains("a node joined the cluster") && a.log().contains("node=b"),
+    );
+    // The lease is renewed over TLS: still registered after several TTLs.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(registered(&etcd), ["a", "b"], "{}", a.log());
+
+    // A node without a client certificate is refused by etcd, and says so
+    // without starting.
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("s2cs"))
+        .args([
+            "--port",
+            "0",
+            "--listener-ip",
+            "127.0.0.1",
+            "--etcd-timeout",
+            "3s",
+        ])
+        .args(cluster_args("c"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot join the cluster: etcd"), "{err}");
+    assert!(err.contains("--etcd-cert and --etcd-key"), "{err}");
+    assert!(!err.contains("Status {"), "no Debug text: {err}");
+    eprintln!("s2cs without a client certificate said: {err}");
+    assert_eq!(registered(&etcd), ["a", "b"]);
+    drop((a, b));
+}
+
+#[test]
 fn without_etcd_a_node_does_not_start_and_names_etcd() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", dead.local_addr().unwrap());

@@ -4,6 +4,7 @@
 //! `etcd-server`/`etcd-client` are missing.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,17 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    tls: Option<EtcdTls>,
+}
+
+/// The files of an etcd that serves TLS and asks clients for certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed the members' and the clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and key that etcd accepts.
+    pub client: (PathBuf, PathBuf),
+    server: (PathBuf, PathBuf),
 }
 
 #[derive(Debug)]
@@ -20,11 +32,13 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    https: bool,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
@@ -62,17 +76,40 @@ impl Etcd {
     /// Starts `n` members that form one cluster, and waits until every
     /// member answers.
     pub fn cluster(n: usize) -> Etcd {
+        Etcd::new(n, None)
+    }
+
+    /// Starts a one-member etcd that serves its clients over TLS with
+    /// certificates from `pki` and refuses clients without a certificate
+    /// that `pki`'s CA signed (`--client-cert-auth`).
+    pub fn start_tls(pki: &crate::Pki) -> Etcd {
+        let tls = EtcdTls {
+            ca: pki.ca.clone(),
+            client: pki.gateway("etcd-client"),
+            server: pki.gateway("etcd-server"),
+        };
+        Etcd::new(1, Some(tls))
+    }
+
+    /// The TLS files, when this etcd serves TLS.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    fn new(n: usize, tls: Option<EtcdTls>) -> Etcd {
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                https: tls.is_some(),
             })
             .collect();
         let mut e = Etcd {
             members,
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         for i in 0..n {
             e.spawn(i);
@@ -97,7 +134,17 @@ impl Etcd {
             .collect();
         let m = &self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name))).unwrap();
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&tls.server.0)
+                .arg("--key-file")
+                .arg(&tls.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", &m.name, "--data-dir"])
             .arg(self.dir.path().join(&m.name))
             .args(["--listen-client-urls", &m.client_url()])
@@ -157,7 +204,16 @@ impl Etcd {
     }
 
     fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Option<String> {
-        let out = Command::new("etcdctl")
+        let mut ctl = Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            ctl.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client.0)
+                .arg("--key")
+                .arg(&tls.client.1);
+        }
+        let out = ctl
             .env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",

@@ -11,12 +11,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ClusterError;
-use super::etcd::Etcd;
+use super::etcd::{Etcd, get_op, pb, put_op, unchanged_since};
 use super::membership::prefix;
 
 /// Where a call for a uid is served.
@@ -135,24 +134,26 @@ impl Directory {
         let value = serde_json::to_vec(&record).map_err(ClusterError::Encode)?;
         let answer = self
             .etcd
-            .call("claim a session", |mut c| {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]);
-                async move { c.txn(txn).await }
+            .call("claim a session", |c| {
+                let (when, then) = (unchanged_since(&key, 0), put_op(&key, value.clone()));
+                let otherwise = get_op(&key);
+                async move { c.txn(vec![when], vec![then], vec![otherwise]).await }
             })
             .await?;
-        if answer.succeeded() {
+        if answer.succeeded {
             return Ok(None);
         }
-        let held = answer.op_responses().into_iter().find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
-            _ => None,
-        });
+        let held = answer
+            .responses
+            .into_iter()
+            .find_map(|op| match op.response {
+                Some(pb::response_op::Response::ResponseRange(g)) => g
+                    .kvs
+                    .into_iter()
+                    .next()
+                    .map(|kv| (kv.value, kv.mod_revision)),
+                _ => None,
+            });
         Ok(Some(
             held.map_or(Route::Here(None), |(v, r)| self.route_of(&v, r)),
         ))
@@ -168,15 +169,15 @@ impl Directory {
         let key = self.key(uid);
         let answer = self
             .etcd
-            .call("find a session", |mut c| {
+            .call("find a session", |c| {
                 let key = key.clone();
-                async move { c.get(key, None).await }
+                async move { c.get(key, false).await }
             })
             .await?;
         Ok(answer
-            .kvs()
+            .kvs
             .first()
-            .map(|kv| self.route_of(kv.value(), kv.mod_revision())))
+            .map(|kv| self.route_of(&kv.value, kv.mod_revision)))
     }
 
     /// Like [`Directory::route`], waiting up to `grace` for a holder to
@@ -225,15 +226,15 @@ impl Directory {
         for _ in 0..8 {
             let now = self
                 .etcd
-                .call("read a session's record", |mut c| {
+                .call("read a session's record", |c| {
                     let key = key.clone();
-                    async move { c.get(key, None).await }
+                    async move { c.get(key, false).await }
                 })
                 .await?;
-            let (mut record, revision) = match now.kvs().first() {
+            let (mut record, revision) = match now.kvs.first() {
                 Some(kv) => (
-                    serde_json::from_slice(kv.value()).unwrap_or_else(|_| self.me.clone()),
-                    kv.mod_revision(),
+                    serde_json::from_slice(&kv.value).unwrap_or_else(|_| self.me.clone()),
+                    kv.mod_revision,
                 ),
                 None => (self.me.clone(), 0),
             };
@@ -275,23 +276,21 @@ impl Directory {
         let value = serde_json::to_vec(record).map_err(ClusterError::Encode)?;
         let answer = self
             .etcd
-            .call(what, |mut c| {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-                    .and_then([TxnOp::put(key, value.clone(), None)]);
-                async move { c.txn(txn).await }
+            .call(what, |c| {
+                let (when, then) = (unchanged_since(key, revision), put_op(key, value.clone()));
+                async move { c.txn(vec![when], vec![then], Vec::new()).await }
             })
             .await?;
-        Ok(answer.succeeded())
+        Ok(answer.succeeded)
     }
 
     /// `release` at the holder: the uid is no longer held.
     pub(crate) async fn forget(&self, uid: &str) -> Result<(), ClusterError> {
         let key = self.key(uid);
         self.etcd
-            .call("forget a session", |mut c| {
+            .call("forget a session", |c| {
                 let key = key.clone();
-                async move { c.delete(key, None).await }
+                async move { c.delete(key).await }
             })
             .await?;
         Ok(())

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{GetOptions, PutOptions};
 use tracing::debug;
 
 use super::ClusterError;
@@ -52,12 +51,9 @@ pub(crate) async fn publish(
 
 async fn put(etcd: &Etcd, key: &str, (load, lease): (Load, i64)) -> Result<(), ClusterError> {
     let value = serde_json::to_vec(&load).map_err(ClusterError::Encode)?;
-    etcd.call("publish this node's load", |mut c| {
+    etcd.call("publish this node's load", |c| {
         let (key, value) = (key.to_owned(), value.clone());
-        async move {
-            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
-        }
+        async move { c.put(key, value, lease).await }
     })
     .await?;
     Ok(())
@@ -71,17 +67,18 @@ pub(crate) async fn read(
 ) -> Result<BTreeMap<String, Load>, ClusterError> {
     let prefix = load_prefix(cluster);
     let answer = etcd
-        .call("read the nodes' load", |mut c| {
+        .call("read the nodes' load", |c| {
             let prefix = prefix.clone();
-            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            async move { c.get(prefix, true).await }
         })
         .await?;
     Ok(answer
-        .kvs()
+        .kvs
         .iter()
         .filter_map(|kv| {
-            let node = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
-            Some((node, serde_json::from_slice(kv.value()).ok()?))
+            let key = std::str::from_utf8(&kv.key).ok()?;
+            let node = key.strip_prefix(&prefix)?.to_owned();
+            Some((node, serde_json::from_slice(&kv.value).ok()?))
         })
         .collect())
 }

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::ClusterError;
-use super::etcd::Etcd;
+use super::etcd::{Client, Etcd, EtcdError, pb};
 use super::options::ClusterSettings;
 
 /// What a node says about itself in etcd.
@@ -88,14 +87,17 @@ fn nodes_prefix(cluster: &str) -> String {
 }
 
 /// Bounds an etcd call: its error, or a timeout, names what was tried.
-pub(crate) async fn bounded<T>(
+pub(crate) async fn bounded<T, E: Into<EtcdError>>(
     what: &'static str,
     timeout: Duration,
-    call: impl Future<Output = Result<T, etcd_client::Error>>,
+    call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ClusterError> {
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(ClusterError::Call { what, source }),
+        Ok(Err(source)) => Err(ClusterError::Call {
+            what,
+            source: source.into(),
+        }),
         Err(_) => Err(ClusterError::Timeout {
             what,
             after: timeout,
@@ -153,31 +155,28 @@ impl Registration {
         let key = self.key();
         let old = self
             .etcd
-            .call("read this node's key", |mut c| {
+            .call("read this node's key", |c| {
                 let key = key.clone();
-                async move { c.get(key, None).await }
+                async move { c.get(key, false).await }
             })
             .await?;
-        if !old.kvs().is_empty() {
+        if !old.kvs.is_empty() {
             warn!(node = %self.record.node, "this node name was registered already (a previous run, or another s2cs with the same --node); taking it over");
         }
         let ttl = self.settings.lease_ttl.as_secs().max(2) as i64;
         let lease = self
             .etcd
-            .call("grant a lease", |mut c| async move {
-                c.lease_grant(ttl, None).await
-            })
+            .call("grant a lease", |c| async move { c.lease_grant(ttl).await })
             .await?;
         let value = serde_json::to_vec(&self.record).map_err(ClusterError::Encode)?;
-        let id = lease.id();
+        let id = lease.id;
         self.etcd
-            .call("register this node", |mut c| {
+            .call("register this node", |c| {
                 let (key, value) = (key.clone(), value.clone());
-                let options = PutOptions::new().with_lease(id);
-                async move { c.put(key, value, Some(options)).await }
+                async move { c.put(key, value, id).await }
             })
             .await?;
-        self.lease.store(lease.id(), Ordering::Relaxed);
+        self.lease.store(id, Ordering::Relaxed);
         info!(cluster = %self.settings.cluster, node = %self.record.node, ttl_s = ttl, "registered in the cluster");
         Ok(())
     }
@@ -203,8 +202,8 @@ impl Registration {
     async fn keep_alive(&mut self) -> ClusterError {
         let t = self.settings.timeout;
         let lease = self.lease.load(Ordering::Relaxed);
-        let mut client = self.etcd.client();
-        let (mut keeper, mut answers) =
+        let client = self.etcd.client();
+        let (keeper, mut answers) =
             match bounded("keep the lease alive", t, client.lease_keep_alive(lease)).await {
                 Ok(k) => k,
                 Err(e) => return e,
@@ -215,7 +214,7 @@ impl Registration {
                 return e;
             }
             match bounded("renew the lease", t, answers.message()).await {
-                Ok(Some(a)) if a.ttl() > 0 => {}
+                Ok(Some(a)) if a.ttl > 0 => {}
                 Ok(_) => return ClusterError::LeaseExpired,
                 Err(e) => return e,
             }
@@ -226,7 +225,7 @@ impl Registration {
     /// Leaves the cluster at once (graceful stop): the lease is revoked, so
     /// the other nodes see this one go now rather than after its TTL.
     pub(crate) async fn leave(etcd: &Etcd, lease: i64) {
-        let revoke = etcd.call("revoke the lease", |mut c| async move {
+        let revoke = etcd.call("revoke the lease", |c| async move {
             c.lease_revoke(lease).await
         });
         match revoke.await {
@@ -247,8 +246,8 @@ impl Registration {
 pub(crate) async fn watch_members(etcd: Etcd, settings: ClusterSettings, members: Arc<Members>) {
     let prefix = nodes_prefix(&settings.cluster);
     loop {
-        let mut client = etcd.client();
-        if let Err(e) = watch_once(&mut client, &prefix, settings.timeout, &members).await {
+        let client = etcd.client();
+        if let Err(e) = watch_once(&client, &prefix, settings.timeout, &members).await {
             warn!(error = %e, "watching the cluster's nodes failed; watching again");
             etcd.rotate();
         }
@@ -257,34 +256,30 @@ pub(crate) async fn watch_members(etcd: Etcd, settings: ClusterSettings, members
 }
 
 async fn watch_once(
-    client: &mut Client,
+    client: &Client,
     prefix: &str,
     timeout: Duration,
     members: &Members,
 ) -> Result<(), ClusterError> {
-    let all = GetOptions::new().with_prefix();
     let now = bounded(
         "read the cluster's nodes",
         timeout,
-        client.get(prefix, Some(all)),
+        client.get(prefix, true),
     )
     .await?;
     let nodes = now
-        .kvs()
+        .kvs
         .iter()
-        .filter_map(|kv| serde_json::from_slice::<NodeRecord>(kv.value()).ok())
+        .filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok())
         .map(|r| (r.node.clone(), r))
         .collect();
     members.set(nodes);
     info!(nodes = ?members.names(), "cluster nodes");
-    let revision = now.header().map(|h| h.revision()).unwrap_or(0);
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
+    let revision = now.header.map(|h| h.revision).unwrap_or(0);
     let mut stream = bounded(
         "watch the cluster's nodes",
         timeout,
-        client.watch(prefix, Some(options)),
+        client.watch(prefix, true, revision + 1),
     )
     .await?;
     while let Some(answer) = stream
@@ -295,7 +290,7 @@ async fn watch_once(
             source,
         })?
     {
-        for event in answer.events() {
+        for event in &answer.events {
             apply(members, prefix, event);
         }
     }
@@ -303,13 +298,14 @@ async fn watch_once(
 }
 
 /// One change of the nodes' keys, applied to `members` (joins and leaves logged).
-fn apply(members: &Members, prefix: &str, event: &etcd_client::Event) {
-    let Some(kv) = event.kv() else {
+fn apply(members: &Members, prefix: &str, event: &pb::Event) {
+    let Some(kv) = &event.kv else {
         return;
     };
-    let name = kv.key_str().unwrap_or_default().trim_start_matches(prefix);
-    match event.event_type() {
-        EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
+    let key = String::from_utf8_lossy(&kv.key);
+    let name = key.trim_start_matches(prefix);
+    match event.r#type() {
+        pb::event::EventType::Put => match serde_json::from_slice::<NodeRecord>(&kv.value) {
             Ok(r) => {
                 if members.put(r) {
                     info!(node = %name, nodes = ?members.names(), "a node joined the cluster");
@@ -317,7 +313,7 @@ fn apply(members: &Members, prefix: &str, event: &etcd_client::Event) {
             }
             Err(e) => warn!(node = %name, error = %e, "a node's record is not readable; ignored"),
         },
-        EventType::Delete => {
+        pb::event::EventType::Delete => {
             if members.remove(name) {
                 info!(node = %name, nodes = ?members.names(), "a node left the cluster (it stopped, or its lease expired)");
             }

@@ -32,7 +32,7 @@ pub enum ClusterError {
         /// What was being done.
         what: &'static str,
         /// Why.
-        source: etcd_client::Error,
+        source: etcd::EtcdError,
     },
     /// etcd did not answer in time (quorum lost, or unreachable).
     #[error("etcd: cannot {what}: no answer within {after:?} (is etcd up, with a quorum?)")]
@@ -42,6 +42,11 @@ pub enum ClusterError {
         /// The bound (`--etcd-timeout`).
         after: Duration,
     },
+    /// etcd over TLS did not answer a node that has no client certificate.
+    #[error(
+        "{0}; if etcd asks its clients for certificates (etcd --client-cert-auth), give this node's with --etcd-cert and --etcd-key"
+    )]
+    NoClientCertificate(Box<ClusterError>),
     /// This node's lease expired before it was renewed.
     #[error("etcd: this node's lease expired before it was renewed")]
     LeaseExpired,

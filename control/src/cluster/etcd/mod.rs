@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+mod client;
+
+use client::EtcdTls;
+pub(crate) use client::{Client, EtcdError, get_op, pb, put_op, unchanged_since};
 
 use super::ClusterError;
 use super::options::ClusterSettings;
@@ -35,28 +38,37 @@ impl Etcd {
     /// shows some member answers within `--etcd-timeout`.
     pub(crate) async fn connect(settings: &ClusterSettings) -> Result<Etcd, ClusterError> {
         let t = settings.timeout;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(t)
-            .with_keep_alive(Duration::from_secs(5), t);
-        if let Some(ca) = &settings.ca {
-            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
-            if let Some((cert, key)) = &settings.identity {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            options = options.with_tls(tls);
-        }
-        let mut clients = Vec::new();
-        for endpoint in &settings.endpoints {
-            let connect = Client::connect([endpoint.as_str()], Some(options.clone()));
-            clients.push(super::membership::bounded("connect", t, connect).await?);
-        }
+        let tls = match &settings.ca {
+            Some(ca) => Some(EtcdTls {
+                ca_pem: read(ca)?,
+                identity_pem: match &settings.identity {
+                    Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
+        let clients = settings
+            .endpoints
+            .iter()
+            .map(|url| Client::lazy(url, tls.as_ref(), t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ClusterError::Call {
+                what: "connect",
+                source,
+            })?;
         let etcd = Etcd {
             clients: clients.into(),
             preferred: Arc::default(),
             timeout: t,
         };
-        etcd.call("reach a member", |mut c| async move { c.status().await })
-            .await?;
+        let reached = etcd.call("reach a member", |c| async move { c.status().await });
+        match reached.await {
+            Err(e) if settings.ca.is_some() && settings.identity.is_none() => {
+                return Err(ClusterError::NoClientCertificate(Box::new(e)));
+            }
+            other => other?,
+        };
         Ok(etcd)
     }
 
@@ -69,7 +81,7 @@ impl Etcd {
     ) -> Result<T, ClusterError>
     where
         F: Fn(Client) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
+        Fut: Future<Output = Result<T, EtcdError>>,
     {
         let n = self.clients.len();
         let start = self.preferred.load(Ordering::Relaxed);
