@@ -58,6 +58,23 @@ pub enum ClientError {
         /// The raw code, for programs.
         raw: tonic::Code,
     },
+    /// The outbound half of a whole tunnel failed after the inbound half
+    /// was made; the inbound half was released (unless `released` is false).
+    #[error(
+        "the instrument gateway {instrument} could not make its half of the tunnel: {cause}; {}",
+        if *released { format!("the HPC gateway's half at {hpc} was released, nothing is left behind") }
+        else { format!("releasing the half at {hpc} failed too: run s2uc release there with the uid") }
+    )]
+    SecondHalf {
+        /// The instrument gateway's `host:port`.
+        instrument: String,
+        /// The HPC gateway's `host:port`.
+        hpc: String,
+        /// Why the outbound request failed.
+        cause: Box<ClientError>,
+        /// Whether both gateways released what they held.
+        released: bool,
+    },
 }
 
 impl ClientError {
@@ -65,6 +82,7 @@ impl ClientError {
     pub fn grpc_code(&self) -> Option<tonic::Code> {
         match self {
             ClientError::Status { raw, .. } => Some(*raw),
+            ClientError::SecondHalf { cause, .. } => cause.grpc_code(),
             _ => None,
         }
     }

@@ -20,6 +20,7 @@ pub mod local;
 pub mod payload;
 pub mod pki;
 pub mod tunnel;
+pub mod whole;
 
 pub use connect::{Auth, Connection, Trust, connect};
 pub use error::ClientError;

@@ -61,6 +61,11 @@ pub(crate) enum Cmd {
     Status(StatusArgs),
     /// Close a session's listeners and connections on one gateway and free its ports.
     Release(ReleaseArgs),
+    /// Both halves of a tunnel in one command: the inbound request at the HPC
+    /// gateway, then the outbound request at the instrument gateway; with
+    /// `--run -- CMD`, held while CMD runs and released when it ends.
+    #[command(after_help = CONNECT_HELP)]
+    Connect(ConnectArgs),
     /// Run a whole tunnel on this machine (two gateways, loopback) and stream data through it.
     Demo(DemoArgs),
     /// Write a throwaway CA and gateway certificates, for trying SciStream out.
@@ -198,6 +203,73 @@ pub(crate) struct OutboundArgs {
     pub(crate) uid: String,
     /// The inbound gateway's listeners printed by inbound_request, comma-separated.
     pub(crate) inbound_listeners: String,
+}
+
+const CONNECT_HELP: &str = "\
+Examples:
+  s2uc connect --hpc hpc-gw:5000 --hpc-cert hpc.crt --inst inst-gw:5000 --inst-cert inst.crt \\
+       --remote_ip 10.0.1.5 --receiver_ports 5001 --num_conn 2
+  s2uc connect --hpc hpc-gw:5000 --hpc-cert hpc.crt --inst inst-gw:5000 --inst-cert inst.crt \\
+       --remote_ip 10.0.1.5 --receiver_ports 5001 --run -- sh -c './acquire --out \"$SCISTREAM_LISTENERS\"'
+With --run, CMD gets SCISTREAM_LISTENERS (the instrument-facing listeners, comma-separated) and
+SCISTREAM_UID in its environment; both halves are released when CMD ends, or on SIGINT/SIGTERM
+(passed on to CMD), and s2uc exits with CMD's status. When CMD ends by itself, the tunnel is
+released once its connections have closed (what CMD sent has reached the receivers), or after
+--drain-timeout. Without --run the tunnel stays up: release
+it with `s2uc release UID` at both gateways. If the instrument gateway refuses its half, the HPC
+gateway's half is released before s2uc reports the error.";
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The HPC gateway's S2CS (the inbound side, next to the receivers), HOST:PORT.
+    #[arg(long)]
+    pub(crate) hpc: String,
+    /// PEM file to verify the HPC gateway with: its certificate or its CA.
+    #[arg(
+        long = "hpc-cert",
+        alias = "hpc_cert",
+        required_unless_present = "insecure"
+    )]
+    pub(crate) hpc_cert: Option<PathBuf>,
+    /// Scope whose stored token goes to the HPC gateway (default: the
+    /// config file's map for its host; without one, no token).
+    #[arg(long = "hpc-scope", alias = "hpc_scope")]
+    pub(crate) hpc_scope: Option<String>,
+    /// The instrument gateway's S2CS (the outbound side), HOST:PORT.
+    #[arg(long)]
+    pub(crate) inst: String,
+    /// PEM file to verify the instrument gateway with.
+    #[arg(
+        long = "inst-cert",
+        alias = "inst_cert",
+        required_unless_present = "insecure"
+    )]
+    pub(crate) inst_cert: Option<PathBuf>,
+    /// Scope whose stored token goes to the instrument gateway.
+    #[arg(long = "inst-scope", alias = "inst_scope")]
+    pub(crate) inst_scope: Option<String>,
+    /// Talk to both gateways without TLS (`s2cs --insecure`, development only).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) request: RequestArgs,
+    /// Address of the host running the receivers (the analysis service).
+    #[arg(long = "remote_ip", alias = "remote-ip")]
+    pub(crate) remote_ip: String,
+    /// Receiver ports, comma-separated (5001,5002).
+    #[arg(long = "receiver_ports", alias = "receiver-ports")]
+    pub(crate) receiver_ports: String,
+    /// Hold the tunnel while the command given after `--` runs, then release it.
+    #[arg(long, requires = "command")]
+    pub(crate) run: bool,
+    /// After CMD ends, how long to wait for the tunnel's connections to
+    /// close (data still in flight reaching the receivers) before releasing
+    /// it, e.g. 30s, 2m.
+    #[arg(long = "drain-timeout", alias = "drain_timeout", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: std::time::Duration,
+    /// The command --run runs (after `--`).
+    #[arg(last = true, value_name = "CMD", requires = "run")]
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -343,4 +415,8 @@ pub(crate) fn trust(c: &ControlArgs) -> Trust {
     } else {
         Trust::Root(c.server_cert().to_owned())
     }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
 }

@@ -38,6 +38,13 @@ pub(crate) async fn run(cli: Cli) -> Result {
         Cmd::List(a) => list(&config, a, json).await,
         Cmd::Status(a) => status(&config, a, json).await,
         Cmd::Hello(a) => hello(&config, a, json).await,
+        Cmd::Connect(a) => {
+            let code = crate::connect_cmd::connect_cmd(&config, a, json).await?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         Cmd::Demo(a) => run_demo(a).await,
         Cmd::Certs(a) => certs(a, json),
     }
@@ -63,7 +70,7 @@ async fn auth(config: &ClientConfig, c: &ControlArgs) -> std::result::Result<Aut
 }
 
 impl RequestArgs {
-    fn options(&self) -> RequestOptions {
+    pub(crate) fn options(&self) -> RequestOptions {
         RequestOptions {
             num_conn: self.num_conn,
             rate_kbps: self.rate,

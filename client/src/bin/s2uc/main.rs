@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod connect_cmd;
 mod output;
 
 use std::process::ExitCode;
