@@ -53,5 +53,5 @@ fi
 
 if ((want_deb)); then
   step "building the Debian package"
-  cargo run --quiet --profile "$profile" -p scistream-dist -- deb --bin-dir "target/$outdir" --out target/debian
+  tools/deb.sh "target/$outdir" target/debian
 fi

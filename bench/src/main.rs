@@ -467,6 +467,10 @@ fn run_source(c: &Common, cfg: SourceConfig) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
+    // SCISTREAM_GENERATE=man:DIR|completions:DIR (tools/dist.sh): documentation, then exit.
+    if let Some(code) = scistream_docgen::from_env(<Cli as clap::CommandFactory>::command) {
+        return code;
+    }
     // A source or sink with thousands of connections needs a descriptor each.
     let _ = scistream_protocol::nofile::raise_nofile_limit();
     let result = match Cli::parse().command {

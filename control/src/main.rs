@@ -8,6 +8,10 @@ use scistream_control::{Config, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // SCISTREAM_GENERATE=man:DIR|completions:DIR (tools/dist.sh): documentation, then exit.
+    if let Some(code) = scistream_docgen::from_env(<Config as clap::CommandFactory>::command) {
+        return code;
+    }
     let argv = match scistream_control::config_file::merged_args(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {

@@ -247,6 +247,10 @@ fn run_sweep(a: SweepArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
 }
 
 fn main() -> ExitCode {
+    // SCISTREAM_GENERATE=man:DIR|completions:DIR (tools/dist.sh): documentation, then exit.
+    if let Some(code) = scistream_docgen::from_env(<Cli as clap::CommandFactory>::command) {
+        return code;
+    }
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {

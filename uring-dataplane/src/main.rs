@@ -8,6 +8,10 @@ use scistream_dataplane::{Config, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // SCISTREAM_GENERATE=man:DIR|completions:DIR (tools/dist.sh): documentation, then exit.
+    if let Some(code) = scistream_docgen::from_env(<Config as clap::CommandFactory>::command) {
+        return code;
+    }
     let config = Config::parse();
     // Logs name sessions by tag, with the key s2cs keeps in its state directory.
     scistream_protocol::tag::set_secret_from_env();

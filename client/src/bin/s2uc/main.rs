@@ -16,6 +16,10 @@ use serde_json::json;
 use args::Cli;
 
 fn main() -> ExitCode {
+    // SCISTREAM_GENERATE=man:DIR|completions:DIR (tools/dist.sh): documentation, then exit.
+    if let Some(code) = scistream_docgen::from_env(<Cli as clap::CommandFactory>::command) {
+        return code;
+    }
     // SciStream's client prints its version for `-v`; here `-v` is
     // verbosity, so alone (where it does nothing else) it still prints it.
     let args: Vec<String> = std::env::args().skip(1).collect();
