@@ -78,6 +78,27 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The same error with `note` added to the gateway's message (what the
+    /// client did about it).
+    pub fn with_note(self, note: &str) -> ClientError {
+        match self {
+            ClientError::Status {
+                addr,
+                rpc,
+                code,
+                message,
+                raw,
+            } => ClientError::Status {
+                addr,
+                rpc,
+                code,
+                message: format!("{message}; {note}"),
+                raw,
+            },
+            other => other,
+        }
+    }
+
     /// The gRPC code, when the server answered with one.
     pub fn grpc_code(&self) -> Option<tonic::Code> {
         match self {
@@ -100,7 +121,7 @@ pub(crate) fn classify(
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return ClientError::Tls {
                 addr: addr.into(),
-                reason: tls.to_string(),
+                reason: scistream_trust::words(tls),
                 trust: trust.into(),
             };
         }
@@ -108,7 +129,7 @@ pub(crate) fn classify(
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return ClientError::Tls {
                     addr: addr.into(),
-                    reason: tls.to_string(),
+                    reason: scistream_trust::words(tls),
                     trust: trust.into(),
                 };
             }

@@ -211,7 +211,10 @@ pub async fn inbound_request_as(
     } else {
         resp.prod_listeners.clone()
     };
-    let updated = update(conn, &uid, Role::Prod, targets).await?;
+    let updated = match update(conn, &uid, Role::Prod, targets).await {
+        Ok(u) => u,
+        Err(e) => return Err(release_after_refused_update(conn, &uid, Role::Prod, e).await),
+    };
     Ok(Tunnel {
         uid,
         role: Role::Prod,
@@ -272,7 +275,10 @@ pub async fn outbound_request(
         return Err(ClientError::Input("no inbound listeners given".into()));
     }
     let resp = req_and_hello(conn, uid, Role::Cons, Role::Cons, announce, options).await?;
-    let updated = update(conn, uid, Role::Cons, inbound_listeners).await?;
+    let updated = match update(conn, uid, Role::Cons, inbound_listeners).await {
+        Ok(u) => u,
+        Err(e) => return Err(release_after_refused_update(conn, uid, Role::Cons, e).await),
+    };
     Ok(Tunnel {
         uid: uid.to_owned(),
         role: Role::Cons,
@@ -536,13 +542,48 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
 
 /// Releases every session of `uid` on this S2CS.
 pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
+    release_role(conn, uid, None).await
+}
+
+/// Releases `uid`'s session of `role` on this S2CS (every role: `None`).
+/// Naming the role is a scistream-rs extension: SciStream's s2cs ignores it
+/// and releases every role.
+pub async fn release_role(
+    conn: &Connection,
+    uid: &str,
+    role: Option<Role>,
+) -> Result<(), ClientError> {
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
     let mut client = conn.client.clone();
+    let r = pb::Release {
+        uid: uid.into(),
+        role: role.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+    };
     client
-        .release(pb::Release { uid: uid.into() })
+        .release(r)
         .await
         .map_err(|s| conn.status_error("release", s))?;
     Ok(())
+}
+
+/// The `update` of a request this client made was refused: the session
+/// the `req` made holds its ports until the gateway's `--update-timeout`.
+/// Release it (that role only: the other end of the tunnel may live on the
+/// same gateway) and say so in the error.
+async fn release_after_refused_update(
+    conn: &Connection,
+    uid: &str,
+    role: Role,
+    refused: ClientError,
+) -> ClientError {
+    let note = match release_role(conn, uid, Some(role)).await {
+        Ok(()) => "the session this request made there was released".to_owned(),
+        Err(e) => format!(
+            "the session this request made there could not be released ({e}); it holds its ports \
+             until the gateway's --update-timeout, or `s2uc release {uid}` there"
+        ),
+    };
+    refused.with_note(&note)
 }
 
 #[cfg(test)]

@@ -196,3 +196,54 @@ fn config_file_gives_default_s2cs_and_server_cert_and_flags_win() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("server_crt"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_refused_update_releases_what_the_request_made_and_only_that_role() {
+    // One gateway holds both ends; it forwards only to 127.0.0.1:7000-7100.
+    let gw = Gw::start(None, 8, &["--allow-targets", "127.0.0.1:7000-7100"]);
+    let inbound = scistream_testkit::s2uc_json(&[
+        "inbound_request",
+        "--insecure",
+        "--s2cs",
+        &gw.control(),
+        "--remote_ip",
+        "127.0.0.1",
+        "--receiver_ports",
+        "7000",
+        "--num_conn",
+        "1",
+    ]);
+    let uid = inbound["uid"].as_str().unwrap();
+    let out = s2uc(&[
+        "outbound_request",
+        "--insecure",
+        "--s2cs",
+        &gw.control(),
+        "--num_conn",
+        "1",
+        uid,
+        "127.0.0.1:9",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    assert!(
+        err.contains("the session this request made there was released"),
+        "{err}"
+    );
+    let list = scistream_testkit::s2uc_json(&["list", "--insecure", "--s2cs", &gw.control()]);
+    let roles: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["PROD"],
+        "the inbound end stays, the refused outbound one is gone: {list}"
+    );
+    // The inbound end is released as usual.
+    let out = s2uc(&["release", "--insecure", "--s2cs", &gw.control(), uid]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -95,12 +95,18 @@ impl PeerProbe {
         let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(server_name, tcp)
             .await
-            .map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(rustls::Error::InvalidCertificate(c)) => format!(
-                    "its certificate is not trusted here ({c:?}): give its CA, or its certificate, in --peer-ca"
-                ),
-                _ => format!("TLS handshake failed: {e} (does it run with --data-tls off?)"),
-            })?;
+            .map_err(
+                |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(c @ rustls::Error::InvalidCertificate(_)) => format!(
+                        "{} (the trust file here is --peer-ca)",
+                        scistream_trust::words(c)
+                    ),
+                    Some(other) => {
+                        format!("TLS handshake failed: {}", scistream_trust::words(other))
+                    }
+                    None => format!("TLS handshake failed: {e} (does it run with --data-tls off?)"),
+                },
+            )?;
         let preamble = Preamble {
             flags: FLAG_TLS | FLAG_PROBE,
             conn_index: u16::try_from(index).unwrap_or(u16::MAX),

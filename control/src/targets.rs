@@ -115,7 +115,11 @@ pub fn check(
         return Err(refuse("that is this gateway's own metrics port".into()));
     }
     let explicit = rules.is_some_and(|r| r.iter().any(|r| r.names(&addr)));
-    if local && gateway.data_ports.contains(&addr.port()) && !explicit {
+    // This gateway's listeners bind --listener-ip: another gateway on the
+    // same host (127.0.0.2 beside 127.0.0.3) may use the same port numbers.
+    let binds_here = ip == canonical(SocketAddr::new(gateway.listener_ip, 0)).ip()
+        || (gateway.listener_ip.is_unspecified() && local);
+    if binds_here && gateway.data_ports.contains(&addr.port()) && !explicit {
         return Err(refuse(format!(
             "that is in this gateway's own data port range {}-{} (another session's listener); \
              to put both ends of a tunnel on one gateway, allow it with an explicit --allow-targets rule \
@@ -213,6 +217,35 @@ mod tests {
         assert!(m.contains("this very session"), "{m}");
         let own_any = [a("0.0.0.0:5151")];
         assert!(check(Some(&explicit), &g, "x", a("127.0.0.1:5151"), &own_any).is_err());
+    }
+
+    #[test]
+    fn another_gateway_on_this_host_may_use_the_same_port_numbers() {
+        // SciStream's tutorial: two s2cs on 127.0.0.2 and 127.0.0.3, both
+        // with data ports 5100-5200; the instrument side targets the other.
+        let inst = gw("127.0.0.3");
+        assert!(check(None, &inst, "remote listener", a("127.0.0.2:5100"), &[]).is_ok());
+        let m = refused(check(
+            None,
+            &inst,
+            "remote listener",
+            a("127.0.0.3:5100"),
+            &[],
+        ));
+        assert!(
+            m.contains("data port range"),
+            "its own address still is: {m}"
+        );
+        // Listening on every address: any local address is this gateway's.
+        let any = gw("0.0.0.0");
+        let m = refused(check(
+            None,
+            &any,
+            "remote listener",
+            a("127.0.0.2:5100"),
+            &[],
+        ));
+        assert!(m.contains("data port range"), "{m}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ async fn probe(c: &Client, authorization: Option<&str>) -> Result<(), tonic::Sta
         .release(call(
             Release {
                 uid: "no-such-session".into(),
+                ..Default::default()
             },
             authorization,
         ))
@@ -245,7 +246,13 @@ async fn update(c: &Client, who: &str, uid: &str, target: &str) -> Result<(), to
 
 async fn release(c: &Client, who: &str, uid: &str) -> Result<(), tonic::Status> {
     c.clone()
-        .release(call(Release { uid: long(uid) }, Some(who)))
+        .release(call(
+            Release {
+                uid: long(uid),
+                ..Default::default()
+            },
+            Some(who),
+        ))
         .await
         .map(|_| ())
 }

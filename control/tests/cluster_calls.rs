@@ -148,7 +148,10 @@ async fn req_hello_update_status_release_at_three_different_nodes() {
     // release at c releases it at a, and the uid is no longer held.
     cc.client
         .clone()
-        .release(pb::Release { uid: uid.clone() })
+        .release(pb::Release {
+            uid: uid.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let gone = ca
@@ -199,7 +202,10 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
     let e = cb
         .client
         .clone()
-        .release(pb::Release { uid })
+        .release(pb::Release {
+            uid,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");

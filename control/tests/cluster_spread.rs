@@ -264,7 +264,10 @@ async fn a_session_of_six_connections_spreads_over_three_nodes() {
     // release at b frees every part, on every node.
     cb.client
         .clone()
-        .release(pb::Release { uid: uid.clone() })
+        .release(pb::Release {
+            uid: uid.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     for (name, conn) in [("a", &ca), ("b", &cb), ("c", &cc)] {
@@ -601,7 +604,10 @@ async fn a_killed_holder_is_taken_over_and_the_session_can_still_be_released() {
     // release at c (passed on to b, the holder now) frees b's and c's listeners.
     cc.client
         .clone()
-        .release(pb::Release { uid: uid.clone() })
+        .release(pb::Release {
+            uid: uid.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     for l in &listeners[2..] {

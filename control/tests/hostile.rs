@@ -91,7 +91,13 @@ async fn oversized_and_random_requests_always_get_a_status() {
 
     // 1 MiB uid: over the message limit, refused with a status.
     let big = "u".repeat(1 << 20);
-    let e = c.release(Release { uid: big.clone() }).await.unwrap_err();
+    let e = c
+        .release(Release {
+            uid: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e.code(),
@@ -150,7 +156,13 @@ async fn oversized_and_random_requests_always_get_a_status() {
                 })
                 .await
                 .map(|_| ()),
-            _ => c.release(Release { uid }).await.map(|_| ()),
+            _ => c
+                .release(Release {
+                    uid,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
         };
         let code = r.err().map(|s| s.code()).unwrap_or(tonic::Code::Ok);
         assert!(
@@ -168,6 +180,7 @@ async fn oversized_and_random_requests_always_get_a_status() {
     let e = c
         .release(Release {
             uid: "still-there".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -52,7 +52,13 @@ async fn open(c: &Client, uid: &str, num_conn: i32, rate: i32) -> Result<(), ton
 }
 
 async fn release(c: &Client, uid: &str) {
-    c.clone().release(Release { uid: long(uid) }).await.unwrap();
+    c.clone()
+        .release(Release {
+            uid: long(uid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 fn refused(r: Result<(), tonic::Status>, code: Code, text: &str) {
@@ -243,6 +249,7 @@ async fn a_session_that_never_gets_its_update_is_released() {
         .clone()
         .release(Release {
             uid: long("unused"),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -572,7 +572,15 @@ async fn a_recovered_session_outside_a_stricter_policy_is_released() {
     let c = scistream_client::connect(&gw.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
-    let e = c.client.clone().release(Release { uid }).await.unwrap_err();
+    let e = c
+        .client
+        .clone()
+        .release(Release {
+            uid,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     // Its port is free again.
     assert!(std::net::TcpListener::bind(("127.0.0.1", range.0)).is_ok());
@@ -611,13 +619,24 @@ async fn a_uid_belongs_to_its_first_user_and_update_without_role_picks_theirs() 
     let e = bob
         .client
         .clone()
-        .release(Release { uid: uid.clone() })
+        .release(Release {
+            uid: uid.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // alice's update without a role (as SciStream's client sends it) works.
     update(&alice, &uid, "", &["127.0.0.1:9"]).await.unwrap();
-    alice.client.clone().release(Release { uid }).await.unwrap();
+    alice
+        .client
+        .clone()
+        .release(Release {
+            uid,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

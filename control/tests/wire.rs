@@ -136,6 +136,7 @@ async fn scistream_inbound_sequence() {
     let rel = cc
         .release(Release {
             uid: "sci-in-0123456789abcdef".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -189,6 +190,7 @@ async fn scistream_outbound_sequence_takes_the_role_from_req() {
     assert_eq!(u.prod_listeners, vec!["127.0.0.1:6000"; 3]);
     cc.release(Release {
         uid: "sci-out-0123456789abcdef".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -214,6 +216,7 @@ async fn a_hello_that_overtakes_its_req_is_held() {
     assert_eq!(h.listeners, r.listeners);
     rc.release(Release {
         uid: "early-0123456789abcdef".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -270,12 +273,14 @@ async fn both_ends_on_one_gateway_hellos_go_by_role() {
     // Release takes both.
     hc.release(Release {
         uid: "both-0123456789abcdef".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
     assert_eq!(
         hc.release(Release {
-            uid: "both-0123456789abcdef".into()
+            uid: "both-0123456789abcdef".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err()
@@ -309,7 +314,13 @@ async fn all_ports_free(c: &Client, n: i32) {
     .await;
     assert_eq!(r.unwrap().listeners.len(), n as usize);
     h.unwrap();
-    c.clone().release(Release { uid }).await.unwrap();
+    c.clone()
+        .release(Release {
+            uid,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -337,6 +348,7 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
     assert_code(
         cc.release(Release {
             uid: "ghost-0123456789abcdef".into(),
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -362,7 +374,11 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
             needle,
         );
         assert_code(
-            cc.release(Release { uid: uid.into() }).await,
+            cc.release(Release {
+                uid: uid.into(),
+                ..Default::default()
+            })
+            .await,
             Code::InvalidArgument,
             needle,
         );
@@ -469,6 +485,7 @@ async fn bad_input_gets_the_right_code_and_the_server_keeps_serving() {
     );
     cc.release(Release {
         uid: "dup-0123456789abcdef".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -499,7 +516,8 @@ async fn hello_timeout_frees_the_ports() {
     assert_eq!(
         c.clone()
             .release(Release {
-                uid: "late-0123456789abcdef".into()
+                uid: "late-0123456789abcdef".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err()

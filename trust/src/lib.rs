@@ -186,6 +186,67 @@ impl ServerCertVerifier for PinnedOrWebPki {
     }
 }
 
+/// A TLS failure in words a gateway admin can act on: what is wrong with
+/// the certificate and what to change, never a library's Debug text.
+pub fn words(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "its certificate is signed by a CA that the trust file does not hold \
+                (give that CA, or the certificate itself, in the trust file)"
+                .into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                let presented = match c {
+                    C::NotValidForNameContext { expected, presented } => format!(
+                        " (asked for {expected:?}; it names {})",
+                        if presented.is_empty() { "nothing".into() } else { presented.join(", ") }
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    "its certificate does not name the host or address it was reached at{presented}: \
+                     reissue it with that name in its subjectAltName, or connect by a name it carries"
+                )
+            }
+            C::Expired | C::ExpiredContext { .. } => "its certificate has expired: renew it".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "its certificate is not valid yet (check both hosts' clocks)".into()
+            }
+            C::Revoked => "its certificate has been revoked".into(),
+            C::BadSignature => "its certificate's signature does not verify against the CA in the trust file \
+                (a different CA of the same name?)"
+                .into(),
+            C::BadEncoding => "its certificate is not a well-formed X.509 certificate".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "its certificate is not issued for this use (extended key usage: serverAuth for a \
+                 gateway, clientAuth for a client certificate)"
+                    .into()
+            }
+            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                "its certificate is a CA certificate (CA:TRUE, as `openssl req -x509` makes) used as \
+                 the server's own: put exactly that certificate in the trust file (it is then pinned), \
+                 or issue the gateway a certificate from a CA"
+                    .into()
+            }
+            C::Other(other) if format!("{other:?}").contains("MissingOrMalformedExtensions") => {
+                "its certificate lacks required extensions (a subjectAltName with the host name or \
+                 address): reissue it with one"
+                    .into()
+            }
+            other => format!("its certificate is not trusted ({other})"),
+        },
+        rustls::Error::AlertReceived(alert) => format!(
+            "the other side refused the TLS handshake ({}): it does not trust this side's certificate, \
+             or it asked for a client certificate this side does not have",
+            format!("{alert:?}").to_lowercase()
+        ),
+        rustls::Error::NoCertificatesPresented => {
+            "no certificate was presented, though one is required".into()
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -242,6 +303,56 @@ mod tests {
             .verify_server_cert(&cert, &[], &name, &[], now)
             .unwrap_err();
         assert!(format!("{e:?}").contains("CaUsedAsEndEntity"), "{e:?}");
+        let said = words(&e);
+        assert!(
+            said.contains("CA certificate") && said.contains("trust file"),
+            "{said}"
+        );
+        assert!(!said.contains("OtherError"), "no Debug text: {said}");
+    }
+
+    #[test]
+    fn certificate_failures_are_said_in_words() {
+        // A leaf certificate (CA:FALSE) its own issuer, which the trust file lacks.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["gw.example.org".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "a leaf of no known CA");
+        let stranger = params.self_signed(&key).unwrap().der().clone();
+        let other_ca = ca_true_self_signed(&["ca.example.org"]);
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            anchors_of(&[other_ca]).roots(),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let name = ServerName::try_from("gw.example.org").unwrap();
+        let e = webpki
+            .verify_server_cert(&stranger, &[], &name, &[], UnixTime::now())
+            .unwrap_err();
+        let said = words(&e);
+        assert!(
+            said.contains("CA that the trust file does not hold"),
+            "{said}"
+        );
+        // A pinned certificate reached by a name it does not carry.
+        let cert = ca_true_self_signed(&["gw.example.org"]);
+        let v = anchors_of(std::slice::from_ref(&cert))
+            .verifier(provider())
+            .unwrap();
+        let wrong = ServerName::try_from("10.9.8.7").unwrap();
+        let e = v
+            .verify_server_cert(&cert, &[], &wrong, &[], UnixTime::now())
+            .unwrap_err();
+        let said = words(&e);
+        assert!(said.contains("does not name the host"), "{said}");
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError);
+        assert!(
+            words(&alert).contains("refused the TLS handshake (decrypterror)"),
+            "{}",
+            words(&alert)
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl<C: Unbuffered> Handshake<C> {
                     self.send_alert(fd);
                     return Err(match self.reader.diagnose() {
                         Some(d) => d.to_owned(),
-                        None => format!("TLS handshake failed: {e}"),
+                        None => format!("TLS handshake failed: {}", scistream_trust::words(&e)),
                     });
                 }
             };

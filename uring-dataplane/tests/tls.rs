@@ -494,8 +494,9 @@ fn an_untrusted_inbound_certificate_is_refused_and_named() {
                 .find(|l| l.contains("data connection refused"))
                 .unwrap();
             assert!(
-                line.contains("invalid peer certificate")
-                    && line.contains(&g.inbound_listeners[0].to_string()),
+                line.contains(
+                    "its certificate is signed by a CA that the trust file does not hold"
+                ) && line.contains(&g.inbound_listeners[0].to_string()),
                 "names the reason and the peer: {line}"
             );
             assert_eq!(stats(&mut g.outbound)[0].rejected, 1);

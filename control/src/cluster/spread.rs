@@ -303,6 +303,7 @@ pub(crate) async fn release_parts(
     for part in nodes_of(parts) {
         let r = pb::Release {
             uid: uid.to_owned(),
+            ..Default::default()
         };
         let released = if caller.is_here(part) {
             match caller.registry.release(&caller.who, r).await {

@@ -286,14 +286,32 @@ impl Registry {
         Ok(reply)
     }
 
-    /// `release`: close every session of a uid and free its ports.
+    /// `release`: close every session of a uid (only `role`'s, when the
+    /// request names one) and free its ports.
     pub async fn release(
         &self,
         who: &Identity,
         r: pb::Release,
     ) -> Result<pb::Response, ControlError> {
+        let role = match r.role.as_str() {
+            "" => None,
+            given => Some(
+                given
+                    .parse::<scistream_protocol::Role>()
+                    .map_err(|e| ControlError::InvalidArgument(format!("release: {e}")))?,
+            ),
+        };
         let uid = request::release_uid(r)?;
-        let keys = self.lock().releasable(who, &uid)?;
+        let mut keys = self.lock().releasable(who, &uid)?;
+        if let Some(role) = role {
+            keys.retain(|k| k.role == role);
+            if keys.is_empty() {
+                return Err(ControlError::NotFound(format!(
+                    "no {role} session with this uid (tag {}) to release",
+                    scistream_protocol::tag::session_tag(&uid)
+                )));
+            }
+        }
         for key in keys {
             self.remove(&key, &who.to_string(), "released", false)
                 .await?;

@@ -102,7 +102,8 @@ pub(crate) struct CheckAuthArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
     /// The S2CS to talk to, HOST:PORT [default: the config file's `s2cs`,
-    /// else localhost:5000].
+    /// else localhost:5000; for outbound_request localhost:6000, as
+    /// SciStream's client].
     #[arg(long)]
     s2cs: Option<String>,
     /// PEM file to verify the S2CS with: its certificate or its CA

@@ -65,15 +65,11 @@ fn main() -> ExitCode {
                 );
             }
             eprintln!("s2uc: {e:#}");
-            match client.and_then(|c| c.grpc_code()) {
-                Some(tonic::Code::Unauthenticated) => eprintln!(
+            if client.and_then(|c| c.grpc_code()) == Some(tonic::Code::Unauthenticated) {
+                eprintln!(
                     "  The gateway needs a valid token: run s2uc login --scope SCOPE (its scope), or pass \
                      --scope / map the gateway to its scope in ~/.config/scistream/s2uc.toml; s2uc check-auth shows what is stored."
-                ),
-                Some(tonic::Code::PermissionDenied) => eprintln!(
-                    "  Your identity is known but not allowed to do this here: ask the gateway's administrators."
-                ),
-                _ => {}
+                );
             }
             ExitCode::from(if matches!(client, Some(ClientError::Input(_))) {
                 2
