@@ -351,7 +351,17 @@ pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatu
         .sessions)
 }
 
-/// A session status as JSON, for workflow tools.
+/// A rate for people, or "n/a" when the gateway had no earlier sample.
+fn rate_or_pending(s: &pb::SessionStatus, bps: f64) -> String {
+    if s.rates_pending {
+        "n/a (first look; ask again for a rate)".into()
+    } else {
+        scistream_protocol::units::format_rate(bps)
+    }
+}
+
+/// A session status as JSON, for workflow tools (`bps_*` are null while
+/// `rates_pending`).
 pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
     serde_json::json!({
         "uid": s.uid, "tag": s.tag, "node": s.node, "role": s.role, "owner": s.owner, "phase": s.phase,
@@ -359,7 +369,9 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
         "age_ms": s.age_ms, "conns_open": s.conns_open, "conns_total": s.conns_total,
         "bytes_to_target": s.bytes_to_target, "bytes_from_target": s.bytes_from_target,
         "errors": s.errors, "rejected": s.rejected,
-        "bps_to_target": s.bps_to_target, "bps_from_target": s.bps_from_target,
+        "bps_to_target": (!s.rates_pending).then_some(s.bps_to_target),
+        "bps_from_target": (!s.rates_pending).then_some(s.bps_from_target),
+        "rates_pending": s.rates_pending,
         "connections": s.connections.iter().map(|c| serde_json::json!({
             "peer": c.peer, "target": c.target, "mode": c.mode,
             "bytes_to_target": c.bytes_to_target, "bytes_from_target": c.bytes_from_target,
@@ -477,7 +489,7 @@ pub fn total_text(t: &SessionTotal) -> String {
 
 /// A session status for people.
 pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
-    use scistream_protocol::units::{format_rate, format_size};
+    use scistream_protocol::units::format_size;
     let mut t = format!(
         "{} {} ({}, owner {}, age {} s)\n  log tag:   {}\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back\n",
         s.uid,
@@ -503,8 +515,8 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
         s.rejected,
         format_size(s.bytes_to_target),
         format_size(s.bytes_from_target),
-        format_rate(s.bps_to_target),
-        format_rate(s.bps_from_target),
+        rate_or_pending(s, s.bps_to_target),
+        rate_or_pending(s, s.bps_from_target),
     );
     if !s.node.is_empty() {
         t.push_str(&format!("  node:      {}\n", s.node));
@@ -721,6 +733,14 @@ mod udp_status_tests {
         assert_eq!(json["protocol"], "both");
         assert_eq!(json["udp"]["datagrams_to_target"], 1000);
         assert_eq!(json["udp"]["kernel_dropped"], 5);
+        // No earlier sample at the gateway: the rate is n/a, not 0.
+        let first = pb::SessionStatus {
+            rates_pending: true,
+            ..Default::default()
+        };
+        assert!(status_text(&first, false).contains("now:       n/a"));
+        assert!(status_json(&first)["bps_to_target"].is_null());
+        assert_eq!(status_json(&s)["bps_to_target"], 0.0);
         // A gateway that reports no protocol (an older release) carries TCP.
         let tcp = pb::SessionStatus::default();
         assert!(!status_text(&tcp, false).contains("udp"));

@@ -19,19 +19,22 @@ pub struct RateMemory {
 }
 
 impl RateMemory {
-    fn rates(&self, key: &SessionKey, to: u64, from: u64) -> (f64, f64) {
+    /// Bits per second each way since the previous look; `None` when there
+    /// is no previous look (first status) or it was under 0.2 s ago.
+    fn rates(&self, key: &SessionKey, to: u64, from: u64) -> Option<(f64, f64)> {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let r = match last.get(key) {
             Some(&(at, t0, f0)) if now.duration_since(at).as_secs_f64() >= 0.2 => {
                 let secs = now.duration_since(at).as_secs_f64();
-                (
+                Some((
                     to.saturating_sub(t0) as f64 * 8.0 / secs,
                     from.saturating_sub(f0) as f64 * 8.0 / secs,
-                )
+                ))
             }
-            Some(_) => return (0.0, 0.0),
-            None => (0.0, 0.0),
+            // Too soon: keep the older sample, so the next look has a base.
+            Some(_) => return None,
+            None => None,
         };
         last.insert(key.clone(), (now, to, from));
         r
@@ -74,7 +77,8 @@ pub async fn sessions(
         .into_iter()
         .map(|v| {
             let st = stats.get(&v.key).cloned().unwrap_or_default();
-            let (bps_to, bps_from) = rates.rates(&v.key, st.bytes_to_target, st.bytes_from_target);
+            let measured = rates.rates(&v.key, st.bytes_to_target, st.bytes_from_target);
+            let (bps_to, bps_from) = measured.unwrap_or_default();
             pb::SessionStatus {
                 uid: v.key.uid.clone(),
                 tag: v.key.tag(),
@@ -96,6 +100,7 @@ pub async fn sessions(
                 rejected: st.rejected,
                 bps_to_target: bps_to,
                 bps_from_target: bps_from,
+                rates_pending: measured.is_none(),
                 connections: st
                     .connections
                     .iter()

@@ -68,6 +68,10 @@ async fn status_shows_what_a_session_carried_and_only_to_its_owner() {
         .await
         .unwrap()[0];
     assert_eq!((s.role.as_str(), s.phase.as_str()), ("PROD", "forwarding"));
+    assert!(
+        s.rates_pending,
+        "the first look has no earlier sample: no rate yet, not 0"
+    );
     assert!(s.owner.contains("alice"), "{}", s.owner);
     assert_eq!(s.listeners, inbound.listeners);
     assert_eq!(s.rate_kbps, 50_000_000);
@@ -94,6 +98,7 @@ async fn status_shows_what_a_session_carried_and_only_to_its_owner() {
         .await
         .unwrap()[0];
     assert!(s.bps_to_target > 0.0, "{}", s.bps_to_target);
+    assert!(!s.rates_pending);
 
     // Bob sees nothing of alice's.
     let hb = scistream_client::connect(&hpc.control(), &trust, as_user(BOB))
