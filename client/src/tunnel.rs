@@ -354,7 +354,7 @@ pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatu
 /// A rate for people, or "n/a" when the gateway had no earlier sample.
 fn rate_or_pending(s: &pb::SessionStatus, bps: f64) -> String {
     if s.rates_pending {
-        "n/a (first look; ask again for a rate)".into()
+        "n/a".into()
     } else {
         scistream_protocol::units::format_rate(bps)
     }
@@ -372,6 +372,9 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
         "bps_to_target": (!s.rates_pending).then_some(s.bps_to_target),
         "bps_from_target": (!s.rates_pending).then_some(s.bps_from_target),
         "rates_pending": s.rates_pending,
+        "last_failure": (!s.last_failure.is_empty()).then(|| serde_json::json!({
+            "reason": s.last_failure, "age_ms": s.last_failure_age_ms,
+        })),
         "connections": s.connections.iter().map(|c| serde_json::json!({
             "peer": c.peer, "target": c.target, "mode": c.mode,
             "bytes_to_target": c.bytes_to_target, "bytes_from_target": c.bytes_from_target,
@@ -491,7 +494,7 @@ pub fn total_text(t: &SessionTotal) -> String {
 pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     use scistream_protocol::units::format_size;
     let mut t = format!(
-        "{} {} ({}, owner {}, age {} s)\n  log tag:   {}\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back\n",
+        "{} {} ({}, owner {}, age {} s)\n  log tag:   {}\n  listeners: {}\n  targets:   {}\n  rate cap:  {}\n  connections: {} open, {} total, {} failed, {} refused\n  bytes:     {} to target, {} back\n  now:       {} to target, {} back{}\n",
         s.uid,
         s.role,
         s.phase,
@@ -517,9 +520,21 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
         format_size(s.bytes_from_target),
         rate_or_pending(s, s.bps_to_target),
         rate_or_pending(s, s.bps_from_target),
+        if s.rates_pending {
+            " (first look: ask again for a rate)"
+        } else {
+            ""
+        },
     );
     if !s.node.is_empty() {
         t.push_str(&format!("  node:      {}\n", s.node));
+    }
+    if !s.last_failure.is_empty() {
+        t.push_str(&format!(
+            "  last failure: {} ({} s ago)\n",
+            s.last_failure,
+            s.last_failure_age_ms / 1000
+        ));
     }
     if protocol_name(s) != "tcp" {
         t.push_str(&format!(

@@ -101,6 +101,12 @@ pub async fn sessions(
                 bps_to_target: bps_to,
                 bps_from_target: bps_from,
                 rates_pending: measured.is_none(),
+                last_failure: st
+                    .last_failure
+                    .as_ref()
+                    .map(|f| f.reason.clone())
+                    .unwrap_or_default(),
+                last_failure_age_ms: st.last_failure.as_ref().map_or(0, |f| f.age_ms),
                 connections: st
                     .connections
                     .iter()

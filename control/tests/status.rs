@@ -195,3 +195,70 @@ fn s2uc_status_watch_refreshes_until_the_session_is_gone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&uid) || err.contains("no session"), "{err}");
 }
+
+/// The HPC side's receiver is down: the instrument's stream is refused, and
+/// the instrument gateway's status says why (not only the HPC gateway's log).
+#[test]
+fn a_stream_refused_for_a_dead_receiver_is_reported_to_the_instrument_side() {
+    use std::io::Read;
+    let pki = Pki::new();
+    let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &[]);
+    let inst = Gw::start(Some(pki.gateway("inst")), 4, &[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let t = scistream_testkit::s2uc_tunnel(&hpc, &inst, Some(&pki.ca), "127.0.0.1", dead_port, 1);
+    let mut c = TcpStream::connect(&t.outbound[0]).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"frames");
+    // The instrument's connection is closed: the tunnel could not carry it.
+    assert!(matches!(c.read(&mut [0u8; 8]), Ok(0) | Err(_)));
+    let ca = pki.ca.to_str().unwrap();
+    let status_at = |gw: &Gw| {
+        let v = s2uc_json(&[
+            "status",
+            "--s2cs",
+            &gw.control(),
+            "--server_cert",
+            ca,
+            &t.uid,
+        ]);
+        v["sessions"][0]["last_failure"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = status_at(&inst);
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = status_at(&inst);
+    }
+    assert!(
+        seen.contains("the inbound gateway refused the connection")
+            && seen.contains("receiver could not be reached"),
+        "instrument side: {seen:?}"
+    );
+    let hpc_side = status_at(&hpc);
+    assert!(
+        hpc_side.contains(&format!(
+            "the receiver 127.0.0.1:{dead_port} could not be reached"
+        )),
+        "HPC side: {hpc_side:?}"
+    );
+    // And in words for people.
+    let out = scistream_testkit::s2uc(&[
+        "status",
+        "--s2cs",
+        &inst.control(),
+        "--server_cert",
+        ca,
+        &t.uid,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("last failure: ")
+            && text.contains("the inbound gateway refused the connection"),
+        "{text}"
+    );
+}

@@ -263,6 +263,28 @@ pub struct SessionStats {
     /// UDP flows and datagrams, when the session carries UDP.
     #[serde(default)]
     pub udp: UdpStats,
+    /// Why the latest connection of the session failed or was refused.
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+}
+
+/// Why a connection failed, and how long ago.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// In words (no uid, no secret).
+    pub reason: String,
+    /// Milliseconds since it happened.
+    pub age_ms: u64,
+}
+
+impl Failure {
+    /// The more recent of two failures.
+    pub fn latest(a: Option<Failure>, b: Option<Failure>) -> Option<Failure> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.age_ms < a.age_ms { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A session's UDP counters on one gateway. "To target" is the direction

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use scistream_protocol::Target;
 use scistream_protocol::handoff::{
-    self, Command, DataChannel, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome, Request,
-    SessionKey, SessionSpec, SessionStats,
+    self, Command, DataChannel, Failure, FromDataPlane, HANDOFF_VERSION, HandoffError, Outcome,
+    Request, SessionKey, SessionSpec, SessionStats,
 };
 use tracing::{debug, info, warn};
 
@@ -397,6 +397,7 @@ impl DataPlane {
                 m.errors += s.errors;
                 m.rejected += s.rejected;
                 m.key_updates += s.key_updates;
+                m.last_failure = Failure::latest(m.last_failure.take(), s.last_failure);
                 m.connections.extend(s.connections);
             }
         }

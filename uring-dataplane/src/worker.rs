@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use scistream_protocol::Target;
-use scistream_protocol::handoff::{ConnStats, MAX_LISTED_CONNECTIONS, SessionKey, SessionStats};
+use scistream_protocol::handoff::{
+    ConnStats, Failure, MAX_LISTED_CONNECTIONS, SessionKey, SessionStats,
+};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
@@ -171,6 +173,25 @@ pub struct Counters {
     pub(crate) errors: std::cell::Cell<u64>,
     pub(crate) rejected: std::cell::Cell<u64>,
     pub(crate) key_updates: std::cell::Cell<u64>,
+    /// Why the session's latest connection failed or was refused, and when.
+    pub(crate) last_failure: std::cell::RefCell<Option<(Instant, String)>>,
+}
+
+impl Counters {
+    /// Notes why a connection of the session failed (shown in its status).
+    pub(crate) fn failed(&self, why: impl Into<String>) {
+        *self.last_failure.borrow_mut() = Some((Instant::now(), why.into()));
+    }
+
+    fn last_failure(&self) -> Option<Failure> {
+        self.last_failure
+            .borrow()
+            .as_ref()
+            .map(|(at, why)| Failure {
+                reason: why.clone(),
+                age_ms: at.elapsed().as_millis() as u64,
+            })
+    }
 }
 
 pub(crate) fn bump(c: &std::cell::Cell<u64>, by: u64) {
@@ -512,6 +533,7 @@ impl Worker {
                             errors: c.errors.get(),
                             rejected: c.rejected.get(),
                             key_updates: c.key_updates.get(),
+                            last_failure: c.last_failure(),
                             connections: Vec::new(),
                             udp: Default::default(),
                         };

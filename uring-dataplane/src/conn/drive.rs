@@ -91,6 +91,7 @@ impl Conn {
     /// (anyone can cause them).
     pub(crate) fn refuse(&self, worker: usize, reason: &str) -> Next {
         bump(&self.counters.rejected, 1);
+        self.counters.failed(reason);
         let verdict = REFUSALS.check(Instant::now());
         if verdict.suppressed_before > 0 {
             warn!(
@@ -155,6 +156,13 @@ impl Conn {
                     }
                 }
                 bump(&self.counters.errors, 1);
+                self.counters.failed(match inbound {
+                    Some(_) => format!(
+                        "the receiver {} could not be reached: {e}",
+                        self.target_addr
+                    ),
+                    None => format!("the target {} could not be reached: {e}", self.target_addr),
+                });
                 warn!(worker = ctx.worker, session = %self.key, peer = %self.peer, target = %self.target_addr, error = %e, "target refused or unreachable; closing the client");
                 if let Some(mut inbound) = inbound {
                     let _ = inbound.answer(self.client.as_fd(), Some(Refusal::ReceiverUnreachable));
@@ -310,6 +318,10 @@ impl Conn {
             }
             Err(e) => {
                 bump(&self.counters.errors, 1);
+                self.counters.failed(format!(
+                    "the receiver {} could not be reached: {e}",
+                    self.target_addr
+                ));
                 warn!(worker = ctx.worker, session = %self.key, target = %self.target_addr, error = %e, "cannot connect to the receiver");
                 let _ = inbound.answer(self.client.as_fd(), Some(Refusal::ReceiverUnreachable));
                 Next::Close { reset: true }
