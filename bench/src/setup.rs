@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scistream_client::local::{GatewayOptions, LocalGateway};
 use scistream_client::{Auth, RequestOptions, Trust};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use serde::Serialize;
 
 use crate::compare::topology::Env;
@@ -124,7 +124,7 @@ pub fn run(plan: &SetupPlan) -> Result<SetupReport, String> {
     let s2cs = env
         .s2cs
         .clone()
-        .or_else(|| scistream_client::local::sibling_binary("s2cs"))
+        .or_else(|| scistream_local::gateway::sibling_binary("s2cs"))
         .ok_or("s2cs not found next to s2bench; build the workspace or pass --s2cs-bin")?;
     let span = u16::try_from(pairs * conns + 10).map_err(|_| "too many pairs x conns")?;
     let gateway = |name: &str, first: u16, more: &[String]| GatewayOptions {

@@ -159,7 +159,7 @@ impl Body {
     /// A body of `size` (≥ 8) bytes.
     pub fn new(size: usize, seed: u64) -> Self {
         let mut bytes = vec![0u8; size.max(MIN_MSG)];
-        scistream_client::payload::Generator::new(seed).fill(&mut bytes);
+        scistream_local::payload::Generator::new(seed).fill(&mut bytes);
         let check = payload_check(&bytes);
         Body { bytes, check }
     }

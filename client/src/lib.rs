@@ -13,12 +13,7 @@
 pub mod auth;
 pub mod config;
 pub mod connect;
-pub mod demo;
-pub mod demo_udp;
 pub mod error;
-pub mod local;
-pub mod payload;
-pub mod pki;
 pub mod tunnel;
 pub mod whole;
 

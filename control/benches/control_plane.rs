@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use scistream_client::local::{GatewayOptions, LocalGateway, sibling_binary};
 use scistream_client::{Auth, RequestOptions, Trust};
+use scistream_local::gateway::{GatewayOptions, LocalGateway, sibling_binary};
 
 fn round_trip(c: &mut Criterion) {
     let Some(s2cs) = sibling_binary("s2cs") else {
@@ -17,9 +17,9 @@ fn round_trip(c: &mut Criterion) {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = scistream_client::pki::Ca::new("bench CA").expect("CA");
+    let ca = scistream_local::pki::Ca::new("bench CA").expect("CA");
     let ca_path = dir.path().join("ca.crt");
-    scistream_client::pki::write_file(&ca_path, &ca.cert_pem(), false).expect("write CA");
+    scistream_local::pki::write_file(&ca_path, &ca.cert_pem(), false).expect("write CA");
     let cert = ca
         .issue(&["localhost", "127.0.0.1"])
         .expect("cert")

@@ -79,7 +79,7 @@ fn new_connection_echoes(entry: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_data_certificate_and_peer_ca_without_dropping_connections() {
-    use scistream_client::pki::Ca;
+    use scistream_local::pki::Ca;
     use scistream_testkit::{EchoServer, s2uc_tunnel};
 
     let pki = Pki::new();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
-use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use scistream_protocol::pb;
 use scistream_testkit::{DigestReceiver, Gw, Pki, bin, port_range, s2uc, send_stream, strings};
 

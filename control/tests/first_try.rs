@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use scistream_testkit::{DigestReceiver, bin, port_range, s2uc, send_stream, strings};
 
 /// `openssl req -x509` as SciStream's docs have it, for `ip`.
@@ -115,7 +115,7 @@ fn scistreams_tutorial_on_127_0_0_2_and_127_0_0_3_works_the_first_time() {
         out.status.success(),
         "outbound_request failed on the first try: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        scistream_client::local::log_tail(&dir.path().join("s2cs-127.0.0.3.log"), 20)
+        scistream_local::gateway::log_tail(&dir.path().join("s2cs-127.0.0.3.log"), 20)
     );
     let outbound: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entry = strings(&outbound, "listeners")[0].clone();

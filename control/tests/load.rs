@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use scistream_client::local::{GatewayOptions, LocalGateway};
 use scistream_client::{Auth, RequestOptions, Trust};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use scistream_testkit::{DigestReceiver, Pki, bin, refused};
 
 const PAIRS: usize = 200;

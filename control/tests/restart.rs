@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustix::process::Signal;
-use scistream_client::local::{GatewayOptions, LocalGateway};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use scistream_testkit::{
     DigestReceiver, Pki, bin, port_range, refused, s2uc, s2uc_json, s2uc_tunnel_at, send_stream,
 };

@@ -104,7 +104,7 @@ fn state_on_disk_is_private_even_under_umask_000() {
     let state = work.path().join("state");
     let (cert, key) = pki.gateway("hpc");
     let gw =
-        scistream_client::local::LocalGateway::start(&scistream_client::local::GatewayOptions {
+        scistream_local::gateway::LocalGateway::start(&scistream_local::gateway::GatewayOptions {
             s2cs_bin: wrapper,
             listener_ip: "127.0.0.1".parse().unwrap(),
             port_range: scistream_testkit::port_range(4),
@@ -212,7 +212,7 @@ fn a_data_plane_of_another_user_is_never_adopted() {
     std::fs::rename(&fake_socket, state.join("s2ds.sock")).unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let gw =
-        scistream_client::local::LocalGateway::start(&scistream_client::local::GatewayOptions {
+        scistream_local::gateway::LocalGateway::start(&scistream_local::gateway::GatewayOptions {
             s2cs_bin: bin("s2cs"),
             listener_ip: "127.0.0.1".parse().unwrap(),
             port_range: scistream_testkit::port_range(4),
@@ -512,7 +512,7 @@ async fn a_recovered_session_outside_a_stricter_policy_is_released() {
             "--drain-timeout=1s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        scistream_client::local::LocalGateway::start(&scistream_client::local::GatewayOptions {
+        scistream_local::gateway::LocalGateway::start(&scistream_local::gateway::GatewayOptions {
             s2cs_bin: bin("s2cs"),
             listener_ip: "127.0.0.1".parse().unwrap(),
             port_range: range,

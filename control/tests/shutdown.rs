@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use scistream_client::payload::{Digest, Generator};
+use scistream_local::payload::{Digest, Generator};
 use scistream_testkit::{DigestReceiver, Gw, Pki, refused, s2uc_tunnel};
 
 /// A tunnel whose outbound gateway gets `inst_args`.

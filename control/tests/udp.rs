@@ -603,9 +603,9 @@ fn gateway_options(
     pki: &Pki,
     name: &str,
     dir: &std::path::Path,
-) -> scistream_client::local::GatewayOptions {
+) -> scistream_local::gateway::GatewayOptions {
     let (cert, key) = pki.gateway(name);
-    scistream_client::local::GatewayOptions {
+    scistream_local::gateway::GatewayOptions {
         s2cs_bin: scistream_testkit::bin("s2cs"),
         listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         port_range: scistream_testkit::port_range(8),
@@ -617,15 +617,15 @@ fn gateway_options(
 }
 
 fn start_gen(
-    o: &scistream_client::local::GatewayOptions,
+    o: &scistream_local::gateway::GatewayOptions,
     n: usize,
-) -> scistream_client::local::LocalGateway {
+) -> scistream_local::gateway::LocalGateway {
     let mut o = o.clone();
     o.log = o.log.map(|l| l.with_extension(format!("{n}.log")));
-    scistream_client::local::LocalGateway::start(&o).unwrap()
+    scistream_local::gateway::LocalGateway::start(&o).unwrap()
 }
 
-fn log_of(gw: &scistream_client::local::LocalGateway) -> String {
+fn log_of(gw: &scistream_local::gateway::LocalGateway) -> String {
     std::fs::read_to_string(gw.log.as_ref().unwrap()).unwrap_or_default()
 }
 
@@ -780,13 +780,13 @@ async fn udp_runs_over_ipv6_too() {
         let mut o = gateway_options(&pki, name, dir.path());
         o.tls = Some(pki.gateway_for(name, &["localhost", "::1"]));
         o.listener_ip = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
-        scistream_client::local::LocalGateway::start(&o).unwrap()
+        scistream_local::gateway::LocalGateway::start(&o).unwrap()
     };
     let (hpc, inst) = (v6("hpc6"), v6("inst6"));
     let trust = Trust::Root(pki.ca.clone());
     let o = udp_options(Protocol::Both, 1, 0);
     // The control services listen on ::1 too.
-    let at = |gw: &scistream_client::local::LocalGateway| {
+    let at = |gw: &scistream_local::gateway::LocalGateway| {
         let control = gw.control();
         let port = control.rsplit(':').next().unwrap().to_owned();
         format!("[::1]:{port}")

@@ -21,16 +21,16 @@ use std::thread::JoinHandle;
 
 use std::time::Duration;
 
-pub use scistream_client::local::{GatewayOptions, LocalGateway};
+pub use scistream_local::gateway::{GatewayOptions, LocalGateway};
 
-use scistream_client::payload::{Digest, Generator};
+use scistream_local::payload::{Digest, Generator};
 
-use scistream_client::pki::Ca;
+use scistream_local::pki::Ca;
 
 /// A built binary of this workspace (`s2cs`, `s2ds`, `s2uc`, ...).
 /// `cargo test --workspace` builds them all before running any test.
 pub fn bin(name: &str) -> PathBuf {
-    scistream_client::local::sibling_binary(name).unwrap_or_else(|| {
+    scistream_local::gateway::sibling_binary(name).unwrap_or_else(|| {
         panic!("{name} is not built next to the test executable; run `cargo build --workspace` (cargo test --workspace builds it)")
     })
 }
@@ -80,7 +80,7 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca_inner = Ca::new("test CA").unwrap();
         let ca = dir.path().join("ca.crt");
-        scistream_client::pki::write_file(&ca, &ca_inner.cert_pem(), false).unwrap();
+        scistream_local::pki::write_file(&ca, &ca_inner.cert_pem(), false).unwrap();
         Pki { dir, ca, ca_inner }
     }
 
@@ -110,7 +110,7 @@ impl Pki {
     pub fn stranger_ca(&self) -> PathBuf {
         let other = Ca::new("someone else").unwrap();
         let p = self.dir.path().join("stranger-ca.crt");
-        scistream_client::pki::write_file(&p, &other.cert_pem(), false).unwrap();
+        scistream_local::pki::write_file(&p, &other.cert_pem(), false).unwrap();
         p
     }
 }

@@ -6,8 +6,8 @@ use std::any::Any;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use scistream_client::local::{GatewayOptions, LocalGateway};
 use scistream_client::{Auth, RequestOptions, Trust};
+use scistream_local::gateway::{GatewayOptions, LocalGateway};
 use scistream_protocol::Protocol;
 
 use super::peers;
@@ -184,9 +184,9 @@ pub struct Env {
 impl Env {
     /// A working directory with throwaway certificates.
     pub fn create(dir: &Path, s2cs: Option<PathBuf>) -> Result<Env, String> {
-        let ca = scistream_client::pki::Ca::new("s2bench CA").map_err(|e| e.to_string())?;
+        let ca = scistream_local::pki::Ca::new("s2bench CA").map_err(|e| e.to_string())?;
         let ca_path = dir.join("ca.crt");
-        scistream_client::pki::write_file(&ca_path, &ca.cert_pem(), false)
+        scistream_local::pki::write_file(&ca_path, &ca.cert_pem(), false)
             .map_err(|e| e.to_string())?;
         let w = ca
             .issue(&["localhost", "127.0.0.1"])
@@ -370,7 +370,7 @@ fn start_gateway(
     let s2cs = env
         .s2cs
         .clone()
-        .or_else(|| scistream_client::local::sibling_binary("s2cs"))
+        .or_else(|| scistream_local::gateway::sibling_binary("s2cs"))
         .ok_or("s2cs not found next to s2bench; build the workspace (cargo build --release) or pass --s2cs-bin")?;
     LocalGateway::start(&GatewayOptions {
         s2cs_bin: s2cs,

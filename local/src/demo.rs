@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use scistream_protocol::units::{format_rate, format_size};
 
-use crate::connect::{Auth, Trust, connect};
-use crate::local::{GatewayOptions, LocalGateway, sibling_binary};
+use crate::gateway::{GatewayOptions, LocalGateway, sibling_binary};
 use crate::payload::{Digest, Generator};
 use crate::pki::Ca;
-use crate::tunnel::{RequestOptions, inbound_request, outbound_request, release};
+use scistream_client::connect::{Auth, Trust, connect};
+use scistream_client::tunnel::{RequestOptions, inbound_request, outbound_request, release};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -200,7 +200,7 @@ async fn run_udp(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<(
     let outcome =
         tokio::task::spawn_blocking(move || crate::demo_udp::run(&entries, service, per_flow))
             .await?;
-    let status = crate::tunnel::status(&tunnel.inst, &tunnel.uid).await;
+    let status = scistream_client::tunnel::status(&tunnel.inst, &tunnel.uid).await;
     tunnel.release().await?;
     tokio::task::spawn_blocking(move || {
         gateways.hpc.stop();
@@ -281,9 +281,9 @@ fn start_gateways(opts: &DemoOptions, work: &std::path::Path) -> anyhow::Result<
 /// The session, open on both gateways.
 struct Tunnel {
     uid: String,
-    outbound: crate::Tunnel,
-    hpc: crate::Connection,
-    inst: crate::Connection,
+    outbound: scistream_client::Tunnel,
+    hpc: scistream_client::Connection,
+    inst: scistream_client::Connection,
 }
 
 /// The two requests a user makes, through the real gRPC API.

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scistream_client::payload::{Digest, Generator};
+use scistream_local::payload::{Digest, Generator};
 use scistream_testkit::{DigestReceiver, Gw, Pki, bin, refused, s2uc};
 
 struct Gateways {

@@ -5,7 +5,8 @@ use scistream_client::auth::store::TokenStore;
 use scistream_client::config::ClientConfig;
 use scistream_client::error::ClientError;
 use scistream_client::tunnel::{parse_listeners, parse_ports, receiver_endpoints};
-use scistream_client::{Auth, Connection, RequestOptions, connect, demo};
+use scistream_client::{Auth, Connection, RequestOptions, connect};
+use scistream_local::demo;
 use serde_json::json;
 
 use crate::args::{
@@ -359,9 +360,9 @@ async fn run_demo(a: DemoArgs) -> Result {
 
 fn certs(a: CertsArgs, json: bool) -> Result {
     std::fs::create_dir_all(&a.out)?;
-    let ca = scistream_client::pki::Ca::new("scistream throwaway CA")?;
+    let ca = scistream_local::pki::Ca::new("scistream throwaway CA")?;
     let ca_path = a.out.join("ca.crt");
-    scistream_client::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
+    scistream_local::pki::write_file(&ca_path, &ca.cert_pem(), false)?;
     let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
     let mut written = Vec::new();
     for g in &a.gateways {
