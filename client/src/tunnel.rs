@@ -538,7 +538,7 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     }
     if protocol_name(s) != "tcp" {
         t.push_str(&format!(
-            "  protocol:  {}\n  udp flows: {} open, {} total, {} expired idle\n  datagrams: {} ({}) to target, {} ({}) back, {} dropped (queue full), {} dropped by the kernel (receive buffer full)\n",
+            "  protocol:  {}\n  udp flows: {} open, {} total, {} expired idle\n  datagrams: {} ({}) to target, {} ({}) back, {} dropped (flow queue full, or a new sender past --udp-max-flows), {} dropped by the kernel (receive buffer full)\n",
             protocol_name(s),
             s.udp_flows_open,
             s.udp_flows_total,
@@ -741,7 +741,7 @@ mod udp_status_tests {
         assert!(text.contains("protocol:  both"), "{text}");
         assert!(text.contains("udp flows: 2 open, 3 total"), "{text}");
         assert!(
-            text.contains("7 dropped (queue full), 5 dropped by the kernel"),
+            text.contains("7 dropped (flow queue full, or a new sender past --udp-max-flows), 5 dropped by the kernel"),
             "{text}"
         );
         let json = status_json(&s);

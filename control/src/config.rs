@@ -317,8 +317,8 @@ pub struct Config {
 
     /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics.
     /// ADDR is IP:PORT, or a bare PORT meaning 127.0.0.1:PORT. Off by
-    /// default; it shows session uids, so keep it on loopback or a
-    /// management network.
+    /// default; it names sessions by their log tags (never their uids) and
+    /// shows their traffic, so keep it on loopback or a management network.
     #[arg(long = "metrics-addr", alias = "metrics_addr", value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
 

@@ -201,6 +201,10 @@ pub(crate) struct OutboundArgs {
     #[arg(long = "receiver_ports", alias = "receiver-ports")]
     pub(crate) receiver_ports: Option<String>,
     /// The UID printed by inbound_request.
+    /// `-` reads it from standard input, `@FILE` from a file; without it,
+    /// $SCISTREAM_UID (a uid on the command line is visible to every
+    /// local user through `ps` while s2uc runs).
+    #[arg(env = "SCISTREAM_UID", value_name = "UID", hide_env_values = true)]
     pub(crate) uid: String,
     /// The inbound gateway's listeners printed by inbound_request, comma-separated.
     pub(crate) inbound_listeners: String,
@@ -278,6 +282,10 @@ pub(crate) struct ReleaseArgs {
     #[command(flatten)]
     pub(crate) control: ControlArgs,
     /// The session to release.
+    /// `-` reads it from standard input, `@FILE` from a file; without it,
+    /// $SCISTREAM_UID (a uid on the command line is visible to every
+    /// local user through `ps` while s2uc runs).
+    #[arg(env = "SCISTREAM_UID", value_name = "UID", hide_env_values = true)]
     pub(crate) uid: String,
 }
 
@@ -292,6 +300,10 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) control: ControlArgs,
     /// The session.
+    /// `-` reads it from standard input, `@FILE` from a file; without it,
+    /// $SCISTREAM_UID (a uid on the command line is visible to every
+    /// local user through `ps` while s2uc runs).
+    #[arg(env = "SCISTREAM_UID", value_name = "UID", hide_env_values = true)]
     pub(crate) uid: String,
     /// Refresh every --interval, like top (Ctrl-C to stop).
     #[arg(long)]
@@ -306,6 +318,10 @@ pub(crate) struct HelloArgs {
     #[command(flatten)]
     pub(crate) control: ControlArgs,
     /// The session announced.
+    /// `-` reads it from standard input, `@FILE` from a file; without it,
+    /// $SCISTREAM_UID (a uid on the command line is visible to every
+    /// local user through `ps` while s2uc runs).
+    #[arg(env = "SCISTREAM_UID", value_name = "UID", hide_env_values = true)]
     pub(crate) uid: String,
     /// PROD (the side with the receivers) or CONS.
     #[arg(long, default_value = "PROD")]
@@ -395,6 +411,17 @@ impl ControlArgs {
 }
 
 impl Cmd {
+    /// The uid argument of commands that take one.
+    pub(crate) fn uid_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Cmd::OutboundRequest(a) => Some(&mut a.uid),
+            Cmd::Release(a) => Some(&mut a.uid),
+            Cmd::Status(a) => Some(&mut a.uid),
+            Cmd::Hello(a) => Some(&mut a.uid),
+            _ => None,
+        }
+    }
+
     /// The control-server options of commands that talk to an S2CS.
     pub(crate) fn control_mut(&mut self) -> Option<&mut ControlArgs> {
         match self {
@@ -420,4 +447,30 @@ pub(crate) fn trust(c: &ControlArgs) -> Trust {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A uid argument as given: `-` (one line of standard input), `@FILE` (the
+/// file's first line) or the uid itself.
+pub(crate) fn resolve_uid(given: &str) -> Result<String, String> {
+    let text = match given {
+        "-" => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("UID: cannot read it from standard input: {e}"))?;
+            line
+        }
+        file if file.starts_with('@') => std::fs::read_to_string(&file[1..])
+            .map_err(|e| format!("UID: cannot read {}: {e}", &file[1..]))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        uid => return Ok(uid.to_owned()),
+    };
+    let uid = text.trim().to_owned();
+    if uid.is_empty() {
+        return Err(format!("UID: {given} gave an empty uid"));
+    }
+    Ok(uid)
 }

@@ -24,6 +24,9 @@ pub(crate) async fn run(cli: Cli) -> Result {
     if let Some(c) = cli.command.control_mut() {
         c.default_from(&config);
     }
+    if let Some(uid) = cli.command.uid_mut() {
+        *uid = crate::args::resolve_uid(uid).map_err(ClientError::Input)?;
+    }
     if let Cmd::OutboundRequest(a) = &mut cli.command {
         a.control.default_outbound();
     }
