@@ -625,7 +625,9 @@ async fn a_uid_belongs_to_its_first_user_and_update_without_role_picks_theirs() 
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // As for a uid nobody holds: nothing about alice's session is told.
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(!e.message().contains("alice"), "{e:?}");
     // alice's update without a role (as SciStream's client sends it) works.
     update(&alice, &uid, "", &["127.0.0.1:9"]).await.unwrap();
     alice
@@ -769,4 +771,91 @@ fn tls_preamble_refused(addr: &str, ca: &Path, uid: &str) -> bool {
     }
     let mut answer = [0u8; 1];
     !matches!(tls.read(&mut answer), Ok(1) if answer[0] == scistream_protocol::preamble::ACCEPTED)
+}
+
+/// Another identity's session and a uid nobody holds get the same answer to
+/// release, update and status: NOT_FOUND in the same words (the tag aside),
+/// no owner named. A req for it is still refused (PERMISSION_DENIED), since a
+/// req must fail somehow, but without naming the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_owner_learns_nothing_more_than_for_a_uid_nobody_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "alice alice-token-0123456789abcdef\nbob bob-token-0123456789abcdef00\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let gw = Gw::start(None, 8, &["--tokens-file", tokens.to_str().unwrap()]);
+    let alice = grpc(&gw, None, Some("alice-token-0123456789abcdef")).await;
+    let bob = grpc(&gw, None, Some("bob-token-0123456789abcdef00")).await;
+    let held = scistream_client::tunnel::new_uid();
+    let nobodys = scistream_client::tunnel::new_uid();
+    open(&alice, &held, "PROD", 1, &["127.0.0.1:9"])
+        .await
+        .unwrap();
+    update(&alice, &held, "PROD", &["127.0.0.1:9"])
+        .await
+        .unwrap();
+    // Each uid has its own tag; the rest of the words must not differ.
+    let answer = |r: Result<(), tonic::Status>, _uid: &str| {
+        let e = r.unwrap_err();
+        let m = e.message();
+        let untagged = match m.find("(tag ") {
+            Some(i) => {
+                let end = m[i..].find(')').map_or(m.len(), |j| i + j);
+                format!("{}(tag TAG{}", &m[..i], &m[end..])
+            }
+            None => m.to_owned(),
+        };
+        (e.code(), untagged)
+    };
+    let release = |uid: String| {
+        let mut c = bob.client.clone();
+        async move {
+            c.release(Release {
+                uid,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+        }
+    };
+    let status = |uid: String| {
+        let mut c = bob.client.clone();
+        async move {
+            c.status(scistream_protocol::pb::StatusRequest { uid })
+                .await
+                .map(drop)
+        }
+    };
+    let a = answer(release(held.clone()).await, &held);
+    let b = answer(release(nobodys.clone()).await, &nobodys);
+    assert_eq!(a, b);
+    assert_eq!(a.0, Code::NotFound);
+    let a = answer(
+        update(&bob, &held, "PROD", &["127.0.0.1:9"])
+            .await
+            .map(drop),
+        &held,
+    );
+    let b = answer(
+        update(&bob, &nobodys, "PROD", &["127.0.0.1:9"])
+            .await
+            .map(drop),
+        &nobodys,
+    );
+    assert_eq!(a, b);
+    let a = answer(status(held.clone()).await, &held);
+    let b = answer(status(nobodys.clone()).await, &nobodys);
+    assert_eq!(a, b);
+    for (_, m) in [&a, &b] {
+        assert!(!m.contains("alice"), "{m}");
+    }
+    // alice's session is untouched.
+    let s = scistream_client::tunnel::status(&alice, &held)
+        .await
+        .unwrap();
+    assert_eq!(s[0].phase, "forwarding");
 }

@@ -273,8 +273,12 @@ impl Machine {
         who: &Identity,
         hello: &HelloMsg,
     ) -> Result<Option<Recording>, ControlError> {
-        let waiting =
-            |k: &&SessionKey| k.uid == hello.uid && self.sessions[*k].phase == Phase::AwaitingHello;
+        // Only the caller's own (or, for an administrator, any): another
+        // identity's waiting request is as if none waited.
+        let waiting = |k: &&SessionKey| {
+            let s = &self.sessions[*k];
+            k.uid == hello.uid && s.phase == Phase::AwaitingHello && self.may_change(who, s)
+        };
         let key = self
             .sessions
             .keys()
@@ -285,13 +289,9 @@ impl Machine {
         let Some(key) = key else {
             return Ok(None);
         };
-        let policy = self.policy.clone();
         let Some(s) = self.sessions.get_mut(&key) else {
             return Ok(None);
         };
-        policy
-            .access
-            .check_owner(who, &s.owner, &format!("session {key}"))?;
         s.phase = Phase::RecordingHello;
         s.receivers = hello.receivers.clone();
         let mut record = record(&key, s);
@@ -306,15 +306,12 @@ impl Machine {
 
     /// Why a hello for `uid` found no session waiting (after its grace time).
     pub fn hello_unmatched(&self, uid: &str, waited: Duration) -> ControlError {
+        // The same answer whether sessions of the uid exist (their hellos
+        // came already) or not: it tells nothing of others' sessions.
         let tag = scistream_protocol::tag::session_tag(uid);
-        if self.sessions.keys().any(|k| k.uid == uid) {
-            return ControlError::FailedPrecondition(format!(
-                "every session with this uid (tag {tag}) has had its hello already"
-            ));
-        }
         ControlError::NotFound(format!(
             "no request with this uid (tag {tag}) is waiting for a hello (waited {} s); \
-             send the req first, or check the uid",
+             send the req first, check the uid, or its hello came already",
             waited.as_secs_f32()
         ))
     }
@@ -376,12 +373,11 @@ impl Machine {
             .iter()
             .filter(|(k, _)| k.uid == uid && role.is_none_or(|r| k.role == r))
             .collect();
-        let Some((first_key, first)) = of_uid.first() else {
+        // Another identity's session is answered as no session at all: a
+        // caller learns nothing of sessions that are not theirs.
+        let none = || {
             let role = role.map(|r| format!("{r} ")).unwrap_or_default();
-            return Err(ControlError::NotFound(format!(
-                "no {role}session with this uid (tag {})",
-                tag()
-            )));
+            ControlError::NotFound(format!("no {role}session with this uid (tag {})", tag()))
         };
         let mine: Vec<&SessionKey> = of_uid
             .iter()
@@ -390,8 +386,7 @@ impl Machine {
             .collect();
         match mine.as_slice() {
             [one] => Ok((*one).clone()),
-            // Theirs to change, not the caller's: name the owner.
-            [] => Err(self.not_owner(who, first_key, first)),
+            [] => Err(none()),
             _ => Err(ControlError::InvalidArgument(format!(
                 "this uid (tag {}) has both a PROD and a CONS session here; set the role",
                 tag()
@@ -401,17 +396,6 @@ impl Machine {
 
     fn may_change(&self, who: &Identity, s: &Session) -> bool {
         self.policy.access.check_owner(who, &s.owner, "").is_ok()
-    }
-
-    fn not_owner(&self, who: &Identity, key: &SessionKey, s: &Session) -> ControlError {
-        match self
-            .policy
-            .access
-            .check_owner(who, &s.owner, &format!("session {key}"))
-        {
-            Err(e) => e,
-            Ok(()) => ControlError::Internal(format!("session {key}: owner check disagrees")),
-        }
     }
 
     /// What an update of `key` is checked against: its number of
@@ -446,7 +430,10 @@ impl Machine {
     ) -> Result<(Command, Vec<OwnedFd>), ControlError> {
         let s = self.get(key)?;
         if !self.may_change(who, s) {
-            return Err(self.not_owner(who, key, s));
+            return Err(ControlError::NotFound(format!(
+                "no session with this uid (tag {})",
+                key.tag()
+            )));
         }
         let targets = scistream_protocol::target::cycle(targets, s.num_conn);
         match s.phase {
@@ -489,21 +476,20 @@ impl Machine {
     /// The keys of `uid`'s sessions that `who` may release (their own;
     /// every one for an administrator).
     pub fn releasable(&self, who: &Identity, uid: &str) -> Result<Vec<SessionKey>, ControlError> {
-        let of_uid: Vec<(&SessionKey, &Session)> =
-            self.sessions.iter().filter(|(k, _)| k.uid == uid).collect();
-        let keys: Vec<SessionKey> = of_uid
+        let keys: Vec<SessionKey> = self
+            .sessions
             .iter()
-            .filter(|(_, s)| self.may_change(who, s))
-            .map(|(k, _)| (*k).clone())
+            .filter(|(k, s)| k.uid == uid && self.may_change(who, s))
+            .map(|(k, _)| k.clone())
             .collect();
-        match (keys.is_empty(), of_uid.first()) {
-            (false, _) => Ok(keys),
-            (true, Some((k, s))) => Err(self.not_owner(who, k, s)),
-            (true, None) => Err(ControlError::NotFound(format!(
+        // Another identity's session is answered as no session at all.
+        if keys.is_empty() {
+            return Err(ControlError::NotFound(format!(
                 "no session with this uid (tag {}) to release",
                 scistream_protocol::tag::session_tag(uid)
-            ))),
+            )));
         }
+        Ok(keys)
     }
 
     /// True when session `key` is ready (hello done, no update).

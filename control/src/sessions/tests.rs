@@ -309,8 +309,19 @@ fn a_hello_before_its_req_matches_once_the_req_comes() {
     h.check();
     // A second hello for the same uid has nothing left to bind to.
     assert!(!h.hello(&k.uid).unwrap());
+    // The same answer as for a uid nobody holds: no existence oracle.
     let e = h.machine.hello_unmatched(&k.uid, Duration::from_secs(2));
-    assert_eq!(e.kind(), "failed_precondition", "{e}");
+    let none = h
+        .machine
+        .hello_unmatched("never-held-uid-0123", Duration::from_secs(2));
+    assert_eq!(e.kind(), "not_found", "{e}");
+    assert_eq!(
+        e.to_string().replace(&k.tag(), "TAG"),
+        none.to_string().replace(
+            &scistream_protocol::tag::session_tag("never-held-uid-0123"),
+            "TAG"
+        )
+    );
 }
 
 #[test]
@@ -319,10 +330,8 @@ fn the_hello_picks_the_role_it_names_and_only_its_owner_may_send_it() {
     let (p, c) = (key(3, Role::Prod), key(3, Role::Cons));
     h.req(&p, 1).unwrap();
     h.req(&c, 1).unwrap();
-    assert_eq!(
-        code(h.hello_begin("mallory", &p.uid, None)),
-        "permission_denied"
-    );
+    // Another identity's hello finds nothing waiting (as for an unknown uid).
+    assert!(!h.hello_begin("mallory", &p.uid, None).unwrap());
     assert!(h.hello_begin("alice", &c.uid, Some(Role::Cons)).unwrap());
     assert_eq!(h.machine.sessions()[&c].phase(), Phase::RecordingHello);
     assert_eq!(h.machine.sessions()[&p].phase(), Phase::AwaitingHello);
@@ -426,7 +435,8 @@ fn uids_belong_to_their_first_user_across_roles() {
         "already_exists"
     );
     h.req_as("alice", &key(9, Role::Cons), 1, 0).unwrap();
-    assert_eq!(code(h.release_as("bob", &uid(9))), "permission_denied");
+    // Another identity's session: as if there were none.
+    assert_eq!(code(h.release_as("bob", &uid(9))), "not_found");
     h.hello(&uid(9)).unwrap();
     h.hello(&uid(9)).unwrap();
     // Both roles here: an update must name one.
@@ -435,7 +445,7 @@ fn uids_belong_to_their_first_user_across_roles() {
         .unwrap();
     assert_eq!(
         code(h.update_as("bob", &uid(9), Some(Role::Prod), &[target(1)])),
-        "permission_denied"
+        "not_found"
     );
     assert_eq!(h.release_as("alice", &uid(9)).unwrap(), 2);
     h.check();
