@@ -79,7 +79,13 @@ pub fn run(
             held.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let args: &[&str] = if data_tls { &[] } else { &["--data-tls=off"] };
+    // Idle connections by the thousand through one session: past the
+    // default --max-open-conns.
+    let args: &[&str] = if data_tls {
+        &["--max-open-conns=65536"]
+    } else {
+        &["--data-tls=off", "--max-open-conns=65536"]
+    };
     let tunnel = scistream(&env, port, 4, args)?;
     let pids = s2ds_pids(&tunnel.pids);
     if pids.len() != 2 {

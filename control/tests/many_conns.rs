@@ -113,7 +113,15 @@ fn thousands_of_concurrent_connections_through_one_session() {
     eprintln!("{n} concurrent connections (RLIMIT_NOFILE soft {ours}, hard {hard})");
 
     let target = Holder::start();
-    let args = ["--data-tls", "off", "--pipe-size", "64KiB"];
+    // Far past the default --max-open-conns: this is the many-connection case.
+    let args = [
+        "--data-tls",
+        "off",
+        "--pipe-size",
+        "64KiB",
+        "--max-open-conns",
+        "65536",
+    ];
     let hpc = Gw::start(None, 4, &args);
     let inst = Gw::start(None, 4, &args);
     let t = s2uc_tunnel(&hpc, &inst, None, "127.0.0.1", target.port, 1);

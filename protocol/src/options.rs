@@ -148,6 +148,16 @@ pub struct DataPlaneOptions {
     /// port on every datagram cannot open thousands of connections, 1-65536.
     #[arg(long = "udp-max-flows", alias = "udp_max_flows", default_value = "1024", value_parser = parse_udp_flows)]
     pub udp_max_flows: usize,
+
+    /// Most TCP connections one session may have open at once on each
+    /// worker thread (a session's listeners are spread over the workers),
+    /// 1-65536. A connection accepted beyond it is reset at once, counted as
+    /// refused with the reason in the session's status, and logged (rate
+    /// limited). This bounds what a tunnel loop between two gateways (an
+    /// inbound session whose receiver is an outbound listener of a gateway
+    /// whose session targets it) can open before its owner releases it.
+    #[arg(long = "max-open-conns", alias = "max_open_conns", default_value = "1024", value_parser = parse_open_conns)]
+    pub max_open_conns: usize,
 }
 
 impl Default for DataPlaneOptions {
@@ -170,6 +180,7 @@ impl Default for DataPlaneOptions {
             udp_idle: Duration::from_secs(60),
             udp_queue: 1024,
             udp_max_flows: 1024,
+            max_open_conns: 1024,
         }
     }
 }
@@ -197,6 +208,7 @@ impl DataPlaneOptions {
             format!("--udp-idle={}", ms(self.udp_idle)),
             format!("--udp-queue={}", self.udp_queue),
             format!("--udp-max-flows={}", self.udp_max_flows),
+            format!("--max-open-conns={}", self.max_open_conns),
         ];
         if let Some(n) = self.workers {
             v.push(format!("--workers={n}"));
@@ -231,6 +243,15 @@ fn parse_udp_flows(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=65536).contains(&n) => Ok(n),
         _ => Err(format!(
             "'{s}' is not a number of flows between 1 and 65536"
+        )),
+    }
+}
+
+fn parse_open_conns(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a number of connections between 1 and 65536"
         )),
     }
 }

@@ -119,6 +119,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     })
     .map_err(StartError::Udp)?;
     let options = worker::WorkerOptions {
+        max_open_conns: config.dp.max_open_conns as u64,
         udp: udp.clone(),
         tls: tls.clone(),
         ktls: ktls_support,

@@ -99,6 +99,8 @@ pub enum WorkerCommand {
 /// Options every worker shares.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
+    /// Most TCP connections of one session open at once on this worker.
+    pub max_open_conns: u64,
     /// Size asked for each direction's pipe.
     pub pipe_size: usize,
     /// SO_SNDBUF of forwarded sockets (`None`: kernel autotuning).
@@ -162,6 +164,10 @@ fn untoken(t: Token) -> (Option<Kind>, usize, u32) {
         ((t >> 32) & 0x0fff_ffff) as u32,
     )
 }
+
+/// Connections refused past `--max-open-conns`, logged: 5 per 10 s.
+static OVER_CAP: scistream_protocol::loglimit::LogLimit =
+    scistream_protocol::loglimit::LogLimit::new(5, Duration::from_secs(10));
 
 /// Counters of one session on this worker. Plain cells: only this thread touches them.
 #[derive(Debug, Default)]
@@ -632,6 +638,9 @@ impl Worker {
                 return;
             };
             match rustix::net::accept_with(&l.fd, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                Ok(client) if l.counters.conns_open.get() >= self.options.max_open_conns => {
+                    self.refuse_over_cap(slot, client);
+                }
                 Ok(client) => self.start_conn(slot, client, None),
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
@@ -648,6 +657,24 @@ impl Worker {
         }
         if let Some(l) = self.listeners.get(slot) {
             self.again.push(token(Kind::Listener, slot, l.generation));
+        }
+    }
+
+    /// A connection past `--max-open-conns`: reset at once, counted
+    /// as refused with its reason, logged within a rate limit.
+    fn refuse_over_cap(&self, slot: usize, client: OwnedFd) {
+        let Some(l) = self.listeners.get(slot) else {
+            return;
+        };
+        set_reset_on_close(&client);
+        drop(client);
+        bump(&l.counters.rejected, 1);
+        let max = self.options.max_open_conns;
+        l.counters.failed(format!(
+            "a connection was refused: the session has {max} open on one worker, as many as --max-open-conns allows (a tunnel loop?)"
+        ));
+        if OVER_CAP.check(Instant::now()).log {
+            warn!(worker = self.id, session = %l.key, listener = l.index, max, "a connection refused: the session has as many open as --max-open-conns allows on this worker; a loop between gateways ends here");
         }
     }
 
