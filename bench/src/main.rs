@@ -141,7 +141,7 @@ struct CompareArgs {
     #[arg(long, value_enum, default_value = "s2bench")]
     load: scistream_bench::compare::Load,
     /// Extra argument for every SciStream gateway (repeatable), e.g.
-    /// --s2cs-arg=--s2ds-arg=--no-pin or --s2cs-arg=--ktls-off.
+    /// --s2cs-arg=--no-pin or --s2cs-arg=--ktls=off.
     #[arg(long = "s2cs-arg", allow_hyphen_values = true)]
     s2cs_args: Vec<String>,
     /// etcd's client URL, for the `scistream-cluster3` topology (its
