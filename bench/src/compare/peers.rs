@@ -67,8 +67,14 @@ impl Chain {
 }
 
 impl Drop for Chain {
+    /// Each hop runs in its own process group (nginx's workers and socat's
+    /// forks are its children): the whole group is killed, so nothing is
+    /// left behind re-parented to init.
     fn drop(&mut self) {
         for c in &mut self.children {
+            if let Some(group) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -79,9 +85,11 @@ fn spawn(cmd: &mut Command, log: &Path, what: &str) -> Result<Child, String> {
     let f = std::fs::File::create(log)
         .map_err(|e| format!("{what}: cannot create {}: {e}", log.display()))?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
+    use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null())
         .stdout(f)
         .stderr(f2)
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {what}: {e}"))
 }
