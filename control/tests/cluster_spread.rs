@@ -730,3 +730,77 @@ async fn a_udp_session_spreads_over_nodes_like_a_tcp_one() {
         );
     }
 }
+
+/// A release at a live node while another node holding a part is down (its
+/// lease still running) succeeds; when the dead node comes back with its
+/// state directory, it finds the session gone from etcd and releases its
+/// part instead of bringing a released capability back to life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its_part() {
+    use scistream_local::gateway::{GatewayOptions, LocalGateway};
+    if !have_etcd("a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its_part") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b, c) = three_nodes(&etcd).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver_addr],
+        role: "PROD".into(),
+    };
+    cb.client.clone().update(update).await.unwrap();
+    let parts = by_node(&status(&ca, &uid).await);
+    let c_listeners = parts["c"].listeners.clone();
+    assert_eq!(c_listeners.len(), 2, "{parts:?}");
+
+    c.kill9();
+    // At once, while c is still registered: the release answers success.
+    let out = scistream_testkit::s2uc(&["release", "--insecure", "--s2cs", &a.control(), &uid]);
+    assert!(
+        out.status.success(),
+        "release with a node down: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log()
+    );
+    assert!(
+        status(&ca, &uid).await.is_empty(),
+        "released everywhere reachable"
+    );
+
+    // c comes back with its state directory.
+    let log = c.dir.path().join("s2cs-again.log");
+    let c_again = LocalGateway::start(&GatewayOptions {
+        s2cs_bin: scistream_testkit::bin("s2cs"),
+        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        port_range: c.range,
+        tls: None,
+        state_dir: c.dir.path().join("state"),
+        log: Some(log.clone()),
+        extra_args: node_args(&etcd, "c", &["--drain-timeout=2s"]),
+    })
+    .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("session recovered"),
+        "it did recover the part first: {said}"
+    );
+    assert!(
+        said.contains("released elsewhere meanwhile"),
+        "and then released it: {said}"
+    );
+    for l in &c_listeners {
+        assert!(
+            scistream_testkit::refused(l),
+            "{l} is open again after the release"
+        );
+    }
+    let cc = connect(&c_again.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    assert!(status(&cc, &uid).await.is_empty());
+}

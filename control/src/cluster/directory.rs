@@ -165,6 +165,11 @@ impl Directory {
         Ok(self.holder(uid).await?.unwrap_or(Route::Here(None)))
     }
 
+    /// Whether the cluster still holds `uid` (its record is in etcd).
+    pub(crate) async fn holds(&self, uid: &str) -> Result<bool, ClusterError> {
+        Ok(self.holder(uid).await?.is_some())
+    }
+
     async fn holder(&self, uid: &str) -> Result<Option<Route>, ClusterError> {
         let key = self.key(uid);
         let answer = self

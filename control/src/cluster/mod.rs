@@ -146,6 +146,36 @@ impl Cluster {
         self.tasks.push(tokio::spawn(task));
     }
 
+    /// Releases the sessions recovered from this node's state directory
+    /// that the cluster no longer holds: released at another node while
+    /// this one was down (or cut off). Without this, a restarted node would
+    /// bring a released capability back to life and hold its ports.
+    pub(crate) async fn drop_released(&self, registry: &crate::sessions::Registry) {
+        for uid in registry.uids() {
+            match self.directory.holds(&uid).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let n = registry
+                        .release_here(
+                            &uid,
+                            "the cluster (released at another node while this one was away)",
+                        )
+                        .await;
+                    tracing::info!(
+                        session = %scistream_protocol::tag::session_tag(&uid),
+                        released = n,
+                        "a recovered session was released elsewhere meanwhile; released here too"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    session = %scistream_protocol::tag::session_tag(&uid),
+                    error = %e,
+                    "cannot tell whether a recovered session is still held; kept"
+                ),
+            }
+        }
+    }
+
     /// The cluster's name.
     pub(crate) fn name(&self) -> &str {
         &self.settings.cluster

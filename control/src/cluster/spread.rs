@@ -292,8 +292,9 @@ fn nodes_of(parts: &[Part]) -> Vec<&Part> {
 }
 
 /// `release` (of every role of the uid) on every node holding a part.
-/// A node that is gone from the cluster is skipped (said in the log): its
-/// listeners went with it.
+/// A node that is gone from the cluster, or does not answer, is skipped
+/// (said in the log): its listeners went with it, or it releases them when
+/// it is back and finds the session gone from etcd ([`super::Cluster::drop_released`]).
 pub(crate) async fn release_parts(
     caller: &Caller,
     uid: &str,
@@ -315,13 +316,24 @@ pub(crate) async fn release_parts(
             warn!(node = %part.node, "a node holding part of the session is gone from the cluster; its listeners went with it");
             Ok(())
         } else {
-            match caller.client(part).await {
+            let answered = match caller.client(part).await {
                 Ok(mut c) => c
                     .release(r)
                     .await
                     .map(drop)
                     .map_err(|s| from_node(&part.node, s)),
                 Err(e) => Err(e),
+            };
+            match answered {
+                // A registered node that does not answer (killed, its lease
+                // not yet expired): the release is recorded in etcd, and the
+                // node releases its part when it comes back.
+                Err(ControlError::Unavailable(why)) => {
+                    warn!(node = %part.node, reason = %why, "a node holding part of the session does not answer; it releases its part when it is back");
+                    Ok(())
+                }
+                Err(ControlError::NotFound(_)) => Ok(()),
+                other => other,
             }
         };
         if let Err(e) = released {

@@ -132,6 +132,7 @@ pub async fn run(
     let cluster = match cluster {
         Some(settings) => {
             let mut cluster = join_cluster(&config, &ports, settings).await?;
+            cluster.drop_released(&registry).await;
             cluster.publish_load(registry);
             Some(cluster)
         }

@@ -381,6 +381,38 @@ impl Registry {
         n
     }
 
+    /// The uids of the sessions held here.
+    pub fn uids(&self) -> Vec<String> {
+        let mut uids: Vec<String> = self
+            .lock()
+            .sessions()
+            .keys()
+            .map(|k| k.uid.clone())
+            .collect();
+        uids.dedup();
+        uids
+    }
+
+    /// Releases every session of `uid` held here, on this gateway's own
+    /// authority (`by` says why, in the log). How many went.
+    pub async fn release_here(&self, uid: &str, by: &str) -> usize {
+        let keys: Vec<SessionKey> = self
+            .lock()
+            .sessions()
+            .keys()
+            .filter(|k| k.uid == uid)
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for key in keys {
+            match self.remove(&key, by, "released", false).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(%key, error = %e, "cannot release a session"),
+            }
+        }
+        n
+    }
+
     /// Sessions the data plane must be forwarding, with duplicates of their
     /// listening sockets, for re-handing to a restarted `s2ds`.
     pub fn forwarding_sessions(
