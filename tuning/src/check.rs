@@ -111,13 +111,16 @@ fn buffer_verdict(current: u64, target: &Target) -> Status {
     }
 }
 
+/// The most a socket may ask for with SO_RCVBUF/SO_SNDBUF: it binds only
+/// buffers pinned with --rcvbuf/--sndbuf, not autotuning (the default, and
+/// what `s2tune bdp` advises), so a low value is a warning, never a failure.
 fn core_max(f: &Facts, name: &str, target: &Target, why: &str) -> Item {
     let rec = target.buffer();
     match f.sysctl(name).and_then(|v| v.parse::<u64>().ok()) {
         None => unknown(name, why),
         Some(v) => item(
             name,
-            buffer_verdict(v, target),
+            if v < rec { Status::Warn } else { Status::Ok },
             v.to_string(),
             rec.to_string(),
         )
@@ -152,13 +155,13 @@ pub fn evaluate(f: &Facts, target: &Target) -> Vec<Item> {
             f,
             "net.core.rmem_max",
             target,
-            "largest receive buffer a socket may ask for (s2cs --rcvbuf); below the BDP a pinned buffer cannot fill the path",
+            "largest receive buffer a socket may pin (s2cs --rcvbuf); matters only with pinned buffers: autotuning (the default) is bound by tcp_rmem",
         ),
         core_max(
             f,
             "net.core.wmem_max",
             target,
-            "largest send buffer a socket may ask for (s2cs --sndbuf)",
+            "largest send buffer a socket may pin (s2cs --sndbuf); matters only with pinned buffers: autotuning is bound by tcp_wmem",
         ),
         tcp_mem(
             f,

@@ -43,20 +43,39 @@ A gateway for 100 Gbit/s over a 50 ms WAN:
 
 #[derive(Debug, Clone, Copy, Args)]
 struct PathArgs {
-    /// Rate the path must carry, e.g. 100Gbit, 10Gb/s, 1.5Gbit.
-    #[arg(long, default_value = "100Gbit", value_parser = rate)]
-    rate: u64,
+    /// Rate the path must carry, e.g. 100Gbit, 10Gb/s, 1.5Gbit. Without
+    /// it (and --rtt), s2tune assumes a 100 Gbit/s path over 50 ms and says
+    /// so: give your own.
+    #[arg(long, value_parser = rate)]
+    rate: Option<u64>,
     /// Round-trip time of the path, e.g. 50ms, 250us (see `s2tune rtt`).
-    #[arg(long, default_value = "50ms", value_parser = duration)]
-    rtt: Duration,
+    #[arg(long, value_parser = duration)]
+    rtt: Option<Duration>,
 }
+
+/// The path assumed when --rate or --rtt is missing.
+const ASSUMED_RATE: u64 = 100_000_000_000;
+const ASSUMED_RTT: Duration = Duration::from_millis(50);
 
 impl PathArgs {
     fn target(&self) -> Target {
         Target {
-            rate_bps: self.rate,
-            rtt: self.rtt,
+            rate_bps: self.rate.unwrap_or(ASSUMED_RATE),
+            rtt: self.rtt.unwrap_or(ASSUMED_RTT),
         }
+    }
+
+    /// True (and said on stderr) when part of the path was assumed.
+    fn assumed(&self) -> bool {
+        let assumed = self.rate.is_none() || self.rtt.is_none();
+        if assumed {
+            eprintln!(
+                "s2tune: ASSUMED PATH: {} -- the advice below is for that path, not necessarily yours. \
+                 Give --rate (the rate the path must carry) and --rtt (s2tune rtt HOST measures it).",
+                self.target().describe()
+            );
+        }
+        assumed
     }
 }
 
@@ -280,10 +299,11 @@ fn run(cli: Cli) -> Result<ExitCode, anyhow::Error> {
 
 fn bdp(p: &PathArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
     let t = p.target();
+    let assumed = p.assumed();
     if json {
         println!(
             "{}",
-            json!({"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(),
+            json!({"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(), "assumed": assumed,
                    "buffer_max_bytes": t.buffer(), "netdev_max_backlog": t.backlog()})
         );
     } else {
@@ -294,11 +314,12 @@ fn bdp(p: &PathArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
 
 fn check(root: &Root, p: &PathArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
     let t = p.target();
+    let assumed = p.assumed();
     let items = check::evaluate(&Facts::gather(root), &t);
     if json {
         println!(
             "{}",
-            json!({"target": {"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp()},
+            json!({"target": {"rate_bps": t.rate_bps, "rtt_s": t.rtt.as_secs_f64(), "bdp_bytes": t.bdp(), "assumed": assumed},
                    "items": items})
         );
     } else {
@@ -355,6 +376,12 @@ fn measure_rtt(a: &RttArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
 
 fn apply_fixes(root: &Root, a: ApplyArgs, json: bool) -> Result<ExitCode, anyhow::Error> {
     let t = a.path.target();
+    if a.path.assumed() && a.yes {
+        anyhow::bail!(
+            "apply --yes changes this host's settings: give the path it must carry with --rate and --rtt \
+             (s2tune does not apply buffer sizes for an assumed path)"
+        );
+    }
     let items = check::evaluate(&Facts::gather(root), &t);
     let known: Vec<&str> = scistream_tuning::host::SYSCTLS.to_vec();
     if let Some(bad) = a.only.iter().find(|o| !known.contains(&o.as_str())) {

@@ -162,16 +162,18 @@ fn an_untuned_host_gets_every_fix() {
         assert!(i.fix.contains(fix), "{name}: fix '{}' lacks '{fix}'", i.fix);
         assert!(!i.why.is_empty());
     };
+    // The pinning limits warn (autotuning is the default); the autotuning
+    // limits below the BDP fail.
     expect(
         "net.core.rmem_max",
-        Status::Fail,
+        Status::Warn,
         "212992",
         "2147483647",
         "sysctl -w net.core.rmem_max=2147483647",
     );
     expect(
         "net.core.wmem_max",
-        Status::Fail,
+        Status::Warn,
         "212992",
         "2147483647",
         "sysctl -w net.core.wmem_max=2147483647",
@@ -474,6 +476,44 @@ fn check_json_on_a_tree() {
         .iter()
         .find(|i| i["name"] == "net.core.rmem_max")
         .unwrap();
-    assert_eq!(rmem["status"], "fail");
+    assert_eq!(rmem["status"], "warn", "only pinned buffers need it");
     assert_eq!(rmem["recommended"], "67108864");
+    let tcp_rmem = items
+        .iter()
+        .find(|i| i["name"] == "net.ipv4.tcp_rmem")
+        .unwrap();
+    assert_eq!(tcp_rmem["status"], "fail", "autotuning stops below the BDP");
+    assert_eq!(v["target"]["assumed"], false);
+}
+
+#[test]
+fn without_rate_and_rtt_the_path_is_assumed_aloud_and_apply_yes_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    untuned(dir.path());
+    let root = dir.path().to_str().unwrap();
+    let out = Command::new(bin("s2tune"))
+        .args(["--root", root, "--json", "check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ASSUMED PATH") && err.contains("--rtt"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["target"]["assumed"], true);
+    let state = dir.path().join("state.json");
+    let out = Command::new(bin("s2tune"))
+        .args(["--root", root, "apply", "--yes", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("give the path it must carry with --rate and --rtt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!state.exists(), "nothing applied");
 }

@@ -155,6 +155,10 @@ fn apply_without_privilege_refuses_clearly() {
         .arg(bin("s2tune"))
         .args([
             "apply",
+            "--rate",
+            "10Gbit",
+            "--rtt",
+            "20ms",
             "--yes",
             "--only",
             "net.ipv4.tcp_mtu_probing,net.core.rmem_max",
