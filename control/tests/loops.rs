@@ -11,51 +11,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use scistream_protocol::pb::{Hello, Request, UpdateTargets};
+use scistream_testkit::grpc::{open, update};
 use scistream_testkit::{
     DigestReceiver, Gw, Pki, open_fds, s2ds_pid, s2uc_json, s2uc_tunnel, send_stream,
 };
 
 const CAP: usize = 16;
-
-async fn open(
-    c: &scistream_client::Connection,
-    uid: &str,
-    role: &str,
-    receivers: &[String],
-) -> Vec<String> {
-    let mut rc = c.client.clone();
-    let r = Request {
-        uid: uid.into(),
-        role: role.into(),
-        num_conn: 1,
-        rate: 0,
-        protocol: String::new(),
-    };
-    let pending = tokio::spawn(async move { rc.req(r).await });
-    c.client
-        .clone()
-        .hello(Hello {
-            uid: uid.into(),
-            role: role.into(),
-            prod_listeners: receivers.to_vec(),
-        })
-        .await
-        .unwrap();
-    pending.await.unwrap().unwrap().into_inner().listeners
-}
-
-async fn update(c: &scistream_client::Connection, uid: &str, role: &str, targets: &[String]) {
-    c.client
-        .clone()
-        .update(UpdateTargets {
-            uid: uid.into(),
-            remote_listeners: targets.to_vec(),
-            role: role.into(),
-        })
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_between_two_gateways_ends_at_the_cap_and_others_stream_meanwhile() {
@@ -80,10 +41,12 @@ async fn a_loop_between_two_gateways_ends_at_the_cap_and_others_stream_meanwhile
     // The loop: the instrument side's listener first, the HPC side's session
     // forwards to it, then the instrument side's session forwards to the HPC side.
     let uid = scistream_client::tunnel::new_uid();
-    let inst_listener = open(&i, &uid, "CONS", &[]).await;
-    let hpc_listener = open(&h, &uid, "PROD", &inst_listener).await;
-    update(&h, &uid, "PROD", &inst_listener).await;
-    update(&i, &uid, "CONS", &hpc_listener).await;
+    let inst_listener = open(&i, &uid, "CONS", 1, &[]).await.unwrap();
+    let inst_refs: Vec<&str> = inst_listener.iter().map(String::as_str).collect();
+    let hpc_listener = open(&h, &uid, "PROD", 1, &inst_refs).await.unwrap();
+    let hpc_refs: Vec<&str> = hpc_listener.iter().map(String::as_str).collect();
+    update(&h, &uid, "PROD", &inst_refs).await.unwrap();
+    update(&i, &uid, "CONS", &hpc_refs).await.unwrap();
 
     let mut first = TcpStream::connect(&inst_listener[0]).unwrap();
     let _ = first.write_all(b"round and round");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use scistream_client::{Auth, Trust};
 use scistream_protocol::pb::{Hello, Release, Request, UpdateTargets};
+use scistream_testkit::grpc::{open, update};
 use scistream_testkit::{DigestReceiver, Gw, Pki, bin, have_root, s2uc, s2uc_tunnel, send_stream};
 use tonic::Code;
 
@@ -380,54 +381,6 @@ async fn grpc(gw: &Gw, pki: Option<&Pki>, token: Option<&str>) -> scistream_clie
     scistream_client::connect(&gw.control(), &trust, auth)
         .await
         .unwrap()
-}
-
-/// req + hello as SciStream's client does; the listeners.
-async fn open(
-    c: &scistream_client::Connection,
-    uid: &str,
-    role: &str,
-    num_conn: i32,
-    receivers: &[&str],
-) -> Result<Vec<String>, tonic::Status> {
-    let mut rc = c.client.clone();
-    let r = Request {
-        uid: uid.into(),
-        role: role.into(),
-        num_conn,
-        rate: 0,
-        protocol: String::new(),
-    };
-    let pending = tokio::spawn(async move { rc.req(r).await });
-    let h = c
-        .client
-        .clone()
-        .hello(Hello {
-            uid: uid.into(),
-            role: role.into(),
-            prod_listeners: receivers.iter().map(|s| s.to_string()).collect(),
-        })
-        .await;
-    let r = pending.await.unwrap()?;
-    h?;
-    Ok(r.into_inner().listeners)
-}
-
-async fn update(
-    c: &scistream_client::Connection,
-    uid: &str,
-    role: &str,
-    targets: &[&str],
-) -> Result<(), tonic::Status> {
-    c.client
-        .clone()
-        .update(UpdateTargets {
-            uid: uid.into(),
-            remote_listeners: targets.iter().map(|s| s.to_string()).collect(),
-            role: role.into(),
-        })
-        .await
-        .map(|_| ())
 }
 
 fn denied(r: Result<(), tonic::Status>, code: Code, text: &str) {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 pub mod etcd;
+pub mod grpc;
 pub mod oauth;
 
 use std::io::{Read, Write};
