@@ -804,3 +804,71 @@ async fn a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its
         .unwrap();
     assert!(status(&cc, &uid).await.is_empty());
 }
+
+/// alice's session spread over three nodes: bob (authenticated) asking any
+/// node for its status, or releasing it, gets the answer a uid nobody holds
+/// gets (NOT_FOUND, owner, listeners and targets unseen); alice sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_identitys_spread_session_is_not_found_at_every_node() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_etcd("another_identitys_spread_session_is_not_found_at_every_node") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "alice alice-token-0123456789abcdef\nbob bob-token-0123456789abcdef00\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = ["--tokens-file", tokens.to_str().unwrap()];
+    let nodes = [
+        node(&etcd, "a", &extra),
+        node(&etcd, "b", &extra),
+        node(&etcd, "c", &extra),
+    ];
+    wait_for_members(&etcd, 3).await;
+    let as_user = |gw: &Gw, token: &'static str| {
+        let addr = gw.control();
+        async move {
+            connect(&addr, &Trust::Insecure, Auth::bearer(token).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let alice = as_user(&nodes[0], "alice-token-0123456789abcdef").await;
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    request(&alice, &alice, &uid, 6, &receiver_addr)
+        .await
+        .unwrap();
+    let spread = by_node(&status(&alice, &uid).await);
+    assert_eq!(spread.len(), 3, "spread over three nodes: {spread:?}");
+    let nobodys = random_uid();
+    for gw in &nodes {
+        let bob = as_user(gw, "bob-token-0123456789abcdef00").await;
+        let ask = |uid: String| {
+            let mut c = bob.client.clone();
+            async move { c.status(pb::StatusRequest { uid }).await.unwrap_err() }
+        };
+        let (held, none) = (ask(uid.clone()).await, ask(nobodys.clone()).await);
+        assert_eq!(held.code(), tonic::Code::NotFound, "{held:?}");
+        assert_eq!(none.code(), tonic::Code::NotFound, "{none:?}");
+        assert!(!held.message().contains("alice"), "{held:?}");
+        let e = bob
+            .client
+            .clone()
+            .release(pb::Release {
+                uid: uid.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    }
+    // Still whole for alice.
+    assert_eq!(by_node(&status(&alice, &uid).await).len(), 3);
+}

@@ -301,46 +301,57 @@ pub(crate) async fn release_parts(
     parts: &[Part],
 ) -> Result<(), ControlError> {
     let mut first_error = None;
+    // Whether some node released a part for the caller, and whether a node
+    // that answered holds none of the caller's: another identity's session
+    // must neither be released nor forgotten in etcd.
+    let (mut released_any, mut not_theirs) = (false, false);
     for part in nodes_of(parts) {
         let r = pb::Release {
             uid: uid.to_owned(),
             ..Default::default()
         };
         let released = if caller.is_here(part) {
-            match caller.registry.release(&caller.who, r).await {
-                // Not here (any more): nothing to free on this node.
-                Err(ControlError::NotFound(_)) => Ok(()),
-                other => other.map(drop),
-            }
+            caller.registry.release(&caller.who, r).await.map(drop)
         } else if !caller.relay.is_live(&part.node) {
             warn!(node = %part.node, "a node holding part of the session is gone from the cluster; its listeners went with it");
-            Ok(())
+            continue;
         } else {
-            let answered = match caller.client(part).await {
+            match caller.client(part).await {
                 Ok(mut c) => c
                     .release(r)
                     .await
                     .map(drop)
                     .map_err(|s| from_node(&part.node, s)),
                 Err(e) => Err(e),
-            };
-            match answered {
-                // A registered node that does not answer (killed, its lease
-                // not yet expired): the release is recorded in etcd, and the
-                // node releases its part when it comes back.
-                Err(ControlError::Unavailable(why)) => {
-                    warn!(node = %part.node, reason = %why, "a node holding part of the session does not answer; it releases its part when it is back");
-                    Ok(())
-                }
-                Err(ControlError::NotFound(_)) => Ok(()),
-                other => other,
             }
         };
-        if let Err(e) = released {
-            first_error.get_or_insert(e);
+        match released {
+            Ok(()) => released_any = true,
+            Err(ControlError::NotFound(_)) => not_theirs = true,
+            // A registered node that does not answer (killed, its lease
+            // not yet expired): the release is recorded in etcd, and the
+            // node releases its part when it comes back.
+            Err(ControlError::Unavailable(why)) => {
+                warn!(node = %part.node, reason = %why, "a node holding part of the session does not answer; it releases its part when it is back");
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // The owner releasing parts that their nodes lost (restarted without
+    // state) still gets the record forgotten.
+    let callers = parts.iter().any(|p| p.owner == caller.who.to_string());
+    if not_theirs && !released_any && !callers {
+        return Err(ControlError::NotFound(format!(
+            "no session with this uid (tag {}) to release",
+            scistream_protocol::tag::session_tag(uid)
+        )));
+    }
+    Ok(())
 }
 
 /// `status`: every node's part of the session, each naming its node. A
@@ -354,14 +365,32 @@ pub(crate) async fn status(
     rates: &RateMemory,
 ) -> Result<pb::SessionList, ControlError> {
     let mut sessions = Vec::new();
+    // Whether some node showed the caller a part as theirs, and whether a
+    // node that could answer said the caller has none there.
+    let (mut theirs, mut not_theirs) = (false, false);
     for part in nodes_of(parts) {
         let mut found = if caller.is_here(part) {
             match crate::status::sessions(&caller.registry, rates, &caller.who, Some(uid)).await {
-                Err(ControlError::NotFound(_)) => missing(uid, parts, &part.node, "lost"),
-                other => other?.sessions,
+                Err(ControlError::NotFound(_)) => {
+                    not_theirs = true;
+                    missing(uid, parts, &part.node, "lost")
+                }
+                other => {
+                    theirs = true;
+                    other?.sessions
+                }
             }
         } else if caller.relay.is_live(&part.node) {
-            remote_status(caller, uid, parts, part).await?
+            match remote_status(caller, uid, parts, part).await? {
+                Some(found) => {
+                    theirs |= found.iter().any(|s| s.phase != "unreachable");
+                    found
+                }
+                None => {
+                    not_theirs = true;
+                    missing(uid, parts, &part.node, "lost")
+                }
+            }
         } else {
             missing(uid, parts, &part.node, "lost")
         };
@@ -370,15 +399,25 @@ pub(crate) async fn status(
         }
         sessions.extend(found);
     }
+    // Another identity's session: the same answer as a single node gives
+    // (the record's owner, listeners and targets are not the caller's to see).
+    if not_theirs && !theirs {
+        return Err(ControlError::NotFound(format!(
+            "no session with this uid (tag {}) that you may see here",
+            scistream_protocol::tag::session_tag(uid)
+        )));
+    }
     Ok(pb::SessionList { sessions })
 }
 
+/// A node's part as it reports it; `None` when the node holds nothing of
+/// the uid for this caller (NOT_FOUND); an unreachable node's part as such.
 async fn remote_status(
     caller: &Caller,
     uid: &str,
     parts: &[Part],
     part: &Part,
-) -> Result<Vec<pb::SessionStatus>, ControlError> {
+) -> Result<Option<Vec<pb::SessionStatus>>, ControlError> {
     let request = pb::StatusRequest {
         uid: uid.to_owned(),
     };
@@ -387,11 +426,11 @@ async fn remote_status(
         Err(e) => Err(Status::unavailable(e.to_string())),
     };
     match answer {
-        Ok(a) => Ok(a.into_inner().sessions),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(missing(uid, parts, &part.node, "lost")),
+        Ok(a) => Ok(Some(a.into_inner().sessions)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) if s.code() == tonic::Code::Unavailable => {
             warn!(node = %part.node, error = %s.message(), "a node holding part of the session does not answer");
-            Ok(missing(uid, parts, &part.node, "unreachable"))
+            Ok(Some(missing(uid, parts, &part.node, "unreachable")))
         }
         Err(s) => Err(from_node(&part.node, s)),
     }
