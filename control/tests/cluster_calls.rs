@@ -369,3 +369,57 @@ async fn a_hello_that_reaches_another_node_first_waits_for_its_req() {
     assert_eq!(said.listeners, answered.listeners);
     assert!(b.log().contains("passing the call on"), "{}", b.log());
 }
+
+/// A session record in etcd naming a live node at another control address
+/// than it registered (a forged or stale record) is not followed: the call
+/// is refused as UNAVAILABLE and nothing (no caller's token) is sent to the
+/// recorded address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_naming_a_node_at_another_address_is_not_followed() {
+    use sha2::Digest;
+    if !have_etcd("a_record_naming_a_node_at_another_address_is_not_followed") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b) = (node(&etcd, "a"), node(&etcd, "b"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while etcd.get_prefix("/scistream/inst/nodes/").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A listener that records whether anyone connects: the forged address.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let uid = "5e2d1c0b-9a8f-4e7d-8c6b-5a4f3e2d1c0b";
+    let digest = sha2::Sha256::digest(format!("inst\n{uid}").as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let record = format!(r#"{{"node":"a","control":"{trap_addr}"}}"#);
+    etcd.ctl(&["put", &format!("/scistream/inst/sessions/{hex}"), &record])
+        .unwrap();
+    let cb = connect(
+        &b.control(),
+        &Trust::Insecure,
+        Auth::bearer("a-callers-token-0123456789").unwrap(),
+    )
+    .await
+    .unwrap();
+    let e = cb
+        .client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not followed"), "{}", e.message());
+    assert!(
+        matches!(trap.accept(), Err(ref err) if err.kind() == std::io::ErrorKind::WouldBlock),
+        "something connected to the forged address"
+    );
+    assert!(!b.log().contains("a-callers-token"), "no token in logs");
+    drop(a);
+}

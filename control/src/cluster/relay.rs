@@ -249,6 +249,26 @@ impl Relay {
         metadata: &MetadataMap,
         how: MetadataValue<tonic::metadata::Ascii>,
     ) -> Result<Control, Status> {
+        // An address from a session record is followed, with the caller's
+        // token, only to a live member at the control address it registered:
+        // a record naming a dead node, or a live node at another address,
+        // is not a reason to send anyone's credentials anywhere.
+        let registered = self.members.controls().into_iter().find(|(n, _)| n == node);
+        match registered {
+            Some((_, at)) if at == control => {}
+            Some((_, at)) => {
+                warn!(%node, recorded = %control, registered = %at, "a session record names a node at another address than it registered; not followed");
+                return Err(Status::unavailable(format!(
+                    "node {node}: the session's record names {control}, but the node registered {at}; not followed (ask the gateway's administrators to check etcd)"
+                )));
+            }
+            None => {
+                return Err(Status::unavailable(format!(
+                    "node {node} ({control}), which holds this session, is not a live member of the cluster now \
+                     (stopped, or its lease expired); calls reach the session again once that node is back"
+                )));
+            }
+        }
         let header = metadata
             .get("authorization")
             .cloned()
@@ -276,7 +296,10 @@ impl Relay {
             .get_or_try_init(|| scistream_client::connect::channel(&addr, &self.trust))
             .await;
         made.cloned().map_err(|e| {
-            Status::unavailable(format!("node {node} ({control}) cannot be reached: {e}"))
+            Status::unavailable(format!(
+                "node {node} ({control}) cannot be reached: {e}; if it died, it leaves the cluster when its lease \
+                 expires (--etcd-lease-ttl) and this answer changes"
+            ))
         })
     }
 
