@@ -423,3 +423,93 @@ async fn a_record_naming_a_node_at_another_address_is_not_followed() {
     assert!(!b.log().contains("a-callers-token"), "no token in logs");
     drop(a);
 }
+
+/// With `--cluster-secret`, session keys in etcd are an HMAC of the uid:
+/// the unkeyed hash anyone could compute from a guessed uid is not there,
+/// and nodes sharing the secret still find each other's sessions. A secret
+/// others may read, or a short one, is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_secret_etcd_reveals_no_uid() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    if !have_etcd("with_a_cluster_secret_etcd_reveals_no_uid") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let etcd = Etcd::start();
+    let with_secret = |name: &str| {
+        Gw::start(
+            None,
+            4,
+            &[
+                "--cluster",
+                "inst",
+                "--etcd",
+                &etcd.url(),
+                "--node",
+                name,
+                "--cluster-secret",
+                secret.to_str().unwrap(),
+            ],
+        )
+    };
+    let (a, b) = (with_secret("a"), with_secret("b"));
+    assert!(!a.log().contains("no --cluster-secret"), "{}", a.log());
+    let ca = connect(&a.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
+        .await
+        .unwrap();
+    let uid = "3c2b1a09-8f7e-4d6c-9b5a-493827160504";
+    let pending = spawn_req(&ca, uid, "PROD");
+    cb.client
+        .clone()
+        .hello(pb::Hello {
+            uid: uid.into(),
+            prod_listeners: vec!["127.0.0.1:9".into()],
+            role: "PROD".into(),
+        })
+        .await
+        .unwrap();
+    pending.await.unwrap().unwrap();
+    // b finds a's session through etcd.
+    let s = scistream_client::tunnel::status(&cb, uid).await.unwrap();
+    assert_eq!(s.len(), 1);
+    let keys = etcd.get_prefix("/scistream/inst/sessions/");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let digest = sha2::Sha256::digest(format!("inst\n{uid}").as_bytes());
+    let unkeyed: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !keys[0].0.contains(&unkeyed),
+        "the key is the unkeyed hash of the uid"
+    );
+    assert!(!keys[0].0.contains(uid) && !keys[0].1.contains(uid));
+
+    // Refused: readable by others, too short.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "tiny").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (file, want) in [(&secret, "chmod 600"), (&short, "at least 16")] {
+        let out = std::process::Command::new(scistream_testkit::bin("s2cs"))
+            .args(["--insecure", "--check-config", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args([
+                "--cluster",
+                "inst",
+                "--etcd",
+                &etcd.url(),
+                "--cluster-secret",
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file:?} accepted");
+        assert!(err.contains(want), "{err}");
+    }
+}

@@ -73,6 +73,8 @@ pub(crate) struct Directory {
     etcd: Etcd,
     cluster: String,
     me: SessionRecord,
+    /// `--cluster-secret`: session keys are an HMAC of the uid with it.
+    secret: Option<ring::hmac::Key>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -85,9 +87,16 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
-    pub(crate) fn new(etcd: Etcd, cluster: String, node: String, control: SocketAddr) -> Directory {
+    pub(crate) fn new(
+        etcd: Etcd,
+        cluster: String,
+        node: String,
+        control: SocketAddr,
+        secret: Option<&super::options::ClusterSecret>,
+    ) -> Directory {
         Directory {
             etcd,
+            secret: secret.map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &s.0)),
             cluster,
             me: SessionRecord {
                 node,
@@ -106,8 +115,17 @@ impl Directory {
     }
 
     fn key(&self, uid: &str) -> String {
-        let digest = Sha256::digest(format!("{}\n{uid}", self.cluster).as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("{}\n{uid}", self.cluster);
+        let hex: String = match &self.secret {
+            Some(key) => ring::hmac::sign(key, text.as_bytes()).as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            None => Sha256::digest(text.as_bytes())[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
         format!("{}sessions/{hex}", prefix(&self.cluster))
     }
 

@@ -95,11 +95,17 @@ impl Cluster {
     ) -> Result<Cluster, ClusterError> {
         let etcd = etcd::Etcd::connect(&settings).await?;
         let node = record.node.clone();
+        if settings.secret.is_none() {
+            tracing::warn!(
+                "no --cluster-secret: session keys in etcd are an unkeyed hash of the uid, which anyone who can read etcd can search offline for guessable uids; give every node the same secret file"
+            );
+        }
         let directory = Arc::new(directory::Directory::new(
             etcd.clone(),
             settings.cluster.clone(),
             record.node.clone(),
             record.control,
+            settings.secret.as_ref(),
         ));
         let registration = Registration::register(etcd.clone(), settings.clone(), record).await?;
         let lease = registration.lease();

@@ -57,6 +57,51 @@ pub struct ClusterOptions {
     /// that took the `req`. The node taking the `req` always keeps one.
     #[arg(long, value_enum, default_value_t = super::placement::Placement::Spread)]
     pub placement: super::placement::Placement,
+
+    /// A secret every node of the cluster shares: a file readable by its
+    /// owner only, at least 16 bytes. Session keys in etcd are then an HMAC
+    /// of the uid with it, so that reading etcd reveals no uid. Without it
+    /// they are an unkeyed hash, which anyone who reads etcd can search
+    /// offline for guessable (time-based) uids; s2cs warns at start.
+    #[arg(long = "cluster-secret", alias = "cluster_secret", value_name = "FILE")]
+    pub cluster_secret: Option<PathBuf>,
+}
+
+/// The cluster secret's bytes; never printed.
+#[derive(Clone)]
+pub(crate) struct ClusterSecret(pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
+}
+
+/// Reads `--cluster-secret`: owner-only, at least 16 bytes (a trailing
+/// newline is not part of it).
+fn read_secret(path: &std::path::Path) -> Result<ClusterSecret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("--cluster-secret {shown}: cannot read it: {e}"))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "--cluster-secret {shown}: others may read it (mode {:o}); chmod 600 it",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("--cluster-secret {shown}: cannot read it: {e}"))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.len() < 16 {
+        return Err(format!(
+            "--cluster-secret {shown}: {} bytes; use at least 16 (e.g. head -c 32 /dev/urandom | base64 > FILE)",
+            bytes.len()
+        ));
+    }
+    Ok(ClusterSecret(bytes))
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -84,6 +129,7 @@ pub(crate) struct ClusterSettings {
     pub(crate) lease_ttl: Duration,
     pub(crate) timeout: Duration,
     pub(crate) placement: super::placement::Placement,
+    pub(crate) secret: Option<ClusterSecret>,
 }
 
 impl ClusterOptions {
@@ -125,6 +171,11 @@ impl ClusterOptions {
             lease_ttl: self.lease_ttl,
             timeout: self.etcd_timeout,
             placement: self.placement,
+            secret: self
+                .cluster_secret
+                .as_deref()
+                .map(read_secret)
+                .transpose()?,
         }))
     }
 }
