@@ -133,8 +133,12 @@ impl Directory {
         match serde_json::from_slice::<SessionRecord>(value) {
             Ok(record) if record.node != self.me.node => Route::There { record, revision },
             Ok(h) => Route::Here(Some(h)),
-            // Unreadable: this node serves it.
-            Err(_) => Route::Here(None),
+            // Unreadable (written by something else, or damaged): ignored,
+            // this node serves the call; said once per call, never the value.
+            Err(e) => {
+                tracing::warn!(revision, error = %e, "a session record in etcd is not readable; ignored");
+                Route::Here(None)
+            }
         }
     }
 
