@@ -15,6 +15,8 @@ pub mod config_file;
 pub(crate) mod conn_limits;
 pub(crate) mod dataplane;
 pub(crate) mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod gateway;
 pub(crate) mod logsafe;
 pub(crate) mod metrics;

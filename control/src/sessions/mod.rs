@@ -33,7 +33,7 @@ use crate::store::{SessionStore, StoredSession};
 mod machine;
 mod policy;
 mod recover;
-mod request;
+pub(crate) mod request;
 #[cfg(test)]
 mod tests;
 mod view;
