@@ -27,6 +27,10 @@ use scistream_protocol::loglimit::LogLimit;
 /// Refused data connections logged one by one: 20 per 10 s over all workers.
 static REFUSALS: LogLimit = LogLimit::new(20, std::time::Duration::from_secs(10));
 
+/// Connections aborted because the peer gateway broke TLS (a forged,
+/// corrupted or out-of-place record): 20 per 10 s over all workers.
+static VIOLATIONS: LogLimit = LogLimit::new(20, std::time::Duration::from_secs(10));
+
 /// What a listener's connections carry, from the session's data channel.
 /// Its `Debug` leaves the uid out (a secret).
 #[derive(Clone)]

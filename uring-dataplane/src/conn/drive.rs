@@ -13,7 +13,8 @@ use scistream_protocol::preamble::{
 use tracing::{debug, warn};
 
 use super::{
-    Conn, ConnState, ConnectResult, ListenerChannel, REFUSALS, connect_nonblocking, connect_result,
+    Conn, ConnState, ConnectResult, ListenerChannel, REFUSALS, VIOLATIONS, connect_nonblocking,
+    connect_result,
 };
 use crate::config::Forward;
 use crate::reactor::{Reactor, Token};
@@ -237,10 +238,32 @@ impl Conn {
             }
             Err(e) => {
                 bump(&self.counters.errors, 1);
-                debug!(worker = ctx.worker, session = %self.key, peer = %self.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
+                if e.is_peer_violation() {
+                    self.peer_violation(ctx.worker, &e);
+                } else {
+                    debug!(worker = ctx.worker, session = %self.key, peer = %self.peer, error = %e, bytes_to_target = up, bytes_from_target = down, "connection aborted");
+                }
                 Next::Close { reset: true }
             }
         }
+    }
+
+    /// The peer gateway broke TLS mid-stream: noted in the session's status
+    /// and logged (rate-limited: a peer can make many).
+    fn peer_violation(&self, worker: usize, e: &crate::relay::RelayError) {
+        let reason = format!("the peer gateway broke TLS: {e}");
+        let verdict = VIOLATIONS.check(Instant::now());
+        if verdict.suppressed_before > 0 {
+            warn!(
+                aborted = verdict.suppressed_before,
+                window_s = VIOLATIONS.window().as_secs(),
+                "more connections were aborted for TLS violations than logged in the last window (see the sessions' error counters)"
+            );
+        }
+        if verdict.log {
+            warn!(worker, session = %self.key, peer = %self.peer, reason, "data connection aborted");
+        }
+        self.counters.failed(reason);
     }
 
     /// Inbound: the preamble arrived; check it against the listener's session.

@@ -77,6 +77,15 @@ pub enum RelayError {
     },
 }
 
+impl RelayError {
+    /// The peer sent something TLS forbids (a record that fails
+    /// authentication, is too long, or is out of place): not a network
+    /// failure but a broken or hostile peer.
+    pub fn is_peer_violation(&self) -> bool {
+        matches!(self, RelayError::Read { source, .. } if source.kind() == io::ErrorKind::InvalidData)
+    }
+}
+
 /// One direction of a plaintext relay (client to target, or target to
 /// client): its buffer `B` (a pipe, or user-space memory) and how far it got.
 #[derive(Debug)]

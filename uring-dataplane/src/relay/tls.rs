@@ -31,8 +31,8 @@ use rustls::server::ServerConnectionData;
 
 use super::{ROUNDS_PER_TURN, RelayError, Turn, shut_write};
 use crate::record::{
-    CLOSE_NOTIFY, Cipher, ContentType, Crypto, HEADER, MAX_CIPHERTEXT, MAX_PAYLOAD, SLOT,
-    check_header, key_update_message,
+    CLOSE_NOTIFY, Cipher, ContentType, Crypto, HEADER, MAX_CIPHERTEXT, MAX_PAYLOAD, RecordError,
+    SLOT, TAG, check_header, key_update_message,
 };
 
 /// Records sealed per `readv`: 16 × 16 KiB of plaintext.
@@ -43,6 +43,28 @@ const SPARE: usize = 64;
 const OPEN_BUF: usize = SLOTS * SLOT + HEADER + MAX_CIPHERTEXT;
 /// Opened payloads handed to one `writev`.
 const MAX_SEGMENTS: usize = 64;
+
+/// Records in a row that carry nothing for the receiver (empty application
+/// data, KeyUpdate, NewSessionTicket) before the peer is taken to be
+/// flooding: OpenSSL allows 32 empty records in a row too.
+pub const MAX_IDLE_RECORDS: u32 = 32;
+
+/// The fatal alerts this relay sends (RFC 8446 §6.2).
+mod alert {
+    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    pub const BAD_RECORD_MAC: u8 = 20;
+    pub const RECORD_OVERFLOW: u8 = 22;
+    pub const DECODE_ERROR: u8 = 50;
+}
+
+/// The alert a record-layer failure calls for.
+fn alert_for(e: &RecordError) -> u8 {
+    match e {
+        RecordError::Decrypt => alert::BAD_RECORD_MAC,
+        RecordError::TooLong(_) => alert::RECORD_OVERFLOW,
+        _ => alert::UNEXPECTED_MESSAGE,
+    }
+}
 
 /// Keys refreshed every this many records by default: 2^22 records of 16 KiB
 /// (64 GiB), a quarter of AES-GCM's per-key budget.
@@ -133,6 +155,12 @@ pub struct TlsRelay {
     pub rekeys: u64,
     /// The peer asked us to update our keys too.
     owe_key_update: bool,
+    /// Why the peer's stream broke, once the records before it are delivered.
+    broken: Option<RelayError>,
+    /// The fatal alert owed to the peer for what it just sent.
+    fatal_alert: Option<u8>,
+    /// Records in a row that carried nothing for the receiver.
+    idle_records: u32,
 
     /// Sealed records: `seal[seal_pos..seal_len]` not yet sent.
     seal: Box<[u8]>,
@@ -208,6 +236,9 @@ impl TlsRelay {
             limited,
             rekeys: 0,
             owe_key_update: false,
+            broken: None,
+            fatal_alert: None,
+            idle_records: 0,
             seal: Box::default(),
             seal_pos: 0,
             seal_len: 0,
@@ -466,6 +497,14 @@ impl TlsRelay {
         }
         self.segments.clear();
         (self.seg, self.seg_off) = (0, 0);
+        // Everything authenticated before a broken record is delivered; now
+        // the peer hears why, and the connection ends.
+        if let Some(e) = self.broken.take() {
+            if let Some(code) = self.fatal_alert.take() {
+                self.send_alert(tfd, code);
+            }
+            return Err(e);
+        }
         if self.tls_eof {
             if !self.plain_shut {
                 shut_write(pfd, sides.1)?;
@@ -506,28 +545,72 @@ impl TlsRelay {
                 });
             }
         }
-        self.open_records(sides.0)?;
+        if let Err(e) = self.open_records(sides.0) {
+            // Delivered first: the payloads of the records opened before it.
+            self.broken = Some(e);
+            return Ok(true);
+        }
         Ok(progressed)
     }
 
+    /// Tells the peer why the connection ends (a fatal alert, sealed with
+    /// the current keys), if that can be done now without blocking and
+    /// without cutting into records already sealed and not yet sent; the
+    /// caller closes the connection either way.
+    fn send_alert(&mut self, tfd: BorrowedFd<'_>, code: u8) {
+        if self.seal_pos != self.seal_len || self.close_sent {
+            return;
+        }
+        let mut record = [0u8; HEADER + 2 + 1 + TAG];
+        record[HEADER..HEADER + 2].copy_from_slice(&[2, code]);
+        if let Ok(n) = self.tx.seal(&mut record, 2, ContentType::Alert) {
+            let _ = rustix::net::send(tfd, &record[..n], SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+            self.close_sent = true;
+        }
+    }
+
+    /// Notes the alert to send for `e` and turns it into the relay's error.
+    fn violation(&mut self, side: &'static str, code: u8, e: impl std::fmt::Display) -> RelayError {
+        self.fatal_alert = Some(code);
+        invalid(side, e)
+    }
+
     /// Opens every whole record read so far (up to [`MAX_SEGMENTS`] payloads).
+    /// A record that fails stops here: nothing of it, nor of what follows
+    /// it, reaches the plaintext leg.
     fn open_records(&mut self, side: &'static str) -> Result<(), RelayError> {
         while self.segments.len() < MAX_SEGMENTS && !self.tls_eof {
             let rest = &self.open[self.parsed..self.open_len];
-            let Some(len) = check_header(rest).map_err(|e| invalid(side, e))? else {
-                return Ok(());
+            let len = match check_header(rest) {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.violation(side, alert_for(&e), e)),
             };
             if rest.len() < HEADER + len {
                 return Ok(());
             }
             let start = self.parsed;
             let end = start + HEADER + len;
-            let (content, payload) = self
-                .rx
-                .open(&mut self.open[start..end])
-                .map_err(|e| invalid(side, e))?;
+            let (content, payload) = match self.rx.open(&mut self.open[start..end]) {
+                Ok(opened) => opened,
+                Err(e) => return Err(self.violation(side, alert_for(&e), e)),
+            };
             self.parsed = end;
             let (from, to) = (start + payload.start, start + payload.end);
+            if content == ContentType::ApplicationData && to > from {
+                self.idle_records = 0;
+            } else {
+                self.idle_records += 1;
+                if self.idle_records > MAX_IDLE_RECORDS {
+                    return Err(self.violation(
+                        side,
+                        alert::UNEXPECTED_MESSAGE,
+                        format!(
+                            "more than {MAX_IDLE_RECORDS} TLS records in a row that carry no data (a flood)"
+                        ),
+                    ));
+                }
+            }
             match content {
                 ContentType::ApplicationData => {
                     if to > from {
@@ -549,7 +632,11 @@ impl TlsRelay {
                 }
                 ContentType::Handshake => self.handshake_messages(from, to, side)?,
                 ContentType::Other(c) => {
-                    return Err(invalid(side, format!("a TLS record of content type {c}")));
+                    return Err(self.violation(
+                        side,
+                        alert::UNEXPECTED_MESSAGE,
+                        format!("a TLS record of content type {c}"),
+                    ));
                 }
             }
         }
@@ -571,14 +658,32 @@ impl TlsRelay {
                     *kind,
                     usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
                 ),
-                _ => return Err(invalid(side, "a cut handshake message")),
+                _ => {
+                    return Err(self.violation(
+                        side,
+                        alert::DECODE_ERROR,
+                        "a cut handshake message",
+                    ));
+                }
             };
             if m.len() < 4 + len {
-                return Err(invalid(side, "a handshake message split across records"));
+                return Err(self.violation(
+                    side,
+                    alert::UNEXPECTED_MESSAGE,
+                    "a handshake message split across records",
+                ));
             }
             let body = &m[4..4 + len];
             match (kind, body) {
                 // KeyUpdate: the peer's following records use its next keys.
+                // RFC 8446 §5.1: a key change ends its record.
+                (24, [_]) if at + 4 + len != to => {
+                    return Err(self.violation(
+                        side,
+                        alert::UNEXPECTED_MESSAGE,
+                        "a KeyUpdate with more after it in its record",
+                    ));
+                }
                 (24, [request]) if *request <= 1 => {
                     let (seq, secrets) = self.keys.update_rx().map_err(|e| invalid(side, e))?;
                     self.rx =
@@ -595,8 +700,9 @@ impl TlsRelay {
                         .map_err(|e| invalid(side, e))?;
                 }
                 (kind, _) => {
-                    return Err(invalid(
+                    return Err(self.violation(
                         side,
+                        alert::UNEXPECTED_MESSAGE,
                         format!(
                             "an unexpected handshake message (type {kind}) after the handshake"
                         ),
