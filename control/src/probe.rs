@@ -32,6 +32,8 @@ const ALPN: &[u8] = b"scistream-data/1";
 pub struct PeerProbe {
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
+    /// This gateway's certificate, described for refusals.
+    own: Option<String>,
 }
 
 impl PeerProbe {
@@ -47,6 +49,9 @@ impl PeerProbe {
         let certs =
             crate::tls::load_certs("--data-cert", &files.cert).map_err(|e| e.to_string())?;
         let key = crate::tls::load_key("--data-key", &files.key).map_err(|e| e.to_string())?;
+        let own = certs
+            .first()
+            .map(|c| scistream_trust::describe_certificate(c));
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| e.to_string())?
@@ -57,6 +62,7 @@ impl PeerProbe {
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         Ok(PeerProbe {
+            own,
             config: Arc::new(config),
             timeout,
         })
@@ -118,17 +124,28 @@ impl PeerProbe {
             uid: uid.to_owned(),
         }
         .encode();
-        tls.write_all(&preamble)
-            .await
-            .map_err(|e| format!("sending the probe: {e}"))?;
-        tls.flush()
-            .await
-            .map_err(|e| format!("sending the probe: {e}"))?;
+        let sent = match tls.write_all(&preamble).await {
+            Ok(()) => tls.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            // A refusal of our certificate may already be waiting (the
+            // inbound gateway closed right after its alert).
+            let mut byte = [0u8; 1];
+            if let Err(r) = tls.read(&mut byte).await {
+                if let Some(words) = self.refusal(&r) {
+                    return Err(words);
+                }
+            }
+            return Err(format!("sending the probe: {e}"));
+        }
         let mut answer = [0u8; 2];
-        let mut n = tls
-            .read(&mut answer)
-            .await
-            .map_err(|e| format!("reading its answer: {e}"))?;
+        // TLS 1.3: the inbound gateway judges our certificate after our
+        // handshake is done, so its refusal arrives here.
+        let mut n = tls.read(&mut answer).await.map_err(|e| {
+            self.refusal(&e)
+                .unwrap_or_else(|| format!("reading its answer: {e}"))
+        })?;
         if n == 1 && answer[0] == REFUSED {
             n += tls.read(&mut answer[1..]).await.unwrap_or(0);
         }
@@ -143,6 +160,19 @@ impl PeerProbe {
             [REFUSED] => Err("it refuses the session's connections".into()),
             [] => Err("it closed the connection without answering (an older gateway, or not a SciStream gateway)".into()),
             [other, ..] => Err(format!("it answered {other:#04x}, not a SciStream answer")),
+        }
+    }
+}
+
+impl PeerProbe {
+    /// `e`, when it is the inbound gateway's alert, in words that say what to change.
+    fn refusal(&self, e: &std::io::Error) -> Option<String> {
+        match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::AlertReceived(alert) => Some(scistream_trust::refused_by_peer(
+                *alert,
+                self.own.as_deref(),
+            )),
+            _ => None,
         }
     }
 }

@@ -678,6 +678,50 @@ async fn short_uids_are_refused_and_weak_ones_need_the_peers_certificate() {
         "a client without a certificate was let in"
     );
 
+    // An instrument gateway whose certificate comes from another CA (of the
+    // same name, as two sites' `openssl req` CAs often are): the user is
+    // told which certificate was refused, why one was asked for, and which
+    // --peer-ca to change; the inbound gateway's log says the same.
+    let stranger = Pki::new();
+    let foreign = Gw::start(
+        Some(stranger.gateway("foreign")),
+        4,
+        &["--peer-ca", pki.ca.to_str().unwrap(), "--hello-timeout=5s"],
+    );
+    let out = s2uc(&[
+        "outbound_request",
+        "--s2cs",
+        &foreign.control(),
+        "--server_cert",
+        stranger.ca.to_str().unwrap(),
+        "--num_conn",
+        "1",
+        uid,
+        &inbound[0],
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{said}");
+    for words in [
+        "refused this gateway's certificate (subject",
+        "issued by",
+        "uid is not random",
+        "--peer-ca",
+    ] {
+        assert!(said.contains(words), "{words:?} missing from: {said}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hpc
+        .log()
+        .contains("the outbound gateway's certificate (subject")
+    {
+        assert!(Instant::now() < deadline, "{}", hpc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        hpc.log()
+            .contains("add the CA that issued it to this gateway's --peer-ca")
+    );
+
     // A gateway that refuses weak uids says so.
     let strict = Gw::start(
         Some(pki.gateway("strict")),

@@ -186,6 +186,60 @@ impl ServerCertVerifier for PinnedOrWebPki {
     }
 }
 
+/// A certificate as an admin finds it in their files: `subject …, issued
+/// by …` (the distinguished names as OpenSSL prints them), or a note that
+/// it does not parse.
+pub fn describe_certificate(der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => format!("subject {}, issued by {}", cert.subject(), cert.issuer()),
+        Err(_) => "a certificate that does not parse as X.509".into(),
+    }
+}
+
+/// The first certificate of a PEM file, described ([`describe_certificate`]).
+pub fn describe_certificate_file(path: &Path) -> Option<String> {
+    let first = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    Some(describe_certificate(&first))
+}
+
+/// The other side of a handshake sent `alert`. When it is about this side's
+/// certificate (the inbound gateway verifying an outbound gateway's), says
+/// which certificate was refused (`own`, as [`describe_certificate`] gives
+/// it), why a certificate was asked for, and which trust file to change.
+pub fn refused_by_peer(alert: rustls::AlertDescription, own: Option<&str>) -> String {
+    use rustls::AlertDescription as A;
+    let name = format!("{alert:?}").to_lowercase();
+    match alert {
+        A::DecryptError
+        | A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateRequired
+        | A::CertificateUnknown
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::UnsupportedCertificate
+        | A::AccessDenied => {
+            let which = match own {
+                Some(d) => format!("this gateway's certificate ({d})"),
+                None => "this gateway's certificate".into(),
+            };
+            let fix = if alert == A::CertificateRequired {
+                "give this gateway's s2cs a --data-cert (or --server_crt) issued by a CA that the \
+                 inbound gateway's --peer-ca holds"
+            } else {
+                "the inbound gateway's --peer-ca must hold the CA that issued it (or this \
+                 gateway needs a certificate from a CA it holds)"
+            };
+            format!(
+                "the inbound gateway refused {which} (TLS alert {name}): {fix}. It asks for a \
+                 certificate when the session's uid is not random (SciStream's time-based uids get \
+                 mutual TLS; a random uuid4 does not) or when it runs with --require-client-cert"
+            )
+        }
+        _ => format!("the other side ended the TLS handshake with the alert {name}"),
+    }
+}
+
 /// A TLS failure in words a gateway admin can act on: what is wrong with
 /// the certificate and what to change, never a library's Debug text.
 pub fn words(e: &rustls::Error) -> String {
@@ -235,11 +289,7 @@ pub fn words(e: &rustls::Error) -> String {
             }
             other => format!("its certificate is not trusted ({other})"),
         },
-        rustls::Error::AlertReceived(alert) => format!(
-            "the other side refused the TLS handshake ({}): it does not trust this side's certificate, \
-             or it asked for a client certificate this side does not have",
-            format!("{alert:?}").to_lowercase()
-        ),
+        rustls::Error::AlertReceived(alert) => refused_by_peer(*alert, None),
         rustls::Error::NoCertificatesPresented => {
             "no certificate was presented, though one is required".into()
         }
@@ -276,6 +326,20 @@ mod tests {
             pinned: certs.to_vec(),
             source: "test".into(),
         }
+    }
+
+    #[test]
+    fn certificates_are_described_by_subject_and_issuer() {
+        let der = ca_true_self_signed(&["gw.example.org"]);
+        let d = describe_certificate(&der);
+        assert!(
+            d.starts_with("subject ") && d.contains(", issued by "),
+            "{d}"
+        );
+        assert_eq!(
+            describe_certificate(b"not a certificate"),
+            "a certificate that does not parse as X.509"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `splice` through a per-connection pipe ([`relay`]).
 #![deny(unsafe_code)]
 
+mod client_cert;
 pub mod config;
 mod conn;
 mod control;

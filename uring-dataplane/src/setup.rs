@@ -193,7 +193,12 @@ impl<C: Unbuffered> Handshake<C> {
                     self.send_alert(fd);
                     return Err(match self.reader.diagnose() {
                         Some(d) => d.to_owned(),
-                        None => format!("TLS handshake failed: {}", scistream_trust::words(&e)),
+                        None => match crate::client_cert::refusal_words(&e) {
+                            Some(w) => format!("TLS handshake failed: {w}"),
+                            None => {
+                                format!("TLS handshake failed: {}", scistream_trust::words(&e))
+                            }
+                        },
                     });
                 }
             };

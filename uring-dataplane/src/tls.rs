@@ -229,7 +229,9 @@ impl TlsConfigs {
                     rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
                         .build()
                         .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
-                builder.with_client_cert_verifier(verifier)
+                builder.with_client_cert_verifier(Arc::new(
+                    crate::client_cert::NamingVerifier::new(verifier),
+                ))
             } else {
                 builder.with_no_client_auth()
             };

@@ -450,6 +450,16 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
             );
             let st = &stats(&mut g.inbound)[0];
             assert_eq!(st.rejected, 2, "{st:?}");
+            // The log says which certificate, why one was asked, what to change.
+            let log = g
+                .inbound
+                .wait_log("the outbound gateway presented no certificate");
+            assert!(log.contains("--require-client-cert"), "{log}");
+            let log = g
+                .inbound
+                .wait_log("the outbound gateway's certificate (subject");
+            assert!(log.contains("issued by"), "{log}");
+            assert!(log.contains("add the CA that issued it"), "{log}");
         },
     );
 }
