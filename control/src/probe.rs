@@ -122,6 +122,7 @@ impl PeerProbe {
             flags: FLAG_TLS | FLAG_PROBE,
             conn_index: u16::try_from(index).unwrap_or(u16::MAX),
             uid: uid.to_owned(),
+            origin: None,
         }
         .encode();
         let sent = match tls.write_all(&preamble).await {

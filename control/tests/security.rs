@@ -761,6 +761,7 @@ fn tls_preamble_refused(addr: &str, ca: &Path, uid: &str) -> bool {
         flags: scistream_protocol::preamble::FLAG_TLS,
         conn_index: 0,
         uid: uid.into(),
+        origin: None,
     }
     .encode();
     if tls.write_all(&preamble).and_then(|()| tls.flush()).is_err() {

@@ -383,6 +383,7 @@ fn present(addr: &str, ca: &std::path::Path, uid: &str, flags: u8, index: u16) -
         flags,
         conn_index: index,
         uid: uid.into(),
+        origin: None,
     }
     .encode();
     use std::io::{Read, Write};

@@ -10,6 +10,7 @@ fn preamble(c: &mut Criterion) {
         flags: 1,
         conn_index: 3,
         uid: "4f1c2a9e-3b7d-4c1e-9f00-123456789abc".into(),
+        origin: None,
     };
     let bytes = p.encode();
     c.bench_function("preamble_parse_valid", |b| {

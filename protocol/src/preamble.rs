@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! preamble  "S2PA" | version u8 | flags u8 | conn index u16 (BE) | uid len u8 | uid
+//!           [ origin: family u8 (4|6) | address (4|16) | port u16 (BE) ]   when FLAG_ORIGIN
 //! answer    0x06 (accepted)   or   0x7f | reason u8 (refused, then close)
 //! ```
 //!
@@ -22,8 +23,10 @@ pub const MAGIC: [u8; 4] = *b"S2PA";
 pub const VERSION: u8 = 1;
 /// Fixed header before the uid.
 pub const HEADER_LEN: usize = 9;
+/// Longest origin (IPv6).
+const MAX_ORIGIN_LEN: usize = 1 + 16 + 2;
 /// Longest preamble.
-pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN;
+pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN + MAX_ORIGIN_LEN;
 /// Flag: the channel is TLS.
 pub const FLAG_TLS: u8 = 1;
 /// Flag: a probe. The outbound `s2cs` checks, when a user points a session
@@ -37,8 +40,15 @@ pub const FLAG_PROBE: u8 = 2;
 /// it only for a session that carries UDP, and then sends the datagrams to
 /// the receiver from a UDP socket of its own.
 pub const FLAG_UDP: u8 = 4;
+/// Flag: an origin address follows the uid: where the connection that the
+/// outbound gateway is forwarding came from (the instrument's address as
+/// the outbound gateway saw it). An inbound gateway that finds there the
+/// address of one of its *own* connections to a receiver knows that its
+/// receiver is another gateway's outbound listener leading straight back to
+/// it: a tunnel loop, refused before it can multiply connections.
+pub const FLAG_ORIGIN: u8 = 8;
 /// Every flag this version knows; a preamble with any other bit set is refused.
-pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE | FLAG_UDP;
+pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE | FLAG_UDP | FLAG_ORIGIN;
 /// The answer byte for "accepted".
 pub const ACCEPTED: u8 = 0x06;
 /// The answer byte for "refused", followed by a [`Refusal`] code. Not a TLS
@@ -55,6 +65,9 @@ pub struct Preamble {
     pub conn_index: u16,
     /// The session uid.
     pub uid: String,
+    /// Where the forwarded connection came from ([`FLAG_ORIGIN`]); encoding
+    /// sets the flag when present.
+    pub origin: Option<std::net::SocketAddr>,
 }
 
 /// Why a preamble was rejected.
@@ -74,6 +87,9 @@ pub enum PreambleError {
     /// Flags this version does not know.
     #[error("unknown preamble flags {0:#04x}")]
     Flags(u8),
+    /// The origin address is not IPv4 or IPv6.
+    #[error("malformed origin address in preamble")]
+    Origin,
 }
 
 impl PreambleError {
@@ -81,9 +97,10 @@ impl PreambleError {
     pub fn refusal(self) -> Refusal {
         match self {
             PreambleError::Version(_) => Refusal::Version,
-            PreambleError::Magic(_) | PreambleError::Uid | PreambleError::Flags(_) => {
-                Refusal::Malformed
-            }
+            PreambleError::Magic(_)
+            | PreambleError::Uid
+            | PreambleError::Flags(_)
+            | PreambleError::Origin => Refusal::Malformed,
         }
     }
 }
@@ -100,6 +117,9 @@ pub enum Refusal {
     Malformed = 3,
     /// The preamble version is not supported.
     Version = 4,
+    /// The connection came back from this gateway's own receiver connection:
+    /// the session's receiver leads to a gateway that forwards to it again.
+    Loop = 5,
 }
 
 impl Refusal {
@@ -110,6 +130,7 @@ impl Refusal {
             2 => Refusal::ReceiverUnreachable,
             3 => Refusal::Malformed,
             4 => Refusal::Version,
+            5 => Refusal::Loop,
             _ => return None,
         })
     }
@@ -121,6 +142,9 @@ impl Refusal {
             Refusal::ReceiverUnreachable => "its receiver could not be reached",
             Refusal::Malformed => "the preamble was malformed",
             Refusal::Version => "it does not speak this preamble version",
+            Refusal::Loop => {
+                "the connection loops: the session's receiver is a gateway that forwards back to it"
+            }
         }
     }
 }
@@ -131,6 +155,7 @@ impl std::fmt::Debug for Preamble {
             .field("flags", &self.flags)
             .field("conn_index", &self.conn_index)
             .field("uid", &format_args!("<{} bytes>", self.uid.len()))
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -140,13 +165,30 @@ impl Preamble {
     pub fn encode(&self) -> Vec<u8> {
         let uid = self.uid.as_bytes();
         let len = uid.len().min(MAX_UID_LEN);
-        let mut out = Vec::with_capacity(HEADER_LEN + len);
+        let mut out = Vec::with_capacity(MAX_LEN);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
-        out.push(self.flags);
+        let flags = match self.origin {
+            Some(_) => self.flags | FLAG_ORIGIN,
+            None => self.flags & !FLAG_ORIGIN,
+        };
+        out.push(flags);
         out.extend_from_slice(&self.conn_index.to_be_bytes());
         out.push(len as u8);
         out.extend_from_slice(&uid[..len]);
+        match self.origin {
+            Some(std::net::SocketAddr::V4(a)) => {
+                out.push(4);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+            Some(std::net::SocketAddr::V6(a)) => {
+                out.push(6);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+            None => {}
+        }
         out
     }
 
@@ -155,9 +197,17 @@ impl Preamble {
     /// preamble off a socket and nothing after it.
     pub fn wanted(buf: &[u8]) -> usize {
         if buf.len() < HEADER_LEN {
-            HEADER_LEN
-        } else {
-            HEADER_LEN + usize::from(buf[8])
+            return HEADER_LEN;
+        }
+        let base = HEADER_LEN + usize::from(buf[8]);
+        if buf[5] & FLAG_ORIGIN == 0 {
+            return base;
+        }
+        match buf.get(base) {
+            None => base + 1,
+            Some(6) => base + 1 + 16 + 2,
+            // IPv4, or a family that parse() refuses once it sees it.
+            Some(_) => base + 1 + 4 + 2,
         }
     }
 
@@ -190,13 +240,40 @@ impl Preamble {
         let uid = std::str::from_utf8(&buf[HEADER_LEN..HEADER_LEN + len])
             .map_err(|_| PreambleError::Uid)?;
         validate_uid(uid).map_err(|_| PreambleError::Uid)?;
+        let mut used = HEADER_LEN + len;
+        let mut origin = None;
+        if buf[5] & FLAG_ORIGIN != 0 {
+            let Some(&family) = buf.get(used) else {
+                return Ok(None);
+            };
+            let addr_len = match family {
+                4 => 4,
+                6 => 16,
+                _ => return Err(PreambleError::Origin),
+            };
+            let Some(a) = buf.get(used + 1..used + 1 + addr_len + 2) else {
+                return Ok(None);
+            };
+            let port = u16::from_be_bytes([a[addr_len], a[addr_len + 1]]);
+            let ip: std::net::IpAddr = if addr_len == 4 {
+                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+            } else {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&a[..16]);
+                std::net::Ipv6Addr::from(octets).into()
+            };
+            origin = Some(std::net::SocketAddr::new(ip, port));
+            used += 1 + addr_len + 2;
+        }
         Ok(Some((
             Preamble {
-                flags: buf[5],
+                // The origin flag is said by `origin`.
+                flags: buf[5] & !FLAG_ORIGIN,
                 conn_index: u16::from_be_bytes([buf[6], buf[7]]),
                 uid: uid.to_owned(),
+                origin,
             },
-            HEADER_LEN + len,
+            used,
         )))
     }
 }
@@ -218,7 +295,40 @@ mod tests {
             flags: FLAG_TLS,
             conn_index: 3,
             uid: "4f1c2a9e-3b7d-4c1e-9f00-123456789abc".into(),
+            origin: None,
         }
+    }
+
+    #[test]
+    fn an_origin_round_trips_and_is_read_exactly() {
+        for origin in ["192.0.2.7:40001", "[2001:db8::5]:6553"] {
+            let p = Preamble {
+                origin: Some(origin.parse().unwrap()),
+                ..sample()
+            };
+            let bytes = p.encode();
+            assert_ne!(bytes[5] & FLAG_ORIGIN, 0);
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Preamble::parse(&bytes[..cut]),
+                    Ok(None),
+                    "prefix of {cut} bytes"
+                );
+                assert!(Preamble::wanted(&bytes[..cut]) <= bytes.len());
+            }
+            assert_eq!(Preamble::wanted(&bytes), bytes.len());
+            let mut more = bytes.clone();
+            more.extend_from_slice(b"data");
+            assert_eq!(Preamble::parse(&more), Ok(Some((p, bytes.len()))));
+        }
+        let mut bad = Preamble {
+            origin: Some("192.0.2.7:1".parse().unwrap()),
+            ..sample()
+        }
+        .encode();
+        let family = HEADER_LEN + sample().uid.len();
+        bad[family] = 5;
+        assert_eq!(Preamble::parse(&bad), Err(PreambleError::Origin));
     }
 
     #[test]
@@ -266,8 +376,8 @@ mod tests {
             Err(PreambleError::Uid)
         );
         assert_eq!(
-            Preamble::parse(b"S2PA\x01\x0f"),
-            Err(PreambleError::Flags(15)),
+            Preamble::parse(b"S2PA\x01\x1f"),
+            Err(PreambleError::Flags(0x1f)),
             "an unknown flag"
         );
     }
@@ -309,12 +419,12 @@ mod tests {
         /// Structured fuzzing: valid headers with arbitrary uids and flags.
         #[test]
         fn valid_shapes_round_trip(flags in any::<u8>(), idx in any::<u16>(), uid in "[A-Za-z0-9._-]{1,128}") {
-            let p = Preamble { flags, conn_index: idx, uid };
+            let p = Preamble { flags: flags & !FLAG_ORIGIN, conn_index: idx, uid, origin: None };
             let bytes = p.encode();
             if flags & !KNOWN_FLAGS == 0 {
                 prop_assert_eq!(Preamble::parse(&bytes), Ok(Some((p, bytes.len()))));
             } else {
-                prop_assert_eq!(Preamble::parse(&bytes), Err(PreambleError::Flags(flags)));
+                prop_assert_eq!(Preamble::parse(&bytes), Err(PreambleError::Flags(flags & !FLAG_ORIGIN)));
             }
         }
     }

@@ -159,6 +159,9 @@ pub struct Conn {
     /// It carries a UDP flow: outbound, its client is the flow's socket
     /// pair and its preamble is flagged UDP; inbound, its target is.
     pub udp: bool,
+    /// Inbound: this connection's own address towards its receiver, known
+    /// to the loop guard while the connection lives.
+    pub receiver_conn: Option<crate::loop_guard::Registered>,
 }
 
 /// Applies the socket options of a forwarded socket. Failures are logged,

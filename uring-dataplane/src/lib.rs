@@ -12,6 +12,7 @@ mod conn;
 mod control;
 mod crypto;
 mod ktls;
+mod loop_guard;
 pub mod probe;
 mod reactor;
 pub mod record;
@@ -137,6 +138,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         user_timeout: config.dp.user_timeout,
         forward: config.dp.forward,
         crypto: crypto.crypto,
+        loop_guard: Default::default(),
     };
     let cpus = allowed_cpus();
     let n = config.dp.workers.unwrap_or(cpus.len()).max(1);

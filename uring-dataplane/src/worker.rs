@@ -133,6 +133,8 @@ pub struct WorkerOptions {
     pub crypto: crate::record::Crypto,
     /// Where UDP flows from peer gateways go.
     pub udp: crate::udp::UdpPlane,
+    /// This data plane's connections to receivers, to refuse tunnel loops.
+    pub loop_guard: std::sync::Arc<crate::loop_guard::LoopGuard>,
 }
 
 /// Token layout: kind (4 bits) | generation (28 bits) | slot (32 bits).
@@ -788,6 +790,7 @@ impl Worker {
             channel,
             deadline,
             udp: udp_sender.is_some(),
+            receiver_conn: None,
         });
         if let Some(at) = deadline {
             self.timers

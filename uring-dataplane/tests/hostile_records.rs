@@ -122,6 +122,7 @@ fn connect(addr: SocketAddr, pki: &Pki) -> Peer {
         flags: 1,
         conn_index: 0,
         uid: UID.into(),
+        origin: None,
     };
     s.write_all(&preamble.encode()).unwrap();
     s.flush().unwrap();
@@ -437,6 +438,7 @@ fn bystander(addr: SocketAddr, pki: &Pki) -> Bystander {
         flags: 1,
         conn_index: 0,
         uid: BYSTANDER.into(),
+        origin: None,
     };
     stream.write_all(&preamble.encode()).unwrap();
     stream.flush().unwrap();

@@ -236,6 +236,7 @@ fn preamble_flagged(flags: u8, uid: &str, index: u16) -> Vec<u8> {
         flags,
         conn_index: index,
         uid: uid.into(),
+        origin: None,
     }
     .encode()
 }

@@ -90,6 +90,7 @@ fn tunnel(crypto: Crypto) -> Tunnel {
         flags: scistream_protocol::preamble::FLAG_TLS,
         conn_index: 0,
         uid: "4f1c2a9e-3b7d-4c1e-9f00-123456789abc".into(),
+        origin: None,
     };
     let client = tls.client().unwrap();
     let server = tls.server().unwrap();

@@ -52,6 +52,14 @@ impl Conn {
         ctx.reactor
             .register(target.as_fd(), token(Kind::Target, slot, self.generation))
             .map_err(|e| format!("cannot watch the target socket: {e}"))?;
+        if matches!(self.channel, ListenerChannel::FromPeer { .. }) {
+            // The port is chosen at connect(): the address is final now.
+            if let Ok(local) = rustix::net::getsockname(&target) {
+                if let Ok(addr) = std::net::SocketAddr::try_from(local) {
+                    self.receiver_conn = Some(ctx.options.loop_guard.register(addr));
+                }
+            }
+        }
         self.target = Some(target);
         Ok(())
     }
@@ -301,6 +309,18 @@ impl Conn {
                 "wrong session: the uid or connection index is not this listener's",
             );
         }
+        if preamble
+            .origin
+            .is_some_and(|origin| ctx.options.loop_guard.is_own(origin))
+        {
+            let _ = inbound.answer(client, Some(Refusal::Loop));
+            return self.refuse(
+                ctx.worker,
+                "a tunnel loop: the connection comes from this gateway's own connection to the \
+                 session's receiver (the receiver is a gateway forwarding back here); release one \
+                 of the two sessions",
+            );
+        }
         if !early.is_empty() && !tls {
             // A plaintext peer that does not wait for the answer is not a SciStream gateway.
             return self.refuse(ctx.worker, "the peer sent data before it was accepted");
@@ -406,6 +426,9 @@ impl Conn {
                     flags: if tls { FLAG_TLS | udp } else { udp },
                     conn_index: first_index.saturating_add(self.target_index as u16),
                     uid: uid.to_string(),
+                    // Where the instrument connected from: lets the inbound
+                    // gateway see that it is itself (a tunnel loop).
+                    origin: Some(self.peer),
                 };
                 let server_name = targets
                     .get(self.target_index)

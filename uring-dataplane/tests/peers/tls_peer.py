@@ -12,7 +12,8 @@ TLS 1.3 record layer against independent implementations:
 sends the preamble (magic S2PA, version 1, flags TLS, index 0, uid), needs
 the answer 0x06, then sends --bytes and reads the receiver's echo back.
 --role server plays an inbound gateway: listens, prints its port on
-stdout, takes one connection, checks the preamble's uid, answers 0x06 and
+stdout, takes one connection, checks the preamble's uid (and reads the
+origin address that follows it when flag 8 is set), answers 0x06 and
 echoes everything back.
 
 Halfway through, --key-update sends a TLS 1.3 KeyUpdate (`plain`: without,
@@ -290,6 +291,10 @@ def run_server(args):
     uid = recv_exact(conn, head[8]).decode()
     if uid != args.uid:
         fail("the preamble names another uid")
+    if head[5] & 8:
+        # The origin: family (4 or 6), address, port.
+        family = recv_exact(conn, 1)[0]
+        recv_exact(conn, (4 if family == 4 else 16) + 2)
     conn.send(b"\x06")
     echoed, updated = 0, False
     while True:
