@@ -156,6 +156,12 @@ struct CompareArgs {
     /// Datagram size for --udp-rates (16-65507 bytes; UDP carries no more).
     #[arg(long = "udp-size", default_value = "1400", value_parser = udp_size)]
     udp_size: usize,
+    /// With --load iperf3: offer this rate (all streams together, e.g.
+    /// 2Gbit) instead of as fast as it goes, so every topology carries the
+    /// same traffic and the CPU s/GiB column compares like with like (the
+    /// figure that carries over to a real NIC).
+    #[arg(long, value_parser = rate)]
+    rate: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -220,7 +226,13 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<bool> {
         return run_udp_compare(&a);
     }
     let msg_size = check_msg(a.msg_size, "--msg-size")?;
+    if a.rate.is_some() && a.load != scistream_bench::compare::Load::Iperf3 {
+        anyhow::bail!(
+            "--rate needs --load iperf3 (s2bench's own load always sends as fast as it can)"
+        );
+    }
     let cfg = scistream_bench::compare::CompareConfig {
+        rate_bps: a.rate,
         only: a.only,
         conns: a.conns,
         msg_size,

@@ -54,7 +54,15 @@ impl Server {
     }
 
     /// One client run through `entry` (HOST:PORT) with `conns` streams.
-    pub fn run(&self, entry: &str, conns: usize, duration: Duration) -> Result<Measured, String> {
+    /// `rate_bps`: all streams together (iperf3's `-b` is per stream).
+    pub fn run(
+        &self,
+        entry: &str,
+        conns: usize,
+        duration: Duration,
+        rate_bps: Option<u64>,
+    ) -> Result<Measured, String> {
+        let per_stream = rate_bps.map(|r| (r / conns.max(1) as u64).max(1).to_string());
         let (host, port) = entry
             .rsplit_once(':')
             .ok_or_else(|| format!("'{entry}' is not HOST:PORT"))?;
@@ -74,6 +82,7 @@ impl Server {
                     &secs,
                     "-J",
                 ])
+                .args(per_stream.iter().flat_map(|b| ["-b", b.as_str()]))
                 .output()
                 .map_err(|e| format!("cannot run iperf3: {e}"))?;
             let text = String::from_utf8_lossy(&out.stdout);

@@ -25,6 +25,8 @@ use topology::{Env, Kind, Running};
 /// What to compare.
 #[derive(Debug, Clone)]
 pub struct CompareConfig {
+    /// iperf3 load: offered rate of all streams together (`None`: unlimited).
+    pub rate_bps: Option<u64>,
     /// Topologies to run (default: all).
     pub only: Vec<Kind>,
     /// Parallel connections; each value is measured separately.
@@ -224,6 +226,8 @@ pub fn run(cfg: &CompareConfig) -> Result<Report, String> {
         machine: Machine::read(),
         workload: serde_json::json!({
             "load": cfg.load, "conns": cfg.conns, "msg_size": cfg.msg_size, "duration_s": cfg.duration.as_secs_f64(), "rounds": cfg.rounds,
+            "offered_rate_bps": cfg.rate_bps,
+            "peer_settings": peers::settings(),
         }),
         series,
         skipped,
@@ -239,7 +243,7 @@ fn measure_iperf(
 ) -> Round {
     let cpu_before = tree_cpu_seconds(&r.pids);
     let entry = r.entries.first().cloned().unwrap_or_default();
-    let result = server.run(&entry, conns, cfg.duration);
+    let result = server.run(&entry, conns, cfg.duration, cfg.rate_bps);
     let cpu_seconds = tree_cpu_seconds(&r.pids) - cpu_before;
     match result {
         Ok(m) => Round {
@@ -330,9 +334,29 @@ impl Report {
             self.workload["rounds"],
             self.workload["duration_s"],
         );
+        if let Some(rate) = self.workload["offered_rate_bps"].as_u64() {
+            out += &format!(
+                "offered rate: {} (all streams together), the same for every topology\n",
+                scistream_protocol::units::format_rate(rate as f64)
+            );
+        }
+        if let Some(peers) = self.workload["peer_settings"].as_object() {
+            let list: Vec<String> = peers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("")))
+                .collect();
+            out += &format!("peers as tuned: {}\n", list.join("; "));
+        }
         out += &format!(
             "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12} {:>9} {:>13}\n",
-            "topology", "conns", "median", "min", "max", "CPU s/GiB", "x direct", "scistream/it"
+            "topology",
+            "conns",
+            "Gbit/s med",
+            "Gbit/s min",
+            "Gbit/s max",
+            "CPU s/GiB",
+            "vs direct",
+            "tunnel vs it"
         );
         for s in &self.series {
             let find = |name: &str| {
@@ -367,6 +391,9 @@ impl Report {
         for (name, why) in &self.skipped {
             out += &format!("skipped {name}: {why}\n");
         }
+        out += "Gbit/s: received at the sink, per round; CPU s/GiB: CPU seconds of the \
+            topology's processes per GiB carried; vs direct: its median over direct TCP's; \
+            tunnel vs it: the SciStream tunnel's median over its (above 1: the tunnel is faster)\n";
         out
     }
 
