@@ -101,11 +101,13 @@ impl Netns {
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
         Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap()
     }
@@ -137,9 +139,14 @@ impl Drop for Netns {
     }
 }
 
+/// A process started in its own process group; the whole group (socat's
+/// forked children included) is killed when dropped.
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
