@@ -488,6 +488,16 @@ async fn with_a_cluster_secret_etcd_reveals_no_uid() {
         "the key is the unkeyed hash of the uid"
     );
     assert!(!keys[0].0.contains(uid) && !keys[0].1.contains(uid));
+    // One tag for the session on every node sharing the secret (derived
+    // from it), so one grep follows it across the cluster.
+    let tag_a = s[0].tag.clone();
+    let s_at_a = scistream_client::tunnel::status(&ca, uid).await.unwrap();
+    assert_eq!(s_at_a[0].tag, tag_a);
+    assert!(
+        b.log().contains(&tag_a),
+        "b does not name the session {tag_a}: {}",
+        b.log()
+    );
 
     // Refused: readable by others, too short.
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -132,6 +132,19 @@ pub(crate) struct ClusterSettings {
     pub(crate) secret: Option<ClusterSecret>,
 }
 
+impl ClusterSettings {
+    /// The session-tag secret every node of the cluster derives from the
+    /// cluster secret (`None` without one): HMAC-SHA-256(secret, a label
+    /// and the cluster's name), never the cluster secret itself.
+    pub(crate) fn shared_tag_secret(&self) -> Option<[u8; 32]> {
+        let secret = self.secret.as_ref()?;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.0);
+        let label = format!("scistream session tags, cluster {}", self.cluster);
+        let mac = ring::hmac::sign(&key, label.as_bytes());
+        mac.as_ref().try_into().ok()
+    }
+}
+
 impl ClusterOptions {
     /// `None` in single-node mode; the settings, or what is wrong with the
     /// options, in cluster mode.

@@ -143,7 +143,7 @@ impl Relay {
         let client = self
             .connect(&record.node, record.control, metadata, how)
             .await?;
-        info!(node = %record.node, "passing the call on to the node that holds the session");
+        info!(node = %record.node, session = %scistream_protocol::tag::session_tag(uid), "passing the call on to the node that holds the session");
         Ok(Served::There(record.node, Box::new(client)))
     }
 

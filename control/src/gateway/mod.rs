@@ -113,7 +113,7 @@ pub async fn run(
         warn!("{w}");
     }
     raise_descriptor_limit();
-    let state = State::open(&config)?;
+    let state = State::open(&config, files.cluster.as_ref())?;
     let ports = Ports::bind(&config).await?;
     let (dataplane, supervisor, attached) = start_dataplane(&config, &state).await?;
     let registry = Arc::new(Registry::new(
@@ -266,9 +266,17 @@ struct State {
 }
 
 impl State {
-    fn open(config: &Config) -> Result<State, RunError> {
+    fn open(
+        config: &Config,
+        cluster: Option<&crate::cluster::ClusterSettings>,
+    ) -> Result<State, RunError> {
         let state = StateDir::prepare(&config.state_dir().map_err(RunError::Config)?)?;
-        let tag_secret = state.tag_secret()?;
+        // Nodes of one cluster that share its secret name a session by one
+        // tag, so one grep follows it across nodes; else each keeps its own.
+        let tag_secret = match cluster.and_then(|c| c.shared_tag_secret()) {
+            Some(shared) => shared,
+            None => state.tag_secret()?,
+        };
         // Every log line and metric names sessions by tag from here on.
         scistream_protocol::tag::set_secret(&tag_secret);
         let store = Arc::new(SessionStore::open(&state.private_file("sessions.redb")?)?);
