@@ -2,8 +2,12 @@
 //!
 //! `s2cs` hands it listening sockets over a Unix socket ([`control`]); it
 //! spreads them over thread-per-core [`worker`]s, each with its own
-//! [`reactor`], and forwards every accepted connection to its target with
-//! `splice` through a per-connection pipe ([`relay`]).
+//! [`reactor`], and forwards every accepted connection to its target
+//! ([`relay`]): with `splice` through a per-connection pipe when both legs
+//! are plaintext (or kTLS), else through the user-space TLS record layer
+//! ([`record`]). Between gateways the data channel is TLS 1.3 ([`tls`],
+//! [`setup`]: handshake, preamble, answer). UDP sessions have a thread of
+//! their own (`udp`).
 #![deny(unsafe_code)]
 
 mod client_cert;

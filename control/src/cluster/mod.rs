@@ -1,10 +1,14 @@
 //! Cluster mode: one gateway spread over several `s2cs` nodes, coordinated
 //! through etcd (`--cluster NAME --etcd URL… --node NAME`).
 //!
-//! What is here now: each node registers itself under a lease it keeps
-//! alive and watches the other nodes ([`membership`]). Single-node mode
-//! (no `--cluster`) does not touch etcd at all. See docs/CLUSTER.md for
-//! what a cluster does today and what comes next.
+//! Each node registers itself under a lease it keeps alive and watches the
+//! other nodes ([`membership`]); etcd holds which node holds each session
+//! and where its parts are ([`directory`]); a `req` places a session's
+//! listeners over the nodes ([`placement`], [`load`]) and its holder serves
+//! the session's calls on every part ([`spread`]); a call for a session
+//! another node holds is passed on to it ([`relay`]). Single-node mode (no
+//! `--cluster`) does not touch etcd at all. docs/CLUSTER.md says what a
+//! cluster does and what is missing.
 
 pub(crate) mod directory;
 pub(crate) mod etcd;
