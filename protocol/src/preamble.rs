@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! preamble  "S2PA" | version u8 | flags u8 | conn index u16 (BE) | uid len u8 | uid
-//!           [ origin: family u8 (4|6) | address (4|16) | port u16 (BE) ]   when FLAG_ORIGIN
+//!           [ origin: family u8 (4|6) | from address | from port u16 | to address | to port u16 ]
+//!                                                               when FLAG_ORIGIN (addresses 4 or 16 bytes)
 //! answer    0x06 (accepted)   or   0x7f | reason u8 (refused, then close)
 //! ```
 //!
@@ -24,7 +25,7 @@ pub const VERSION: u8 = 1;
 /// Fixed header before the uid.
 pub const HEADER_LEN: usize = 9;
 /// Longest origin (IPv6).
-const MAX_ORIGIN_LEN: usize = 1 + 16 + 2;
+const MAX_ORIGIN_LEN: usize = 1 + 2 * (16 + 2);
 /// Longest preamble.
 pub const MAX_LEN: usize = HEADER_LEN + MAX_UID_LEN + MAX_ORIGIN_LEN;
 /// Flag: the channel is TLS.
@@ -40,12 +41,12 @@ pub const FLAG_PROBE: u8 = 2;
 /// it only for a session that carries UDP, and then sends the datagrams to
 /// the receiver from a UDP socket of its own.
 pub const FLAG_UDP: u8 = 4;
-/// Flag: an origin address follows the uid: where the connection that the
-/// outbound gateway is forwarding came from (the instrument's address as
-/// the outbound gateway saw it). An inbound gateway that finds there the
-/// address of one of its *own* connections to a receiver knows that its
-/// receiver is another gateway's outbound listener leading straight back to
-/// it: a tunnel loop, refused before it can multiply connections.
+/// Flag: an [`Origin`] follows the uid: the connection that the outbound
+/// gateway is forwarding, as it saw it (the instrument's address and its
+/// own listener's). An inbound gateway that finds there one of its *own*
+/// connections to a receiver (same two ends) knows that its receiver is
+/// another gateway's outbound listener leading straight back to it: a
+/// tunnel loop, refused before it can multiply connections.
 pub const FLAG_ORIGIN: u8 = 8;
 /// Every flag this version knows; a preamble with any other bit set is refused.
 pub const KNOWN_FLAGS: u8 = FLAG_TLS | FLAG_PROBE | FLAG_UDP | FLAG_ORIGIN;
@@ -67,7 +68,45 @@ pub struct Preamble {
     pub uid: String,
     /// Where the forwarded connection came from ([`FLAG_ORIGIN`]); encoding
     /// sets the flag when present.
-    pub origin: Option<std::net::SocketAddr>,
+    pub origin: Option<Origin>,
+}
+
+/// The instrument-side connection an outbound gateway forwards: `from` the
+/// instrument (its peer) `to` its listener. Both of one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Where the connection came from.
+    pub from: std::net::SocketAddr,
+    /// The listener it reached.
+    pub to: std::net::SocketAddr,
+}
+
+impl Origin {
+    /// `None` when the two ends are of different address families.
+    pub fn new(from: std::net::SocketAddr, to: std::net::SocketAddr) -> Option<Origin> {
+        (from.is_ipv4() == to.is_ipv4()).then_some(Origin { from, to })
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: std::net::SocketAddr) {
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        std::net::IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn get_addr(b: &[u8], v4: bool) -> std::net::SocketAddr {
+    let n = if v4 { 4 } else { 16 };
+    let port = u16::from_be_bytes([b[n], b[n + 1]]);
+    let ip: std::net::IpAddr = if v4 {
+        std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()
+    } else {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&b[..16]);
+        std::net::Ipv6Addr::from(octets).into()
+    };
+    std::net::SocketAddr::new(ip, port)
 }
 
 /// Why a preamble was rejected.
@@ -176,18 +215,10 @@ impl Preamble {
         out.extend_from_slice(&self.conn_index.to_be_bytes());
         out.push(len as u8);
         out.extend_from_slice(&uid[..len]);
-        match self.origin {
-            Some(std::net::SocketAddr::V4(a)) => {
-                out.push(4);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
-            Some(std::net::SocketAddr::V6(a)) => {
-                out.push(6);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
-            None => {}
+        if let Some(o) = self.origin {
+            out.push(if o.from.is_ipv4() { 4 } else { 6 });
+            put_addr(&mut out, o.from);
+            put_addr(&mut out, o.to);
         }
         out
     }
@@ -205,9 +236,9 @@ impl Preamble {
         }
         match buf.get(base) {
             None => base + 1,
-            Some(6) => base + 1 + 16 + 2,
+            Some(6) => base + 1 + 2 * (16 + 2),
             // IPv4, or a family that parse() refuses once it sees it.
-            Some(_) => base + 1 + 4 + 2,
+            Some(_) => base + 1 + 2 * (4 + 2),
         }
     }
 
@@ -251,19 +282,15 @@ impl Preamble {
                 6 => 16,
                 _ => return Err(PreambleError::Origin),
             };
-            let Some(a) = buf.get(used + 1..used + 1 + addr_len + 2) else {
+            let Some(a) = buf.get(used + 1..used + 1 + 2 * (addr_len + 2)) else {
                 return Ok(None);
             };
-            let port = u16::from_be_bytes([a[addr_len], a[addr_len + 1]]);
-            let ip: std::net::IpAddr = if addr_len == 4 {
-                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
-            } else {
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(&a[..16]);
-                std::net::Ipv6Addr::from(octets).into()
-            };
-            origin = Some(std::net::SocketAddr::new(ip, port));
-            used += 1 + addr_len + 2;
+            let v4 = addr_len == 4;
+            origin = Some(Origin {
+                from: get_addr(a, v4),
+                to: get_addr(&a[addr_len + 2..], v4),
+            });
+            used += 1 + 2 * (addr_len + 2);
         }
         Ok(Some((
             Preamble {
@@ -301,9 +328,12 @@ mod tests {
 
     #[test]
     fn an_origin_round_trips_and_is_read_exactly() {
-        for origin in ["192.0.2.7:40001", "[2001:db8::5]:6553"] {
+        for (from, to) in [
+            ("192.0.2.7:40001", "192.0.2.9:5100"),
+            ("[2001:db8::5]:6553", "[2001:db8::1]:5100"),
+        ] {
             let p = Preamble {
-                origin: Some(origin.parse().unwrap()),
+                origin: Origin::new(from.parse().unwrap(), to.parse().unwrap()),
                 ..sample()
             };
             let bytes = p.encode();
@@ -322,7 +352,10 @@ mod tests {
             assert_eq!(Preamble::parse(&more), Ok(Some((p, bytes.len()))));
         }
         let mut bad = Preamble {
-            origin: Some("192.0.2.7:1".parse().unwrap()),
+            origin: Origin::new(
+                "192.0.2.7:1".parse().unwrap(),
+                "192.0.2.8:2".parse().unwrap(),
+            ),
             ..sample()
         }
         .encode();

@@ -21,6 +21,26 @@ pub struct Target {
     pub server_name: String,
 }
 
+/// For logs: `given` and, when it is a name, what it resolved to.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.given == self.addr.to_string() {
+            write!(f, "{}", self.given)
+        } else {
+            write!(f, "{} ({})", self.given, self.addr)
+        }
+    }
+}
+
+/// A list of targets for a log line: `a, b (10.0.0.1:5100)`.
+pub fn list(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(Target::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Target {
     /// A target the user gave as `given`, resolved to `addr`.
     pub fn new(given: &str, addr: SocketAddr) -> Result<Self, EndpointError> {

@@ -259,7 +259,7 @@ impl DataPlane {
         self.listeners.insert(key.clone(), copies);
         match result {
             Ok(()) => {
-                info!(session = %key, listeners = ?spec.listeners, targets = ?spec.targets, rate_kbps = spec.rate_kbps, "forwarding");
+                info!(session = %key, listeners = ?spec.listeners, targets = %scistream_protocol::target::list(&spec.targets), rate_kbps = spec.rate_kbps, "forwarding");
                 Outcome::Done
             }
             Err(e) => {
@@ -342,7 +342,7 @@ impl DataPlane {
         }
         match wait_acks(&rx, involved.len()) {
             Ok(()) => {
-                info!(session = %key, ?targets, "targets updated");
+                info!(session = %key, targets = %scistream_protocol::target::list(&targets), "targets updated");
                 Outcome::Done
             }
             Err(e) => failed(e),

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use scistream_protocol::preamble::{
-    FLAG_PROBE, FLAG_TLS, FLAG_UDP, Preamble, Refusal, uid_matches,
+    FLAG_PROBE, FLAG_TLS, FLAG_UDP, Origin, Preamble, Refusal, uid_matches,
 };
 use tracing::{debug, warn};
 
@@ -54,10 +54,11 @@ impl Conn {
             .map_err(|e| format!("cannot watch the target socket: {e}"))?;
         if matches!(self.channel, ListenerChannel::FromPeer { .. }) {
             // The port is chosen at connect(): the address is final now.
-            if let Ok(local) = rustix::net::getsockname(&target) {
-                if let Ok(addr) = std::net::SocketAddr::try_from(local) {
-                    self.receiver_conn = Some(ctx.options.loop_guard.register(addr));
-                }
+            let local = rustix::net::getsockname(&target)
+                .ok()
+                .and_then(|a| std::net::SocketAddr::try_from(a).ok());
+            if let Some(ends) = local.and_then(|l| Origin::new(l, self.target_addr)) {
+                self.receiver_conn = Some(ctx.options.loop_guard.register(ends));
             }
         }
         self.target = Some(target);
@@ -428,7 +429,10 @@ impl Conn {
                     uid: uid.to_string(),
                     // Where the instrument connected from: lets the inbound
                     // gateway see that it is itself (a tunnel loop).
-                    origin: Some(self.peer),
+                    origin: rustix::net::getsockname(&self.client)
+                        .ok()
+                        .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+                        .and_then(|listener| Origin::new(self.peer, listener)),
                 };
                 let server_name = targets
                     .get(self.target_index)

@@ -292,9 +292,9 @@ def run_server(args):
     if uid != args.uid:
         fail("the preamble names another uid")
     if head[5] & 8:
-        # The origin: family (4 or 6), address, port.
+        # The origin: family (4 or 6), then from and to: address, port.
         family = recv_exact(conn, 1)[0]
-        recv_exact(conn, (4 if family == 4 else 16) + 2)
+        recv_exact(conn, 2 * ((4 if family == 4 else 16) + 2))
     conn.send(b"\x06")
     echoed, updated = 0, False
     while True:
