@@ -412,11 +412,17 @@ mod tests {
         let said = words(&e);
         assert!(said.contains("does not name the host"), "{said}");
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError);
+        let said = words(&alert);
         assert!(
-            words(&alert).contains("refused the TLS handshake (decrypterror)"),
-            "{}",
-            words(&alert)
+            said.contains("refused this gateway's certificate (TLS alert decrypterror)")
+                && said.contains("--peer-ca")
+                && said.contains("not random"),
+            "{said}"
         );
+        let other = words(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure,
+        ));
+        assert!(other.contains("alert handshakefailure"), "{other}");
     }
 
     #[test]
