@@ -97,20 +97,29 @@ struct Peer {
     rx: Records,
 }
 
-fn connect(addr: SocketAddr, pki: &Pki) -> Peer {
+/// A rustls client over TLS 1.3 (AES-128-GCM only, with its secrets
+/// extractable, when `own_records`), past the preamble for `uid`.
+fn accepted(
+    addr: SocketAddr,
+    pki: &Pki,
+    uid: &str,
+    own_records: bool,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    if own_records {
+        provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"scistream-data/1".to_vec()];
-    config.enable_secret_extraction = true;
+    config.enable_secret_extraction = own_records;
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
             .unwrap();
@@ -121,7 +130,7 @@ fn connect(addr: SocketAddr, pki: &Pki) -> Peer {
     let preamble = Preamble {
         flags: 1,
         conn_index: 0,
-        uid: UID.into(),
+        uid: uid.into(),
         origin: None,
     };
     s.write_all(&preamble.encode()).unwrap();
@@ -129,7 +138,11 @@ fn connect(addr: SocketAddr, pki: &Pki) -> Peer {
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).unwrap();
     assert_eq!(answer[0], ACCEPTED);
-    let rustls::StreamOwned { conn, sock } = s;
+    s
+}
+
+fn connect(addr: SocketAddr, pki: &Pki) -> Peer {
+    let rustls::StreamOwned { conn, sock } = accepted(addr, pki, UID, true);
     let secrets = conn.dangerous_extract_secrets().unwrap();
     Peer {
         sock,
@@ -416,36 +429,10 @@ struct Bystander {
 }
 
 fn bystander(addr: SocketAddr, pki: &Pki) -> Bystander {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
+    Bystander {
+        stream: accepted(addr, pki, BYSTANDER, false),
+        n: 0,
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"scistream-data/1".to_vec()];
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
-            .unwrap();
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut stream = rustls::StreamOwned::new(conn, sock);
-    let preamble = Preamble {
-        flags: 1,
-        conn_index: 0,
-        uid: BYSTANDER.into(),
-        origin: None,
-    };
-    stream.write_all(&preamble.encode()).unwrap();
-    stream.flush().unwrap();
-    let mut answer = [0u8; 1];
-    stream.read_exact(&mut answer).unwrap();
-    assert_eq!(answer[0], ACCEPTED);
-    Bystander { stream, n: 0 }
 }
 
 impl Bystander {
