@@ -872,3 +872,50 @@ async fn another_identitys_spread_session_is_not_found_at_every_node() {
     // Still whole for alice.
     assert_eq!(by_node(&status(&alice, &uid).await).len(), 3);
 }
+
+/// A node knows its cluster before it serves: three nodes started at once
+/// and a request made as soon as their control ports answer (no waiting for
+/// the nodes to see each other) spreads over all three. It used to land
+/// whole on the node that took it, the others not yet known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_three_nodes_start_spreads_over_them() {
+    if !have_etcd("a_request_right_after_three_nodes_start_spreads_over_them") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let starts: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            let args = node_args(&etcd, name, &[]);
+            std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Gw::start(None, 8, &args)
+            })
+        })
+        .collect();
+    let nodes: Vec<Gw> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let ca = client(&nodes[0]).await;
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let listeners = request(&ca, &ca, &uid, 6, &receiver.addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(listeners.len(), 6, "{listeners:?}");
+    let parts = by_node(&status(&ca, &uid).await);
+    assert_eq!(
+        parts.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "{parts:?}"
+    );
+    for (n, s) in &parts {
+        assert_eq!(s.listeners.len(), 2, "node {n}: {s:?}");
+    }
+    ca.client
+        .clone()
+        .release(pb::Release {
+            uid,
+            role: String::new(),
+        })
+        .await
+        .unwrap();
+}

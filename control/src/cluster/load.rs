@@ -4,6 +4,7 @@
 //! costs at most N small writes a second, whatever the number of sessions.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -12,7 +13,8 @@ use tracing::debug;
 
 use super::ClusterError;
 use super::etcd::Etcd;
-use super::membership::prefix;
+use super::etcd::{pb, prefix_op};
+use super::membership::{nodes_of, nodes_prefix, prefix};
 use super::placement::Load;
 use crate::sessions::Registry;
 
@@ -59,26 +61,45 @@ async fn put(etcd: &Etcd, key: &str, (load, lease): (Load, i64)) -> Result<(), C
     Ok(())
 }
 
-/// Every node's published load (a node that has published nothing yet is
-/// taken as idle).
+/// What placement reads, in one etcd round trip: the nodes registered
+/// this moment (name and control address) and every node's published load
+/// (a node that has published nothing yet is taken as idle). Read from
+/// etcd rather than this node's watch, which may lag a node that has just
+/// joined by a few milliseconds.
 pub(crate) async fn read(
     etcd: &Etcd,
     cluster: &str,
-) -> Result<BTreeMap<String, Load>, ClusterError> {
-    let prefix = load_prefix(cluster);
+) -> Result<(Vec<(String, SocketAddr)>, BTreeMap<String, Load>), ClusterError> {
+    let nodes = nodes_prefix(cluster);
+    let loads = load_prefix(cluster);
     let answer = etcd
-        .call("read the nodes' load", |c| {
-            let prefix = prefix.clone();
-            async move { c.get(prefix, true).await }
+        .call("read the nodes and their load", |c| {
+            let ops = vec![prefix_op(&nodes), prefix_op(&loads)];
+            async move { c.txn(Vec::new(), ops, Vec::new()).await }
         })
         .await?;
-    Ok(answer
-        .kvs
+    let mut ranges = answer
+        .responses
+        .into_iter()
+        .filter_map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => Some(range.kvs),
+            _ => None,
+        });
+    let (node_kvs, load_kvs) = (
+        ranges.next().unwrap_or_default(),
+        ranges.next().unwrap_or_default(),
+    );
+    let members = nodes_of(&node_kvs)
+        .into_values()
+        .map(|r| (r.node, r.control))
+        .collect();
+    let loads = load_kvs
         .iter()
         .filter_map(|kv| {
             let key = std::str::from_utf8(&kv.key).ok()?;
-            let node = key.strip_prefix(&prefix)?.to_owned();
+            let node = key.strip_prefix(&loads)?.to_owned();
             Some((node, serde_json::from_slice(&kv.value).ok()?))
         })
-        .collect())
+        .collect();
+    Ok((members, loads))
 }

@@ -56,7 +56,7 @@ impl Members {
     }
 
     /// The live nodes' names, for log lines.
-    fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         nodes.keys().cloned().collect()
     }
@@ -82,7 +82,7 @@ pub(crate) fn prefix(cluster: &str) -> String {
     format!("/scistream/{cluster}/")
 }
 
-fn nodes_prefix(cluster: &str) -> String {
+pub(crate) fn nodes_prefix(cluster: &str) -> String {
     format!("{}nodes/", prefix(cluster))
 }
 
@@ -241,41 +241,82 @@ impl Registration {
     }
 }
 
-/// Keeps `members` up to date from etcd: a full read, then a watch from
-/// that revision; after an error, a fresh read.
-pub(crate) async fn watch_members(etcd: Etcd, settings: ClusterSettings, members: Arc<Members>) {
+/// Reads the registered nodes into `members` once: a node knows its
+/// cluster before it serves (see [`super::Cluster::join`]). Returns the
+/// revision read, from which [`watch_members`] follows the changes.
+pub(crate) async fn read_members(
+    etcd: &Etcd,
+    settings: &ClusterSettings,
+    members: &Members,
+) -> Result<i64, ClusterError> {
+    read_once(
+        &etcd.client(),
+        &nodes_prefix(&settings.cluster),
+        settings.timeout,
+        members,
+    )
+    .await
+}
+
+/// Keeps `members` up to date from etcd: a watch from `revision` (the
+/// first read's), then after an error a fresh read and a watch from it.
+pub(crate) async fn watch_members(
+    etcd: Etcd,
+    settings: ClusterSettings,
+    members: Arc<Members>,
+    mut revision: i64,
+) {
     let prefix = nodes_prefix(&settings.cluster);
     loop {
         let client = etcd.client();
-        if let Err(e) = watch_once(&client, &prefix, settings.timeout, &members).await {
+        let watched = async {
+            if revision == 0 {
+                revision = read_once(&client, &prefix, settings.timeout, &members).await?;
+            }
+            follow(&client, &prefix, settings.timeout, &members, revision).await
+        };
+        if let Err(e) = watched.await {
             warn!(error = %e, "watching the cluster's nodes failed; watching again");
             etcd.rotate();
         }
+        revision = 0;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn watch_once(
+async fn read_once(
     client: &Client,
     prefix: &str,
     timeout: Duration,
     members: &Members,
-) -> Result<(), ClusterError> {
+) -> Result<i64, ClusterError> {
     let now = bounded(
         "read the cluster's nodes",
         timeout,
         client.get(prefix, true),
     )
     .await?;
-    let nodes = now
-        .kvs
-        .iter()
+    members.set(nodes_of(&now.kvs));
+    info!(nodes = ?members.names(), "cluster nodes");
+    Ok(now.header.map(|h| h.revision).unwrap_or(0))
+}
+
+/// The readable node records among `kvs` (the nodes prefix's keys), by name.
+pub(crate) fn nodes_of(kvs: &[pb::KeyValue]) -> BTreeMap<String, NodeRecord> {
+    kvs.iter()
         .filter_map(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok())
         .map(|r| (r.node.clone(), r))
-        .collect();
-    members.set(nodes);
-    info!(nodes = ?members.names(), "cluster nodes");
-    let revision = now.header.map(|h| h.revision).unwrap_or(0);
+        .collect()
+}
+
+/// Applies the changes after `revision` until the watch ends or fails.
+async fn follow(
+    client: &Client,
+    prefix: &str,
+    timeout: Duration,
+    members: &Members,
+    revision: i64,
+) -> Result<(), ClusterError> {
     let mut stream = bounded(
         "watch the cluster's nodes",
         timeout,

@@ -113,8 +113,12 @@ impl Cluster {
         ));
         let registration = Registration::register(etcd.clone(), settings.clone(), record).await?;
         let lease = registration.lease();
+        // The cluster's nodes are known before this node serves: a request
+        // made as soon as its control port answers is placed over them all.
         let members = Arc::new(Members::default());
-        let watch = membership::watch_members(etcd.clone(), settings.clone(), members.clone());
+        let revision = membership::read_members(&etcd, &settings, &members).await?;
+        let watch =
+            membership::watch_members(etcd.clone(), settings.clone(), members.clone(), revision);
         let tasks = vec![tokio::spawn(registration.keep()), tokio::spawn(watch)];
         Ok(Cluster {
             etcd,
@@ -184,6 +188,11 @@ impl Cluster {
                 ),
             }
         }
+    }
+
+    /// The nodes this node knows (itself included), read before it serves.
+    pub(crate) fn nodes(&self) -> Vec<String> {
+        self.members.names()
     }
 
     /// The cluster's name.

@@ -180,20 +180,21 @@ impl Relay {
     /// The parts of a session of `n` listeners at `rate`: empty when they
     /// all stay here.
     async fn place(&self, n: usize, rate: i32, role: &str) -> Result<Vec<Part>, Status> {
-        if self.placement == Placement::Pack || self.members.len() <= 1 {
+        if self.placement == Placement::Pack {
             return Ok(Vec::new());
         }
-        let loads = super::load::read(self.directory.etcd(), self.directory.cluster())
+        let (nodes, loads) = super::load::read(self.directory.etcd(), self.directory.cluster())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if nodes.len() <= 1 {
+            return Ok(Vec::new());
+        }
         let candidate = |(node, control): (String, SocketAddr)| Candidate {
             load: loads.get(&node).copied().unwrap_or_default(),
             node,
             control,
         };
-        let (me, others): (Vec<_>, Vec<_>) = self
-            .members
-            .controls()
+        let (me, others): (Vec<_>, Vec<_>) = nodes
             .into_iter()
             .map(candidate)
             .partition(|c| c.node == self.node);

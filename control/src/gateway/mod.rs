@@ -141,6 +141,7 @@ pub async fn run(
     info!(
         control = %ports.control_addr,
         cluster = ?cluster.as_ref().map(|c| c.name()),
+        cluster_nodes = ?cluster.as_ref().map(|c| c.nodes()),
         state_dir = %state.dir.display(),
         listener_ip = %config.listener_ip,
         port_range = %format!("{}-{}", config.port_range.start(), config.port_range.end()),

@@ -345,6 +345,17 @@ pub(crate) fn get_op(key: &str) -> pb::RequestOp {
     }
 }
 
+/// A read of every key under `prefix` inside a transaction.
+pub(crate) fn prefix_op(prefix: &str) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

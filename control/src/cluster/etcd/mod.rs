@@ -11,7 +11,7 @@ use std::time::Duration;
 mod client;
 
 use client::EtcdTls;
-pub(crate) use client::{Client, EtcdError, get_op, pb, put_op, unchanged_since};
+pub(crate) use client::{Client, EtcdError, get_op, pb, prefix_op, put_op, unchanged_since};
 
 use super::ClusterError;
 use super::options::ClusterSettings;
