@@ -350,8 +350,14 @@ async fn a_hello_that_reaches_another_node_first_waits_for_its_req() {
                 .await
         }
     });
+    // It waits by watching the session's key: etcd is not read again while
+    // it waits (it used to be read every 100 ms, ~15 times here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads = etcd.kv_calls("Range");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!hello.is_finished(), "the hello did not wait for its req");
+    let reads = etcd.kv_calls("Range") - reads;
+    assert!(reads <= 2, "{reads} etcd reads while the hello waited");
     // ...and its req, a moment later, reaches a: both complete.
     let req = spawn_req(&ca, &uid, "PROD");
     let said = tokio::time::timeout(Duration::from_secs(20), hello)

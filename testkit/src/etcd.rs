@@ -247,6 +247,25 @@ impl Etcd {
             .collect()
     }
 
+    /// How many `rpc` calls of etcd's KV service (`Range`, `Put`, `Txn`, ...)
+    /// the first member has answered so far, from its Prometheus counters.
+    /// Plain-HTTP members only.
+    pub fn kv_calls(&self, rpc: &str) -> u64 {
+        use std::io::{Read, Write};
+        let host = format!("127.0.0.1:{}", self.members[0].client_port);
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let method = format!("grpc_method=\"{rpc}\"");
+        text.lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            .filter(|l| l.contains("etcdserverpb.KV") && l.contains(&method))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The members' own logs.
     pub fn log(&self) -> String {
         self.members

@@ -193,6 +193,11 @@ impl Directory {
     }
 
     async fn holder(&self, uid: &str) -> Result<Option<Route>, ClusterError> {
+        Ok(self.holder_at(uid).await?.0)
+    }
+
+    /// Where `uid` is held (if anywhere), and etcd's revision at the read.
+    async fn holder_at(&self, uid: &str) -> Result<(Option<Route>, i64), ClusterError> {
         let key = self.key(uid);
         let answer = self
             .etcd
@@ -201,28 +206,65 @@ impl Directory {
                 async move { c.get(key, false).await }
             })
             .await?;
-        Ok(answer
+        let revision = answer.header.as_ref().map_or(0, |h| h.revision);
+        let route = answer
             .kvs
             .first()
-            .map(|kv| self.route_of(&kv.value, kv.mod_revision)))
+            .map(|kv| self.route_of(&kv.value, kv.mod_revision));
+        Ok((route, revision))
     }
 
     /// Like [`Directory::route`], waiting up to `grace` for a holder to
-    /// appear (a `hello` that overtook its `req` on another node).
+    /// appear (a `hello` that overtook its `req` on another node). It
+    /// watches the session's key from the revision it read, so the holder
+    /// is seen the moment its claim lands, and etcd is asked nothing more
+    /// while it waits.
     pub(crate) async fn route_waiting(
         &self,
         uid: &str,
         grace: Duration,
     ) -> Result<Route, ClusterError> {
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            if let Some(route) = self.holder(uid).await? {
-                return Ok(route);
+        let (held, revision) = self.holder_at(uid).await?;
+        if let Some(route) = held {
+            return Ok(route);
+        }
+        let key = self.key(uid);
+        let claimed = async {
+            let mut watch = self
+                .etcd
+                .client()
+                .watch(key, false, revision + 1)
+                .await
+                .map_err(|source| ClusterError::Call {
+                    what: "watch for a session's claim",
+                    source,
+                })?;
+            while let Some(answer) = watch.message().await.map_err(|source| ClusterError::Call {
+                what: "watch for a session's claim",
+                source,
+            })? {
+                let put = answer
+                    .events
+                    .iter()
+                    .filter(|e| e.r#type() == pb::event::EventType::Put)
+                    .filter_map(|e| e.kv.as_ref())
+                    .next_back();
+                if let Some(kv) = put {
+                    return Ok(Some(self.route_of(&kv.value, kv.mod_revision)));
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Route::Here(None));
+            Ok::<_, ClusterError>(None)
+        };
+        match tokio::time::timeout(grace, claimed).await {
+            Ok(Ok(Some(route))) => Ok(route),
+            // No claim in time (or the watch ended): served here, where the
+            // hello waits for its req or fails as on a single node.
+            Ok(Ok(None)) | Err(_) => Ok(Route::Here(None)),
+            // The watch failed: one more read decides.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "watching for a session's claim failed; reading it again");
+                self.route(uid).await
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
