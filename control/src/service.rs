@@ -310,7 +310,7 @@ impl Control for ControlService {
         let metadata = request.metadata().clone();
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
         let first = match &self.relay {
-            Some(_) => crate::cluster::relay::part_first_index(&metadata)?,
+            Some(relay) => relay.part_first_index(&metadata)?,
             None => 0,
         };
         let r = self
@@ -450,7 +450,7 @@ impl Control for ControlService {
             for s in sessions.iter_mut() {
                 s.node = relay.node().to_owned();
             }
-            sessions.extend(relay.list_elsewhere(&metadata).await);
+            sessions.extend(relay.list_elsewhere(&metadata).await?);
         }
         Ok(list)
     }

@@ -529,3 +529,165 @@ async fn with_a_cluster_secret_etcd_reveals_no_uid() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// Node identity: the internal form of a call (what a node sends another
+/// for its part of a spread session, served there without routing or a
+/// claim) sent straight to a node by an authenticated user is refused with
+/// PERMISSION_DENIED and changes nothing; the nodes' own marked calls still
+/// work (a spread session over both nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_internal_call_is_refused_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use tonic::metadata::MetadataValue;
+    if !have_etcd("a_forged_internal_call_is_refused_and_changes_nothing") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "alice good-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (url, tokens) = (etcd.url(), tokens.display().to_string());
+    let start = |name: &str| {
+        let args = [
+            "--cluster",
+            "inst",
+            "--etcd",
+            &url,
+            "--node",
+            name,
+            "--tokens-file",
+            &tokens,
+        ];
+        Gw::start(None, 4, &args)
+    };
+    let (a, b) = (start("a"), start("b"));
+    let alice = |gw: &Gw| {
+        let addr = gw.control();
+        async move {
+            connect(
+                &addr,
+                &Trust::Insecure,
+                Auth::bearer("good-token-0123456789abcdef").unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (ca, cb) = (alice(&a).await, alice(&b).await);
+    let uid = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b".to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forgeries = [
+        "part;first=3".to_owned(),
+        format!("part;first=3;node=a;t={now};mac={}", "00".repeat(32)),
+        format!("part;first=3;node=a;t={now};mac=zz"),
+        "1".to_owned(),
+    ];
+    fn marked<M>(msg: M, mark: &str) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "x-scistream-relayed",
+            MetadataValue::try_from(mark).unwrap(),
+        );
+        r
+    }
+    for mark in &forgeries {
+        let req = pb::Request {
+            uid: uid.clone(),
+            role: "PROD".into(),
+            num_conn: 2,
+            rate: 0,
+            protocol: String::new(),
+        };
+        let e = cb.client.clone().req(marked(req, mark)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{mark}: {e:?}");
+        assert!(
+            e.message().contains("only the nodes of this cluster"),
+            "{e:?}"
+        );
+        let hello = pb::Hello {
+            uid: uid.clone(),
+            prod_listeners: vec!["127.0.0.1:9".into()],
+            role: "PROD".into(),
+        };
+        let e = cb
+            .client
+            .clone()
+            .hello(marked(hello, mark))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{mark}: {e:?}");
+        let release = pb::Release {
+            uid: uid.clone(),
+            role: String::new(),
+        };
+        let e = cb
+            .client
+            .clone()
+            .release(marked(release, mark))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{mark}: {e:?}");
+        let e = cb
+            .client
+            .clone()
+            .list(marked(pb::ListRequest {}, mark))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{mark}: {e:?}");
+    }
+    // Nothing changed: no session at b (or anywhere), no claim in etcd.
+    let listed = cb.client.clone().list(pb::ListRequest {}).await.unwrap();
+    assert!(listed.into_inner().sessions.is_empty());
+    assert!(etcd.get_prefix("/scistream/inst/sessions/").is_empty());
+    assert!(
+        b.log()
+            .contains("a call marked as passed on by another node was refused")
+    );
+
+    // The nodes' own marks verify: a session of 2 spreads over a and b.
+    let req = spawn_req_n(&ca, &uid, 2);
+    let hello = pb::Hello {
+        uid: uid.clone(),
+        prod_listeners: vec!["127.0.0.1:9".into()],
+        role: "PROD".into(),
+    };
+    ca.client.clone().hello(hello).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(20), req)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.listeners.len(), 2);
+    let status = cb
+        .client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut nodes: Vec<String> = status.sessions.iter().map(|s| s.node.clone()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"], "{status:?}");
+}
+
+/// A PROD `req` of `n` connections, left waiting for its hello.
+fn spawn_req_n(
+    conn: &scistream_client::Connection,
+    uid: &str,
+    n: i32,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::Response>, tonic::Status>> {
+    let mut client = conn.client.clone();
+    let request = pb::Request {
+        uid: uid.to_owned(),
+        role: "PROD".into(),
+        num_conn: n,
+        rate: 0,
+        protocol: String::new(),
+    };
+    tokio::spawn(async move { client.req(request).await })
+}

@@ -12,6 +12,7 @@
 
 pub(crate) mod directory;
 pub(crate) mod etcd;
+pub(crate) mod identity;
 mod load;
 pub(crate) mod membership;
 pub(crate) mod options;
@@ -68,6 +69,14 @@ pub enum ClusterError {
     /// A record could not be encoded.
     #[error("etcd: cannot encode a record: {0}")]
     Encode(serde_json::Error),
+    /// The system's random source failed.
+    #[error("cannot draw random bytes: {0}")]
+    Random(String),
+    /// The node key in etcd is missing or too short (written by something else).
+    #[error(
+        "etcd: the cluster's node key (/scistream/CLUSTER/node-key) is unreadable or shorter than 16 bytes; delete it so that the next node writes a new one"
+    )]
+    NodeKey,
 }
 
 /// This node's membership while `s2cs` runs.
@@ -79,6 +88,8 @@ pub(crate) struct Cluster {
     directory: Arc<directory::Directory>,
     members: Arc<Members>,
     node: String,
+    /// Signs the calls this node passes on, verifies the others'.
+    node_key: Arc<identity::NodeKey>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -111,6 +122,7 @@ impl Cluster {
             record.control,
             settings.secret.as_ref(),
         ));
+        let node_key = Arc::new(identity::NodeKey::for_cluster(&etcd, &settings).await?);
         let registration = Registration::register(etcd.clone(), settings.clone(), record).await?;
         let lease = registration.lease();
         // The cluster's nodes are known before this node serves: a request
@@ -128,6 +140,7 @@ impl Cluster {
             directory,
             members,
             node,
+            node_key,
         })
     }
 
@@ -142,6 +155,7 @@ impl Cluster {
             self.directory.clone(),
             self.members.clone(),
             self.node.clone(),
+            self.node_key.clone(),
             trust,
             hello_grace,
             self.settings.placement,

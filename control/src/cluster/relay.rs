@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::directory::{Directory, Part, Route, SessionRecord};
+use super::identity::{NodeKey, Relayed};
 use super::membership::Members;
 use super::placement::{Candidate, Placement, Share};
 
@@ -29,6 +30,10 @@ use super::placement::{Candidate, Placement, Share};
 /// session, `part` to a node holding some of its listeners (served there,
 /// on that node's own sessions, and not passed on again).
 pub(crate) const RELAYED_HEADER: &str = "x-scistream-relayed";
+
+/// Calls refused for a forged or stale node identity, logged: 20 per 10 s.
+static FORGED: crate::logsafe::LogLimit =
+    crate::logsafe::LogLimit::new(20, Duration::from_secs(10));
 
 /// This node's channels to the others, by (node, control address); each
 /// made once.
@@ -61,6 +66,8 @@ pub(crate) struct Relay {
     members: Arc<Members>,
     /// This node's name.
     node: String,
+    /// Signs the calls this node passes on, verifies the others' marks.
+    node_key: Arc<NodeKey>,
     /// How this node verifies another node's control service: the
     /// gateway's own certificate (nodes of one gateway share it), or none
     /// under `--insecure`.
@@ -76,6 +83,7 @@ impl Relay {
         directory: Arc<Directory>,
         members: Arc<Members>,
         node: String,
+        node_key: Arc<NodeKey>,
         trust: Trust,
         hello_grace: Duration,
         placement: Placement,
@@ -84,6 +92,7 @@ impl Relay {
             directory,
             members,
             node,
+            node_key,
             trust,
             hello_grace,
             placement,
@@ -100,7 +109,7 @@ impl Relay {
         uid: &str,
         metadata: &MetadataMap,
     ) -> Result<Served, Status> {
-        if uid.is_empty() || is_part_call(metadata) {
+        if uid.is_empty() || self.is_part_call(metadata)? {
             return Ok(Served::Here(None));
         }
         let route = match rpc {
@@ -139,9 +148,8 @@ impl Relay {
                 }
             }
         }
-        let how = MetadataValue::from_static("1");
         let client = self
-            .connect(&record.node, record.control, metadata, how)
+            .connect(&record.node, record.control, metadata, "1")
             .await?;
         info!(node = %record.node, session = %scistream_protocol::tag::session_tag(uid), "passing the call on to the node that holds the session");
         Ok(Served::There(record.node, Box::new(client)))
@@ -155,7 +163,7 @@ impl Relay {
         request: &pb::Request,
         metadata: &MetadataMap,
     ) -> Result<Served, Status> {
-        if request.uid.is_empty() || is_part_call(metadata) {
+        if request.uid.is_empty() || self.is_part_call(metadata)? {
             return Ok(Served::Here(None));
         }
         let n = usize::try_from(request.num_conn).unwrap_or(0);
@@ -214,9 +222,7 @@ impl Relay {
         metadata: &MetadataMap,
     ) -> Result<Control, Status> {
         let how = format!("part;first={}", part.offset);
-        let how = MetadataValue::try_from(how.as_str())
-            .map_err(|_| Status::internal("cannot write a part's marker"))?;
-        self.connect(&part.node, part.control, metadata, how).await
+        self.connect(&part.node, part.control, metadata, &how).await
     }
 
     /// Whether `node` is registered now.
@@ -248,7 +254,7 @@ impl Relay {
         node: &str,
         control: SocketAddr,
         metadata: &MetadataMap,
-        how: MetadataValue<tonic::metadata::Ascii>,
+        how: &str,
     ) -> Result<Control, Status> {
         // An address from a session record is followed, with the caller's
         // token, only to a live member at the control address it registered:
@@ -275,7 +281,12 @@ impl Relay {
             .cloned()
             .unwrap_or_else(|| MetadataValue::from_static("INVALID_TOKEN"));
         let marked = metadata.contains_key(scistream_protocol::CLIENT_HEADER);
-        let auth = Auth::relayed(header, marked, (RELAYED_HEADER, how));
+        let mark = self
+            .node_key
+            .mark(how, &self.node, std::time::SystemTime::now());
+        let mark = MetadataValue::try_from(mark.as_str())
+            .map_err(|_| Status::internal("cannot write the call's node identity"))?;
+        let auth = Auth::relayed(header, marked, (RELAYED_HEADER, mark));
         let channel = self.channel(node, control).await?;
         Ok(scistream_client::connect::with_auth(channel, auth))
     }
@@ -316,17 +327,19 @@ impl Relay {
 
     /// `list` at this node, for the caller: the other live nodes' own lists
     /// (a node that does not answer is skipped and logged).
-    pub(crate) async fn list_elsewhere(&self, metadata: &MetadataMap) -> Vec<pb::SessionStatus> {
-        if metadata.contains_key(RELAYED_HEADER) {
-            return Vec::new();
+    pub(crate) async fn list_elsewhere(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<Vec<pb::SessionStatus>, Status> {
+        if self.relayed(metadata)?.is_some() {
+            return Ok(Vec::new());
         }
         let mut all = Vec::new();
         for (node, control) in self.members.controls() {
             if node == self.node {
                 continue;
             }
-            let how = MetadataValue::from_static("1");
-            let listed = match self.connect(&node, control, metadata, how).await {
+            let listed = match self.connect(&node, control, metadata, "1").await {
                 Ok(mut c) => c.list(pb::ListRequest {}).await,
                 Err(e) => Err(e),
             };
@@ -337,7 +350,59 @@ impl Relay {
                 }
             }
         }
-        all
+        Ok(all)
+    }
+
+    /// The mark of a call another node passed on, verified: `None` for a
+    /// call that carries none; PERMISSION_DENIED, changing nothing, for a
+    /// mark without a valid node identity (an authenticated user sending
+    /// the internal form of a call straight to a node).
+    pub(crate) fn relayed(&self, metadata: &MetadataMap) -> Result<Option<Relayed>, Status> {
+        let Some(value) = metadata.get(RELAYED_HEADER) else {
+            return Ok(None);
+        };
+        let text = value.to_str().unwrap_or_default();
+        let refused = |why: String| {
+            let verdict = FORGED.check(std::time::Instant::now());
+            if verdict.log {
+                warn!(
+                    suppressed_before = verdict.suppressed_before,
+                    "a call marked as passed on by another node was refused: {why}"
+                );
+            }
+            Err(Status::permission_denied(format!(
+                "{RELAYED_HEADER}: {why}; only the nodes of this cluster pass calls on to each other"
+            )))
+        };
+        // A valid MAC is the membership proof: only the cluster's nodes have
+        // the key. (Not also "a live member now": a node that has just joined
+        // may call before this node's watch has seen it.)
+        match self.node_key.verify(text, std::time::SystemTime::now()) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => refused(e.to_string()),
+        }
+    }
+
+    /// Whether this is another node's call for its part of a session
+    /// (served here only); refused when its mark does not verify.
+    fn is_part_call(&self, metadata: &MetadataMap) -> Result<bool, Status> {
+        Ok(self
+            .relayed(metadata)?
+            .is_some_and(|r| r.how.starts_with("part;")))
+    }
+
+    /// The connection index of a part's first listener, from the verified
+    /// mark of a call for that part (`part;first=N`); 0 for any other call.
+    pub(crate) fn part_first_index(&self, metadata: &MetadataMap) -> Result<u16, Status> {
+        let Some(r) = self.relayed(metadata)? else {
+            return Ok(0);
+        };
+        match r.how.strip_prefix("part;first=") {
+            Some(n) => n.parse().map_err(|_| {
+                Status::invalid_argument(format!("{RELAYED_HEADER}: bad first index"))
+            }),
+            None => Ok(0),
+        }
     }
 
     /// This node's name.
@@ -350,27 +415,6 @@ impl Relay {
         if let Err(e) = self.directory.forget(uid).await {
             warn!(error = %e, "the released session stays listed in etcd (harmless: its next call is served here)");
         }
-    }
-}
-
-/// A call from another node for its part of a session: served here only.
-fn is_part_call(metadata: &MetadataMap) -> bool {
-    metadata
-        .get(RELAYED_HEADER)
-        .is_some_and(|v| v.as_bytes().starts_with(b"part"))
-}
-
-/// The connection index of a part's first listener, from the marker of a
-/// call for that part (`part;first=N`); 0 for any other call.
-pub(crate) fn part_first_index(metadata: &MetadataMap) -> Result<u16, Status> {
-    let Some(v) = metadata.get(RELAYED_HEADER) else {
-        return Ok(0);
-    };
-    match v.to_str().ok().and_then(|v| v.strip_prefix("part;first=")) {
-        Some(n) => n
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("{RELAYED_HEADER}: bad first index"))),
-        None => Ok(0),
     }
 }
 
