@@ -351,9 +351,24 @@ pub async fn status(conn: &Connection, uid: &str) -> Result<Vec<pb::SessionStatu
         .sessions)
 }
 
+/// Whether the part's node reported its counters (a lost or unreachable
+/// part is shown from the cluster's record, without them).
+fn reported(s: &pb::SessionStatus) -> bool {
+    !matches!(s.phase.as_str(), "lost" | "unreachable")
+}
+
+/// A byte count for people, or "unknown" for a part whose node did not report.
+fn size_if_reported(s: &pb::SessionStatus, bytes: u64) -> String {
+    if reported(s) {
+        scistream_protocol::units::format_size(bytes)
+    } else {
+        "unknown".into()
+    }
+}
+
 /// A rate for people, or "n/a" when the gateway had no earlier sample.
 fn rate_or_pending(s: &pb::SessionStatus, bps: f64) -> String {
-    if s.rates_pending {
+    if s.rates_pending || !reported(s) {
         "n/a".into()
     } else {
         scistream_protocol::units::format_rate(bps)
@@ -367,10 +382,12 @@ pub fn status_json(s: &pb::SessionStatus) -> serde_json::Value {
         "uid": s.uid, "tag": s.tag, "node": s.node, "role": s.role, "owner": s.owner, "phase": s.phase,
         "listeners": s.listeners, "targets": s.targets, "rate_kbps": s.rate_kbps,
         "age_ms": s.age_ms, "conns_open": s.conns_open, "conns_total": s.conns_total,
-        "bytes_to_target": s.bytes_to_target, "bytes_from_target": s.bytes_from_target,
+        "bytes_to_target": reported(s).then_some(s.bytes_to_target),
+        "bytes_from_target": reported(s).then_some(s.bytes_from_target),
+        "reported": reported(s),
         "errors": s.errors, "rejected": s.rejected,
-        "bps_to_target": (!s.rates_pending).then_some(s.bps_to_target),
-        "bps_from_target": (!s.rates_pending).then_some(s.bps_from_target),
+        "bps_to_target": (!s.rates_pending && reported(s)).then_some(s.bps_to_target),
+        "bps_from_target": (!s.rates_pending && reported(s)).then_some(s.bps_from_target),
         "rates_pending": s.rates_pending,
         "last_failure": (!s.last_failure.is_empty()).then(|| serde_json::json!({
             "reason": s.last_failure, "age_ms": s.last_failure_age_ms,
@@ -461,6 +478,29 @@ pub fn session_totals(sessions: &[pb::SessionStatus]) -> Vec<SessionTotal> {
     totals
 }
 
+/// A `list` folded per session: each uid once, in the order first seen,
+/// with its entries (one per node and role) and, for a session spread over
+/// several nodes, its sums per role.
+pub fn fold_list(
+    sessions: &[pb::SessionStatus],
+) -> Vec<(String, Vec<&pb::SessionStatus>, Vec<SessionTotal>)> {
+    let mut folded: Vec<(String, Vec<&pb::SessionStatus>)> = Vec::new();
+    for s in sessions {
+        match folded.iter_mut().find(|(uid, _)| *uid == s.uid) {
+            Some((_, entries)) => entries.push(s),
+            None => folded.push((s.uid.clone(), vec![s])),
+        }
+    }
+    folded
+        .into_iter()
+        .map(|(uid, entries)| {
+            let owned: Vec<pb::SessionStatus> = entries.iter().map(|s| (*s).clone()).collect();
+            let totals = session_totals(&owned);
+            (uid, entries, totals)
+        })
+        .collect()
+}
+
 /// A session's sum over nodes as JSON.
 pub fn total_json(t: &SessionTotal) -> serde_json::Value {
     serde_json::json!({
@@ -476,7 +516,7 @@ pub fn total_json(t: &SessionTotal) -> serde_json::Value {
 pub fn total_text(t: &SessionTotal) -> String {
     use scistream_protocol::units::{format_rate, format_size};
     format!(
-        "{} over {} nodes: {} listeners ({} lost), {} connections open, {} total; {} to target, {} back; now {} to target, {} back\n",
+        "{} over {} nodes: {} listeners ({} lost), {} connections open, {} total; {} to target, {} back; now {} to target, {} back{}\n",
         t.role,
         t.nodes,
         t.listeners,
@@ -487,6 +527,11 @@ pub fn total_text(t: &SessionTotal) -> String {
         format_size(t.bytes_from_target),
         format_rate(t.bps_to_target),
         format_rate(t.bps_from_target),
+        if t.listeners_lost > 0 {
+            " (lost parts' bytes not known, not counted)"
+        } else {
+            ""
+        },
     )
 }
 
@@ -516,8 +561,8 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
         s.conns_total,
         s.errors,
         s.rejected,
-        format_size(s.bytes_to_target),
-        format_size(s.bytes_from_target),
+        size_if_reported(s, s.bytes_to_target),
+        size_if_reported(s, s.bytes_from_target),
         rate_or_pending(s, s.bps_to_target),
         rate_or_pending(s, s.bps_from_target),
         if s.rates_pending {
@@ -528,6 +573,16 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
     );
     if !s.node.is_empty() {
         t.push_str(&format!("  node:      {}\n", s.node));
+    }
+    match s.phase.as_str() {
+        "lost" => t.push_str(
+            "  note:      this part's node is gone from the cluster (its s2cs stopped, or its lease expired): \
+             it does not report, so its bytes are not known; its s2ds may still forward the connections open there\n",
+        ),
+        "unreachable" => t.push_str(
+            "  note:      this part's node does not answer now: its bytes are not known\n",
+        ),
+        _ => {}
     }
     if !s.last_failure.is_empty() {
         t.push_str(&format!(
@@ -724,6 +779,35 @@ mod tests {
 #[cfg(test)]
 mod udp_status_tests {
     use super::*;
+
+    #[test]
+    fn a_lost_part_shows_its_bytes_as_unknown_not_zero() {
+        let lost = pb::SessionStatus {
+            uid: "u".into(),
+            role: "PROD".into(),
+            phase: "lost".into(),
+            node: "n3".into(),
+            listeners: vec!["127.0.0.1:5100".into()],
+            ..Default::default()
+        };
+        let text = status_text(&lost, false);
+        assert!(
+            text.contains("bytes:     unknown to target, unknown back"),
+            "{text}"
+        );
+        assert!(text.contains("its s2ds may still forward"), "{text}");
+        assert!(!text.contains("0 B"), "{text}");
+        let v = status_json(&lost);
+        assert_eq!(v["reported"], false);
+        assert!(v["bytes_to_target"].is_null(), "{v}");
+        let live = pb::SessionStatus {
+            phase: "forwarding".into(),
+            bytes_to_target: 7,
+            ..lost
+        };
+        assert_eq!(status_json(&live)["bytes_to_target"], 7);
+        assert!(!status_text(&live, false).contains("note:"));
+    }
 
     #[test]
     fn udp_counters_show_in_text_and_json_and_tcp_sessions_stay_as_they_were() {

@@ -261,6 +261,28 @@ async fn a_session_of_six_connections_spreads_over_three_nodes() {
     assert_eq!(total["listeners"], 6, "{v}");
     assert_eq!(total["bytes_to_target"], 6 * (2 << 20), "{v}");
 
+    // s2uc list at a folds the session into one entry: its sums over the
+    // three nodes, then a block per node.
+    let v = s2uc_json(&["list", "--s2cs", &a.control(), "--insecure"]);
+    let spread = v["spread"].as_array().unwrap();
+    assert_eq!(spread.len(), 1, "{v}");
+    assert_eq!(spread[0]["uid"], uid.as_str(), "{v}");
+    assert_eq!(spread[0]["totals"][0]["nodes"], 3, "{v}");
+    assert_eq!(spread[0]["totals"][0]["listeners"], 6, "{v}");
+    let out = scistream_testkit::s2uc(&["list", "--s2cs", &a.control(), "--insecure"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches(&format!("{uid}: spread over nodes")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("PROD over 3 nodes: 6 listeners (0 lost)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("  node:").count(), 3, "{text}");
+
     // release at b frees every part, on every node.
     cb.client
         .clone()

@@ -286,12 +286,42 @@ fn print_sessions(
 }
 
 async fn list(config: &ClientConfig, a: ListArgs, json: bool) -> Result {
+    use scistream_client::tunnel::{fold_list, status_json, status_text, total_json, total_text};
     let conn = control(config, &a.control).await?;
     let sessions = scistream_client::tunnel::list(&conn).await?;
-    if sessions.is_empty() && !json {
+    // Cluster mode: a session spread over nodes is one entry, its sums
+    // first, then one block per node.
+    let folded = fold_list(&sessions);
+    if json {
+        let v: Vec<_> = sessions.iter().map(status_json).collect();
+        let spread: Vec<_> = folded
+            .iter()
+            .filter(|(_, _, totals)| !totals.is_empty())
+            .map(|(uid, _, totals)| {
+                let totals: Vec<_> = totals.iter().map(total_json).collect();
+                json!({"uid": uid, "totals": totals})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"s2cs": a.control.s2cs(), "sessions": v, "spread": spread})
+        );
+        return Ok(());
+    }
+    if sessions.is_empty() {
         println!("No session of yours on {}.", a.control.s2cs());
     }
-    print_sessions(a.control.s2cs(), &sessions, json, false);
+    for (uid, entries, totals) in &folded {
+        if !totals.is_empty() {
+            println!("{uid}: spread over nodes");
+            for t in totals {
+                print!("  {}", total_text(t));
+            }
+        }
+        for s in entries {
+            print!("{}", status_text(s, false));
+        }
+    }
     Ok(())
 }
 
