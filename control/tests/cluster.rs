@@ -385,3 +385,64 @@ fn quorum_lost_new_requests_are_unavailable_established_streams_go_on() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// The other nodes dial a node at its control address and verify its
+/// certificate by that address: a node whose certificate does not name it
+/// does not start, and says what to change (it used to be found at the
+/// first spread request, with advice meant for clients).
+#[test]
+fn a_node_whose_certificate_does_not_name_its_control_address_does_not_start() {
+    if !have_etcd("a_node_whose_certificate_does_not_name_its_control_address_does_not_start") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let pki = scistream_testkit::Pki::new();
+    let run = |cert: &std::path::Path, key: &std::path::Path| {
+        let state = tempfile::tempdir().unwrap();
+        Command::new(bin("s2cs"))
+            .args(["--port", "0", "--listener-ip", "127.0.0.1"])
+            .args(["--cluster", "gw", "--node", "a", "--etcd", &etcd.url()])
+            .arg("--server_crt")
+            .arg(cert)
+            .arg("--server_key")
+            .arg(key)
+            .args(["--data-tls", "off"])
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .unwrap()
+    };
+    let (cert, key) = pki.gateway_for("named", &["localhost"]);
+    let out = run(&cert, &key);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the other nodes reach this node at 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("subjectAltName IP:127.0.0.1"), "{err}");
+    assert!(err.contains("it names localhost"), "{err}");
+    assert!(!err.contains("NotValidForName"), "no Debug text: {err}");
+    assert!(registered(&etcd).is_empty(), "it did not register");
+
+    // With the address in the certificate, the same node starts and joins.
+    let (cert, key) = pki.gateway("good");
+    let gw = Gw::start(
+        Some((cert, key)),
+        4,
+        &[
+            "--cluster",
+            "gw",
+            "--node",
+            "a",
+            "--etcd",
+            &etcd.url(),
+            "--data-tls",
+            "off",
+        ],
+    );
+    wait_for("the node registered", Duration::from_secs(10), || {
+        registered(&etcd) == ["a"]
+    });
+    drop(gw);
+}

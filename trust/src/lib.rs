@@ -240,6 +240,37 @@ pub fn refused_by_peer(alert: rustls::AlertDescription, own: Option<&str>) -> St
     }
 }
 
+/// For a certificate that does not name what was asked for: the name or
+/// address asked for, and the names it carries, as an admin writes them
+/// (`127.0.0.1`, `gw.example.org`), not as the library prints them.
+pub fn name_mismatch(e: &rustls::Error) -> Option<(String, Vec<String>)> {
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+        expected,
+        presented,
+    }) = e
+    else {
+        return None;
+    };
+    let expected = match expected {
+        ServerName::DnsName(n) => n.as_ref().to_owned(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    };
+    let presented = presented.iter().map(|p| plain_name(p)).collect();
+    Some((expected, presented))
+}
+
+/// `DnsName("gw.example.org")` -> `gw.example.org`, `IpAddress(10.0.0.1)`
+/// -> `10.0.0.1` (rustls's text for a certificate's names).
+fn plain_name(p: &str) -> String {
+    let inner = p
+        .strip_prefix("DnsName(")
+        .or_else(|| p.strip_prefix("IpAddress("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(p);
+    inner.trim_matches('"').to_owned()
+}
+
 /// A TLS failure in words a gateway admin can act on: what is wrong with
 /// the certificate and what to change, never a library's Debug text.
 pub fn words(e: &rustls::Error) -> String {
@@ -250,12 +281,12 @@ pub fn words(e: &rustls::Error) -> String {
                 (give that CA, or the certificate itself, in the trust file)"
                 .into(),
             C::NotValidForName | C::NotValidForNameContext { .. } => {
-                let presented = match c {
-                    C::NotValidForNameContext { expected, presented } => format!(
-                        " (asked for {expected:?}; it names {})",
+                let presented = match name_mismatch(e) {
+                    Some((expected, presented)) => format!(
+                        " (asked for {expected}; it names {})",
                         if presented.is_empty() { "nothing".into() } else { presented.join(", ") }
                     ),
-                    _ => String::new(),
+                    None => String::new(),
                 };
                 format!(
                     "its certificate does not name the host or address it was reached at{presented}: \
@@ -448,5 +479,34 @@ mod tests {
         let e = Anchors::from_file(&dir.join("missing.pem")).unwrap_err();
         assert!(e.to_string().contains("cannot read it"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn a_name_mismatch_reads_as_an_admin_writes_names() {
+        let e =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()),
+                presented: vec![
+                    "DnsName(\"localhost\")".into(),
+                    "IpAddress(10.0.0.1)".into(),
+                ],
+            });
+        let (asked, names) = name_mismatch(&e).unwrap();
+        assert_eq!(asked, "127.0.0.1");
+        assert_eq!(names, ["localhost", "10.0.0.1"]);
+        let text = words(&e);
+        assert!(
+            text.contains("asked for 127.0.0.1; it names localhost, 10.0.0.1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("IpAddress") && !text.contains("DnsName"),
+            "{text}"
+        );
     }
 }

@@ -175,6 +175,9 @@ async fn join_cluster(
         a if a.ip().is_unspecified() => SocketAddr::new(config.listener_ip, a.port()),
         a => a,
     };
+    if !config.insecure {
+        check_node_certificate(&config.server_crt, control)?;
+    }
     let record = crate::cluster::membership::NodeRecord {
         node: settings.node.clone(),
         listener_ip: config.listener_ip,
@@ -185,6 +188,41 @@ async fn join_cluster(
         version: env!("CARGO_PKG_VERSION").into(),
     };
     Ok(crate::cluster::Cluster::join(settings, record).await?)
+}
+
+/// Cluster mode: the other nodes dial this node at its control address and
+/// verify its certificate (`--server_crt`) by that address, so a
+/// certificate that does not name it is found here, at start, rather than
+/// at the first spread request.
+fn check_node_certificate(cert: &std::path::Path, control: SocketAddr) -> Result<(), RunError> {
+    let chain = crate::tls::load_certs("--server_crt", cert)?;
+    let Some((own, intermediates)) = chain.split_first() else {
+        return Ok(());
+    };
+    let anchors =
+        scistream_trust::Anchors::from_file(cert).map_err(|e| RunError::Config(e.to_string()))?;
+    let verifier = anchors
+        .verifier(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::IpAddress(control.ip().into());
+    let now = rustls::pki_types::UnixTime::now();
+    match verifier.verify_server_cert(own, intermediates, &name, &[], now) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let why = match scistream_trust::name_mismatch(&e) {
+                Some((_, names)) if names.is_empty() => "it names no host or address".to_owned(),
+                Some((_, names)) => format!("it names {}", names.join(", ")),
+                None => scistream_trust::words(&e),
+            };
+            Err(RunError::Config(format!(
+                "cluster mode: the other nodes reach this node at {control} and check its certificate \
+                 (--server_crt {}) against that address, and it does not pass: {why}. Give the \
+                 certificate a subjectAltName IP:{}, or set --listener-ip to an address it names",
+                cert.display(),
+                control.ip()
+            )))
+        }
+    }
 }
 
 /// What start-up reads from files and options before binding anything.
