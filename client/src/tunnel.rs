@@ -147,11 +147,36 @@ async fn req_and_hello(
         prod_listeners: hello_listeners,
         role: hello_role.as_str().into(),
     };
-    let (r, h) = tokio::join!(req_client.req(req), hello_client.hello(hello));
-    // The req's error says most (e.g. ALREADY_EXISTS); report it first.
-    let response = r.map_err(|s| conn.status_error("req", s))?;
-    h.map_err(|s| conn.status_error("hello", s))?;
-    Ok(response.into_inner())
+    let req = req_client.req(req);
+    let hello = hello_client.hello(hello);
+    tokio::pin!(req, hello);
+    // A failed req is the answer at once: its hello would otherwise wait
+    // for a session that will not come (up to the gateway's hello timeout;
+    // a cluster node's refusal in 4 ms took s2uc 20 s). Dropping the hello
+    // cancels it at the gateway.
+    tokio::select! {
+        r = &mut req => {
+            let response = r.map_err(|s| conn.status_error("req", s))?;
+            hello.await.map_err(|s| conn.status_error("hello", s))?;
+            Ok(response.into_inner())
+        }
+        h = &mut hello => {
+            match h {
+                Ok(_) => Ok(req
+                    .await
+                    .map_err(|s| conn.status_error("req", s))?
+                    .into_inner()),
+                // The req's own error says most (e.g. ALREADY_EXISTS): give
+                // it a moment to arrive, else report the hello's.
+                Err(hello_error) => {
+                    match tokio::time::timeout(std::time::Duration::from_secs(2), req).await {
+                        Ok(Err(s)) => Err(conn.status_error("req", s)),
+                        _ => Err(conn.status_error("hello", hello_error)),
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn update(

@@ -204,19 +204,36 @@ impl Drop for ClaimGuard {
 }
 
 /// The answer of the node holding the session, as this node's: its own
-/// errors as they are; a call that did not reach it names it.
-fn passed<T>(node: &str, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+/// errors as they are; a call that did not reach it names it and says
+/// when that answer changes.
+fn passed<T>(
+    relay: Option<&Arc<Relay>>,
+    node: &str,
+    answer: Result<Response<T>, Status>,
+) -> Result<Response<T>, Status> {
     answer.map_err(|s| {
         let transport = std::error::Error::source(&s).is_some();
-        if transport && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
-            Status::unavailable(format!(
-                "node {node} holds this session and did not answer: {}",
-                s.message()
-            ))
-        } else {
-            s
+        match relay {
+            Some(relay)
+                if transport
+                    && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) =>
+            {
+                relay.unanswered(node, &transport_words(&s))
+            }
+            _ => s,
         }
     })
+}
+
+/// What went wrong under a call that did not reach its node, in words: the
+/// deepest cause (e.g. "Connection refused (os error 111)"), not a
+/// library's Debug text.
+fn transport_words(s: &Status) -> String {
+    let mut cause: &dyn std::error::Error = s;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// The parts of a session spread over several nodes (of `role`, when the
@@ -296,7 +313,11 @@ impl Control for ControlService {
         let mut claim = None;
         let parts = match served {
             Served::There(node, mut holder) => {
-                return passed(&node, holder.req(request.into_inner()).await);
+                return passed(
+                    self.relay.as_ref(),
+                    &node,
+                    holder.req(request.into_inner()).await,
+                );
             }
             Served::Claimed(parts) => {
                 claim = self
@@ -342,7 +363,11 @@ impl Control for ControlService {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
             Served::There(node, mut holder) => {
-                return passed(&node, holder.update(request.into_inner()).await);
+                return passed(
+                    self.relay.as_ref(),
+                    &node,
+                    holder.update(request.into_inner()).await,
+                );
             }
             Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
             Served::Claimed(_) => Vec::new(),
@@ -371,7 +396,11 @@ impl Control for ControlService {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
             Served::There(node, mut holder) => {
-                return passed(&node, holder.release(request.into_inner()).await);
+                return passed(
+                    self.relay.as_ref(),
+                    &node,
+                    holder.release(request.into_inner()).await,
+                );
             }
             Served::Here(record) => spread_parts(record, None),
             Served::Claimed(_) => Vec::new(),
@@ -407,7 +436,11 @@ impl Control for ControlService {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Hello, &request, &uid).await? {
             Served::There(node, mut holder) => {
-                return passed(&node, holder.hello(request.into_inner()).await);
+                return passed(
+                    self.relay.as_ref(),
+                    &node,
+                    holder.hello(request.into_inner()).await,
+                );
             }
             Served::Here(record) => spread_parts(record, Some(&request.get_ref().role)),
             Served::Claimed(_) => Vec::new(),
@@ -462,7 +495,11 @@ impl Control for ControlService {
         let uid = request.get_ref().uid.clone();
         let parts = match self.route(Rpc::Other, &request, &uid).await? {
             Served::There(node, mut holder) => {
-                return passed(&node, holder.status(request.into_inner()).await);
+                return passed(
+                    self.relay.as_ref(),
+                    &node,
+                    holder.status(request.into_inner()).await,
+                );
             }
             Served::Here(record) => spread_parts(record, None),
             Served::Claimed(_) => Vec::new(),

@@ -195,10 +195,16 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
         .unwrap();
     req.await.unwrap().unwrap();
     assert_eq!(etcd.get_prefix("/scistream/inst/sessions/").len(), 1);
-    a.kill9();
+    // b has passed a call on to a already: its channel to a is open.
     let cb = connect(&b.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
+    cb.client
+        .clone()
+        .status(pb::StatusRequest { uid: uid.clone() })
+        .await
+        .unwrap();
+    a.kill9();
     let e = cb
         .client
         .clone()
@@ -210,6 +216,12 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("node a"), "{}", e.message());
+    eprintln!("release at b while a's lease runs: {}", e.message());
+    // It says when the answer changes (the lease's time), in words.
+    assert!(e.message().contains("within 3 s"), "{}", e.message());
+    for debug in ["tonic::", "Error(", "ConnectError", "Os {"] {
+        assert!(!e.message().contains(debug), "Debug text: {}", e.message());
+    }
     drop(a);
 }
 

@@ -125,3 +125,60 @@ fn scistreams_tutorial_on_127_0_0_2_and_127_0_0_3_works_the_first_time() {
     assert_eq!(receiver.next(Duration::from_secs(60)), sent);
     drop((hpc, inst));
 }
+
+/// A req the gateway refuses at once is s2uc's answer at once: s2uc sends
+/// the req and its hello together, and used to wait for the hello too,
+/// which waits for a session that never comes (up to --hello-grace; a
+/// cluster node's 4 ms refusal took s2uc 20 s). The gateway here waits
+/// 600 s for a hello's req; the refusal must come long before.
+#[test]
+fn a_refused_req_is_reported_without_waiting_for_its_hello() {
+    let gw = scistream_testkit::Gw::start(None, 4, &["--hello-grace", "600s"]);
+    // A first session takes the 2 ports one caller may hold (half the range).
+    for _ in 0..1 {
+        let taken = scistream_testkit::s2uc_json(&[
+            "inbound-request",
+            "--s2cs",
+            &gw.control(),
+            "--insecure",
+            "--remote_ip",
+            "127.0.0.1",
+            "--receiver_ports",
+            "9",
+            "--num_conn",
+            "2",
+        ]);
+        assert_eq!(taken["listeners"].as_array().unwrap().len(), 2, "{taken}");
+    }
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(scistream_testkit::bin("s2uc"))
+        .args([
+            "inbound-request",
+            "--s2cs",
+            &gw.control(),
+            "--insecure",
+            "--remote_ip",
+            "127.0.0.1",
+            "--receiver_ports",
+            "9",
+            "--num_conn",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded far below the 600 s the hello would wait.
+    let deadline = started + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("s2uc still waits for the hello of a refused req");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("RESOURCE_EXHAUSTED"), "{err}");
+}

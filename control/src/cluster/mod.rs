@@ -158,7 +158,7 @@ impl Cluster {
             self.node_key.clone(),
             trust,
             hello_grace,
-            self.settings.placement,
+            &self.settings,
         )
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct Relay {
     trust: Trust,
     hello_grace: Duration,
     placement: Placement,
+    /// `--etcd-lease-ttl`: how long a dead node stays a member.
+    lease_ttl: Duration,
     /// One HTTP/2 channel per other node (see [`Relay::connect`]).
     channels: Mutex<Channels>,
 }
@@ -86,7 +88,7 @@ impl Relay {
         node_key: Arc<NodeKey>,
         trust: Trust,
         hello_grace: Duration,
-        placement: Placement,
+        settings: &super::ClusterSettings,
     ) -> Relay {
         Relay {
             directory,
@@ -95,7 +97,8 @@ impl Relay {
             node_key,
             trust,
             hello_grace,
-            placement,
+            placement: settings.placement,
+            lease_ttl: settings.lease_ttl,
             channels: Mutex::default(),
         }
     }
@@ -308,11 +311,24 @@ impl Relay {
             .get_or_try_init(|| scistream_client::connect::channel(&addr, &self.trust))
             .await;
         made.cloned().map_err(|e| {
-            Status::unavailable(format!(
-                "node {node} ({control}) cannot be reached: {e}; if it died, it leaves the cluster when its lease \
-                 expires (--etcd-lease-ttl) and this answer changes"
-            ))
+            let why = match &e {
+                scistream_client::ClientError::Unreachable { reason, .. }
+                | scistream_client::ClientError::Tls { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            self.unanswered(&format!("{node} ({control})"), &why)
         })
+    }
+
+    /// UNAVAILABLE for a call `node` did not answer, saying when that
+    /// changes: a dead node stays a member until its lease expires.
+    pub(crate) fn unanswered(&self, node: &str, why: &str) -> Status {
+        Status::unavailable(format!(
+            "node {node} holds this session and does not answer ({why}); if it died, the cluster \
+             notices within {} s (its lease, --etcd-lease-ttl): then a session spread over nodes is taken \
+             over by a live node, and one held by that node alone waits for it to come back",
+            self.lease_ttl.as_secs().max(1)
+        ))
     }
 
     /// (cluster, this node, live nodes now), for the metrics.
