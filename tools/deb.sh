@@ -46,6 +46,11 @@ sed -e 's|/usr/local/bin/|/usr/bin/|g' \
     -e 's|^# Install: binaries in /usr/local/bin, |# Installed by the scistream-rs package (binaries in /usr/bin); |' \
     deploy/s2cs.service > "$root/lib/systemd/system/s2cs.service"
 install -m 0644 deploy/s2cs.toml "$root/usr/share/doc/$name/examples/s2cs.toml"
+# Monitoring: the scrape job, alert rules (with their promtool tests) and
+# the Grafana dashboard, for the site's Prometheus and Grafana.
+install -d "$root/usr/share/doc/$name/examples/prometheus" "$root/usr/share/doc/$name/examples/grafana"
+install -m 0644 deploy/prometheus/*.yml "$root/usr/share/doc/$name/examples/prometheus/"
+install -m 0644 deploy/grafana/scistream.json "$root/usr/share/doc/$name/examples/grafana/"
 install -m 0644 README.md "$root/usr/share/doc/$name/README.md"
 cat > "$root/usr/share/doc/$name/copyright" <<TXT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

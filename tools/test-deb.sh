@@ -27,7 +27,16 @@ done
 /usr/bin/s2uc --help | grep -q inbound_request || fail "s2uc --help does not list inbound_request"
 zcat /usr/share/man/man1/s2uc-connect.1.gz | grep -q -- 'drain' || fail "s2uc-connect.1 lacks its options"
 grep -q '^ExecStart=/usr/bin/s2cs ' /lib/systemd/system/s2cs.service || fail "the unit does not run /usr/bin/s2cs"
-sample=/usr/share/doc/scistream-rs/examples/s2cs.toml
+examples=/usr/share/doc/scistream-rs/examples
+for f in prometheus/scistream-alerts.yml prometheus/scistream-alerts.test.yml \
+         prometheus/prometheus.example.yml grafana/scistream.json; do
+  [ -f "$examples/$f" ] || fail "no $examples/$f"
+done
+if command -v promtool >/dev/null; then
+  (cd "$examples/prometheus" && promtool check rules scistream-alerts.yml >/dev/null) \
+    || fail "the installed alert rules do not pass promtool check rules"
+fi
+sample=$examples/s2cs.toml
 [ -f "$sample" ] || fail "no sample configuration"
 # The sample names files a site still has to make: --check-config says which.
 if /usr/bin/s2cs --config "$sample" --check-config >"$work/sample.out" 2>&1; then
