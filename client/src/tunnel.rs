@@ -649,6 +649,12 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
 
 /// Releases every session of `uid` on this S2CS.
 pub async fn release(conn: &Connection, uid: &str) -> Result<(), ClientError> {
+    release_role(conn, uid, None).await.map(drop)
+}
+
+/// [`release`], and what the gateway could not release now (cluster mode:
+/// one line per part on a node that is down, which releases it when back).
+pub async fn release_reporting(conn: &Connection, uid: &str) -> Result<Vec<String>, ClientError> {
     release_role(conn, uid, None).await
 }
 
@@ -659,18 +665,18 @@ pub async fn release_role(
     conn: &Connection,
     uid: &str,
     role: Option<Role>,
-) -> Result<(), ClientError> {
+) -> Result<Vec<String>, ClientError> {
     validate_uid(uid).map_err(|e| ClientError::Input(format!("UID: {e}")))?;
     let mut client = conn.client.clone();
     let r = pb::Release {
         uid: uid.into(),
         role: role.map(|r| r.as_str().to_owned()).unwrap_or_default(),
     };
-    client
+    let answer = client
         .release(r)
         .await
         .map_err(|s| conn.status_error("release", s))?;
-    Ok(())
+    Ok(answer.into_inner().pending)
 }
 
 /// The `update` of a request this client made was refused: the session
@@ -684,7 +690,7 @@ async fn release_after_refused_update(
     refused: ClientError,
 ) -> ClientError {
     let note = match release_role(conn, uid, Some(role)).await {
-        Ok(()) => "the session this request made there was released".to_owned(),
+        Ok(_) => "the session this request made there was released".to_owned(),
         Err(e) => format!(
             "the session this request made there could not be released ({e}); it holds its ports \
              until the gateway's --update-timeout, or `s2uc release {uid}` there"

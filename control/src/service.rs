@@ -415,8 +415,11 @@ impl Control for ControlService {
                     match &self.relay {
                         Some(relay) if !parts.is_empty() => {
                             let caller = self.caller(relay, who, metadata);
-                            spread::release_parts(&caller, &m.uid, &parts).await?;
-                            Ok(pb::Response::default())
+                            let pending = spread::release_parts(&caller, &m.uid, &parts).await?;
+                            Ok(pb::Response {
+                                pending,
+                                ..Default::default()
+                            })
                         }
                         _ => self.registry.release(&who, m).await,
                     }

@@ -782,13 +782,29 @@ async fn a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its
 
     c.kill9();
     // At once, while c is still registered: the release answers success.
-    let out = scistream_testkit::s2uc(&["release", "--insecure", "--s2cs", &a.control(), &uid]);
+    let out = scistream_testkit::s2uc(&[
+        "release",
+        "--insecure",
+        "--s2cs",
+        &a.control(),
+        &uid,
+        "--json",
+    ]);
     assert!(
         out.status.success(),
         "release with a node down: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         a.log()
     );
+    // It names the part it could not release now: c's, with its listeners.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pending = v["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{v}");
+    let said = pending[0].as_str().unwrap();
+    assert!(said.starts_with("node c: 2 listener(s)"), "{said}");
+    for l in &c_listeners {
+        assert!(said.contains(l.as_str()), "{said}");
+    }
     assert!(
         status(&ca, &uid).await.is_empty(),
         "released everywhere reachable"
@@ -940,4 +956,88 @@ async fn a_request_right_after_three_nodes_start_spreads_over_them() {
         })
         .await
         .unwrap();
+}
+
+/// Only a node's `s2cs` dies; its `s2ds` forwards on and holds the part's
+/// listeners. A release elsewhere succeeds and says that part is pending
+/// on that node; when the node's `s2cs` returns and adopts its `s2ds`, it
+/// releases the part and the listeners close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds() {
+    use scistream_local::gateway::{GatewayOptions, LocalGateway};
+    if !have_etcd("a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let (a, b, c) = three_nodes(&etcd).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver_addr],
+        role: "PROD".into(),
+    };
+    cb.client.clone().update(update).await.unwrap();
+    let parts = by_node(&status(&ca, &uid).await);
+    let c_listeners = parts["c"].listeners.clone();
+    assert_eq!(c_listeners.len(), 2, "{parts:?}");
+
+    // Only c's s2cs dies: its s2ds still holds (and serves) the listeners.
+    let c_s2cs = c.gw.pid().unwrap();
+    let c_s2ds = scistream_testkit::s2ds_pid(c_s2cs);
+    std::process::Command::new("kill")
+        .args(["-9", &c_s2cs.to_string()])
+        .status()
+        .unwrap();
+    scistream_testkit::wait_dead(c_s2cs as i32);
+    assert!(
+        !scistream_testkit::refused(&c_listeners[0]),
+        "c's s2ds serves on"
+    );
+
+    let v = s2uc_json(&["release", "--insecure", "--s2cs", &a.control(), &uid]);
+    let pending = v["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{v}");
+    assert!(
+        pending[0]
+            .as_str()
+            .unwrap()
+            .starts_with("node c: 2 listener(s)"),
+        "{v}"
+    );
+    assert!(
+        status(&ca, &uid).await.is_empty(),
+        "released everywhere reachable"
+    );
+
+    // c's s2cs returns with its state directory and adopts its s2ds.
+    let log = c.dir.path().join("s2cs-again.log");
+    let _c_again = LocalGateway::start(&GatewayOptions {
+        s2cs_bin: scistream_testkit::bin("s2cs"),
+        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        port_range: c.range,
+        tls: None,
+        state_dir: c.dir.path().join("state"),
+        log: Some(log.clone()),
+        extra_args: node_args(&etcd, "c", &["--drain-timeout=2s"]),
+    })
+    .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("released elsewhere meanwhile"), "{said}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !c_listeners.iter().all(|l| scistream_testkit::refused(l)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c's listeners still open after its s2cs came back: {said}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It adopted the s2ds that forwarded meanwhile (still running).
+    assert!(
+        std::path::Path::new(&format!("/proc/{c_s2ds}")).exists(),
+        "c's s2ds {c_s2ds} was not adopted: {said}"
+    );
 }

@@ -254,14 +254,17 @@ async fn outbound_request(config: &ClientConfig, a: OutboundArgs, json: bool) ->
 async fn release(config: &ClientConfig, a: ReleaseArgs, json: bool) -> Result {
     check_uid(&a.uid)?;
     let conn = control(config, &a.control).await?;
-    scistream_client::release(&conn, &a.uid).await?;
+    let pending = scistream_client::tunnel::release_reporting(&conn, &a.uid).await?;
     if json {
         println!(
             "{}",
-            json!({"uid": a.uid, "released": true, "s2cs": a.control.s2cs()})
+            json!({"uid": a.uid, "released": true, "s2cs": a.control.s2cs(), "pending": pending})
         );
     } else {
         println!("Released {} on {}.", a.uid, a.control.s2cs());
+        for p in &pending {
+            println!("  pending: {p}");
+        }
     }
     Ok(())
 }

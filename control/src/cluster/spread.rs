@@ -219,6 +219,7 @@ pub(crate) async fn req(
             .first()
             .map(|a| a.prod_listeners.clone())
             .unwrap_or_default(),
+        ..Default::default()
     })
 }
 
@@ -261,6 +262,7 @@ pub(crate) async fn update(
             .iter()
             .flat_map(|a| a.prod_listeners.clone())
             .collect(),
+        ..Default::default()
     })
 }
 
@@ -299,8 +301,23 @@ pub(crate) async fn release_parts(
     caller: &Caller,
     uid: &str,
     parts: &[Part],
-) -> Result<(), ControlError> {
+) -> Result<Vec<String>, ControlError> {
     let mut first_error = None;
+    // Parts on nodes that are down: released when their node is back.
+    let mut pending = Vec::new();
+    let pending_part = |part: &Part, why: &str| {
+        let listeners: Vec<&str> = parts
+            .iter()
+            .filter(|p| p.node == part.node)
+            .flat_map(|p| p.listeners.iter().map(String::as_str))
+            .collect();
+        format!(
+            "node {}: {} listener(s) {} not released now ({why}); that node releases its part when it is back, and its listeners stay closed",
+            part.node,
+            listeners.len(),
+            listeners.join(","),
+        )
+    };
     // Whether some node released a part for the caller, and whether a node
     // that answered holds none of the caller's: another identity's session
     // must neither be released nor forgotten in etcd.
@@ -313,7 +330,8 @@ pub(crate) async fn release_parts(
         let released = if caller.is_here(part) {
             caller.registry.release(&caller.who, r).await.map(drop)
         } else if !caller.relay.is_live(&part.node) {
-            warn!(node = %part.node, "a node holding part of the session is gone from the cluster; its listeners went with it");
+            warn!(node = %part.node, "a node holding part of the session is gone from the cluster; it releases its part when it is back");
+            pending.push(pending_part(part, "its node is gone from the cluster"));
             continue;
         } else {
             match caller.client(part).await {
@@ -333,6 +351,7 @@ pub(crate) async fn release_parts(
             // node releases its part when it comes back.
             Err(ControlError::Unavailable(why)) => {
                 warn!(node = %part.node, reason = %why, "a node holding part of the session does not answer; it releases its part when it is back");
+                pending.push(pending_part(part, "its node does not answer"));
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -351,7 +370,7 @@ pub(crate) async fn release_parts(
             scistream_protocol::tag::session_tag(uid)
         )));
     }
-    Ok(())
+    Ok(pending)
 }
 
 /// `status`: every node's part of the session, each naming its node. A

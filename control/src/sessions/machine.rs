@@ -263,6 +263,7 @@ impl Machine {
                 Role::Prod => s.receivers.clone(),
                 Role::Cons => Vec::new(),
             },
+            ..Default::default()
         }
     }
 
@@ -469,6 +470,7 @@ impl Machine {
         let reply = pb::Response {
             listeners: s.listener_strings(),
             prod_listeners: s.targets.iter().map(|t| t.given.clone()).collect(),
+            ..Default::default()
         };
         Some((record(key, s), reply))
     }
