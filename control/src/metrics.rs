@@ -131,9 +131,10 @@ impl Metrics {
         let mut live = Live {
             restarts: sessions.dataplane().restarts(),
             dataplane_up: stats.is_ok(),
+            ports: sessions.data_ports(),
             cluster: self.cluster.get().map(|r| {
-                let (cluster, node, live) = r.view();
-                (cluster.to_owned(), node.to_owned(), live)
+                let (cluster, node, live, registered) = r.view();
+                (cluster.to_owned(), node.to_owned(), live, registered)
             }),
             ..Live::default()
         };
@@ -163,8 +164,10 @@ struct Live {
     sessions: Vec<(SessionKey, SessionStats)>,
     restarts: u64,
     dataplane_up: bool,
-    /// Cluster mode: (cluster, this node, live nodes).
-    cluster: Option<(String, String, usize)>,
+    /// Data ports handed out, and the range's size.
+    ports: (usize, usize),
+    /// Cluster mode: (cluster, this node, live nodes, registered in etcd now).
+    cluster: Option<(String, String, usize, bool)>,
 }
 
 /// The collector of the per-scrape series.
@@ -208,7 +211,22 @@ impl Collector for Snapshot {
             None,
             up.metric_type(),
         )?)?;
-        if let Some((cluster, node, nodes)) = &live.cluster {
+        let (in_use, capacity) = live.ports;
+        let g = ConstGauge::new(in_use as i64);
+        g.encode(encoder.encode_descriptor(
+            "data_ports_in_use",
+            "Data ports (listeners) handed out to sessions now",
+            None,
+            g.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(capacity as i64);
+        g.encode(encoder.encode_descriptor(
+            "data_ports_capacity",
+            "Data ports this gateway may hand out (the size of --port-range)",
+            None,
+            g.metric_type(),
+        )?)?;
+        if let Some((cluster, node, nodes, registered)) = &live.cluster {
             let info = ConstGauge::new(1i64);
             let mut m = encoder.encode_descriptor(
                 "cluster_node_info",
@@ -224,6 +242,13 @@ impl Collector for Snapshot {
                 "Live nodes of this gateway's cluster, as this node's watch of etcd sees them",
                 None,
                 n.metric_type(),
+            )?)?;
+            let r = ConstGauge::new(i64::from(*registered));
+            r.encode(encoder.encode_descriptor(
+                "cluster_registered",
+                "1 while this node's registration in etcd is live, 0 while etcd is lost (the node serves its own sessions on, places nothing new)",
+                None,
+                r.metric_type(),
             )?)?;
         }
 

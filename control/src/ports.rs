@@ -151,7 +151,6 @@ impl PortAllocator {
     }
 
     /// Ports currently handed out.
-    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }

@@ -73,17 +73,27 @@ impl Drop for Prometheus {
 
 impl Prometheus {
     fn start(target: std::net::SocketAddr) -> Prometheus {
+        Prometheus::scraping(&[target], |rules| rules)
+    }
+
+    /// Scrapes `targets` every second, with the deployed rules as `edit`
+    /// leaves them (a test shortens an alert's `for:`; its expression is
+    /// the deployed one).
+    fn scraping(
+        targets: &[std::net::SocketAddr],
+        edit: impl FnOnce(String) -> String,
+    ) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            deploy().join("prometheus/scistream-alerts.yml"),
-            dir.path().join("scistream-alerts.yml"),
-        )
-        .unwrap();
+        let rules =
+            std::fs::read_to_string(deploy().join("prometheus/scistream-alerts.yml")).unwrap();
+        std::fs::write(dir.path().join("scistream-alerts.yml"), edit(rules)).unwrap();
         let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [scistream-alerts.yml]\nscrape_configs:\n  - job_name: scistream\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [scistream-alerts.yml]\nscrape_configs:\n  - job_name: scistream\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
             ),
         )
         .unwrap();
@@ -193,7 +203,7 @@ fn a_real_prometheus_scrapes_a_gateway_and_the_dashboard_queries_run() {
     // The rules loaded, healthy, none firing for a healthy gateway.
     let rules = prom.get("/api/v1/rules").unwrap();
     let groups = rules["data"]["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 2, "{rules}");
+    assert_eq!(groups.len(), 3, "{rules}");
     for g in groups {
         for r in g["rules"].as_array().unwrap() {
             assert_eq!(r["health"], "ok", "{r}");
@@ -230,4 +240,75 @@ fn a_real_prometheus_scrapes_a_gateway_and_the_dashboard_queries_run() {
         with_data >= 4,
         "only {with_data} dashboard panels have data"
     );
+}
+
+/// Three cluster nodes on a real etcd, scraped by a real Prometheus: the
+/// cluster series are there, no alert fires while all three live, and
+/// killing a node fires `ScistreamClusterNodeLost` (its deployed
+/// expression; `for:` shortened from 2m to 5s for the test).
+#[test]
+fn killing_a_cluster_node_fires_the_node_lost_alert() {
+    use scistream_testkit::etcd::{Etcd, have_etcd};
+    let test = "killing_a_cluster_node_fires_the_node_lost_alert";
+    if !have("prometheus", test) || !have_etcd(test) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let url = etcd.url();
+    let node = |name: &str| {
+        let args = [
+            "--cluster",
+            "hpc",
+            "--etcd",
+            &url,
+            "--node",
+            name,
+            "--etcd-lease-ttl",
+            "2s",
+            "--metrics-addr=0",
+        ];
+        Gw::start(None, 4, &args)
+    };
+    let nodes = [node("a"), node("b"), node("c")];
+    let targets: Vec<_> = nodes.iter().map(Gw::metrics_addr).collect();
+    let prom = Prometheus::scraping(&targets, |rules| {
+        let at = rules.find("alert: ScistreamClusterNodeLost").unwrap();
+        let (head, tail) = rules.split_at(at);
+        format!("{head}{}", tail.replacen("for: 2m", "for: 5s", 1))
+    });
+    let all = prom.wait_for(
+        "max by (cluster) (scistream_cluster_nodes * on (instance) group_left (cluster) scistream_cluster_node_info) == 3",
+    );
+    assert_eq!(
+        all["data"]["result"][0]["metric"]["cluster"], "hpc",
+        "{all}"
+    );
+    prom.wait_for("count(scistream_cluster_registered == 1) == 3");
+    prom.wait_for("scistream_data_ports_capacity == 4");
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = prom.get("/api/v1/alerts").unwrap();
+    assert!(!alerts.to_string().contains("ScistreamCluster"), "{alerts}");
+
+    nodes[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alerts = prom.get("/api/v1/alerts").unwrap();
+        let firing = alerts["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| {
+                a["labels"]["alertname"] == "ScistreamClusterNodeLost"
+                    && a["labels"]["cluster"] == "hpc"
+                    && a["state"] == "firing"
+            });
+        if firing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node-lost alert never fired: {alerts}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

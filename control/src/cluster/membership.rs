@@ -113,6 +113,8 @@ pub(crate) struct Registration {
     /// The lease now (a new one after each registration); shared with
     /// [`super::Cluster`] to revoke it on leaving.
     lease: Arc<AtomicI64>,
+    /// Whether the registration is live now (for the metrics).
+    registered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -138,6 +140,7 @@ impl Registration {
             settings,
             record,
             lease: Arc::new(AtomicI64::new(0)),
+            registered: Arc::default(),
         };
         r.put_record().await?;
         Ok(r)
@@ -177,6 +180,7 @@ impl Registration {
             })
             .await?;
         self.lease.store(id, Ordering::Relaxed);
+        self.registered.store(true, Ordering::Relaxed);
         info!(cluster = %self.settings.cluster, node = %self.record.node, ttl_s = ttl, "registered in the cluster");
         Ok(())
     }
@@ -186,6 +190,7 @@ impl Registration {
     pub(crate) async fn keep(mut self) {
         loop {
             let e = self.keep_alive().await;
+            self.registered.store(false, Ordering::Relaxed);
             warn!(error = %e, "lost the cluster registration; registering again when etcd answers");
             self.etcd.rotate();
             loop {
@@ -238,6 +243,10 @@ impl Registration {
 
     pub(crate) fn lease(&self) -> Arc<AtomicI64> {
         self.lease.clone()
+    }
+
+    pub(crate) fn registered(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.registered.clone()
     }
 }
 

@@ -90,6 +90,8 @@ pub(crate) struct Cluster {
     node: String,
     /// Signs the calls this node passes on, verifies the others'.
     node_key: Arc<identity::NodeKey>,
+    /// Whether this node's registration in etcd is live now.
+    registered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -125,6 +127,7 @@ impl Cluster {
         let node_key = Arc::new(identity::NodeKey::for_cluster(&etcd, &settings).await?);
         let registration = Registration::register(etcd.clone(), settings.clone(), record).await?;
         let lease = registration.lease();
+        let registered = registration.registered();
         // The cluster's nodes are known before this node serves: a request
         // made as soon as its control port answers is placed over them all.
         let members = Arc::new(Members::default());
@@ -141,6 +144,7 @@ impl Cluster {
             members,
             node,
             node_key,
+            registered,
         })
     }
 
@@ -151,15 +155,7 @@ impl Cluster {
         trust: scistream_client::Trust,
         hello_grace: Duration,
     ) -> relay::Relay {
-        relay::Relay::new(
-            self.directory.clone(),
-            self.members.clone(),
-            self.node.clone(),
-            self.node_key.clone(),
-            trust,
-            hello_grace,
-            &self.settings,
-        )
+        relay::Relay::new(self, trust, hello_grace)
     }
 
     /// Publishes this node's load (what placement reads) from now on.

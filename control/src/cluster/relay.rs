@@ -76,29 +76,27 @@ pub(crate) struct Relay {
     placement: Placement,
     /// `--etcd-lease-ttl`: how long a dead node stays a member.
     lease_ttl: Duration,
+    /// Whether this node's registration in etcd is live now.
+    registered: Arc<std::sync::atomic::AtomicBool>,
     /// One HTTP/2 channel per other node (see [`Relay::connect`]).
     channels: Mutex<Channels>,
 }
 
 impl Relay {
-    pub(crate) fn new(
-        directory: Arc<Directory>,
-        members: Arc<Members>,
-        node: String,
-        node_key: Arc<NodeKey>,
-        trust: Trust,
-        hello_grace: Duration,
-        settings: &super::ClusterSettings,
-    ) -> Relay {
+    /// The relay of this node of `cluster`: it verifies the other nodes'
+    /// control services with `trust` and lets a `hello` wait `hello_grace`
+    /// for its `req`.
+    pub(crate) fn new(cluster: &super::Cluster, trust: Trust, hello_grace: Duration) -> Relay {
         Relay {
-            directory,
-            members,
-            node,
-            node_key,
+            directory: cluster.directory.clone(),
+            members: cluster.members.clone(),
+            node: cluster.node.clone(),
+            node_key: cluster.node_key.clone(),
             trust,
             hello_grace,
-            placement: settings.placement,
-            lease_ttl: settings.lease_ttl,
+            placement: cluster.settings.placement,
+            lease_ttl: cluster.settings.lease_ttl,
+            registered: cluster.registered.clone(),
             channels: Mutex::default(),
         }
     }
@@ -331,9 +329,15 @@ impl Relay {
         ))
     }
 
-    /// (cluster, this node, live nodes now), for the metrics.
-    pub(crate) fn view(&self) -> (&str, &str, usize) {
-        (self.directory.cluster(), &self.node, self.members.len())
+    /// (cluster, this node, live nodes now, registered in etcd now), for
+    /// the metrics.
+    pub(crate) fn view(&self) -> (&str, &str, usize, bool) {
+        (
+            self.directory.cluster(),
+            &self.node,
+            self.members.len(),
+            self.registered.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// This node's name, shown with its sessions.

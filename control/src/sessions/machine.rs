@@ -173,9 +173,13 @@ impl Machine {
     }
 
     /// Ports handed out now.
-    #[cfg(test)]
     pub fn ports_in_use(&self) -> usize {
         self.ports.in_use()
+    }
+
+    /// Ports this gateway may hand out (its `--port-range`).
+    pub fn ports_capacity(&self) -> usize {
+        self.ports.capacity()
     }
 
     /// `req`: checks who may use the uid and whether the gateway admits

@@ -62,6 +62,12 @@ impl Registry {
 }
 
 impl Registry {
+    /// Data ports: (handed out now, the `--port-range`'s size).
+    pub fn data_ports(&self) -> (usize, usize) {
+        let machine = self.lock();
+        (machine.ports_in_use(), machine.ports_capacity())
+    }
+
     /// What this gateway's sessions hold now: (listeners, booked rate in kbit/s).
     pub fn booked(&self) -> (usize, u64) {
         let machine = self.lock();
