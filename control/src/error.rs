@@ -80,6 +80,27 @@ impl ControlError {
     }
 }
 
+impl ControlError {
+    /// The error a gRPC status stands for (another node's answer, passed
+    /// on): same code, same message.
+    pub fn from_status(s: &Status) -> ControlError {
+        let m = s.message().to_owned();
+        match s.code() {
+            Code::InvalidArgument => ControlError::InvalidArgument(m),
+            Code::NotFound => ControlError::NotFound(m),
+            Code::AlreadyExists => ControlError::AlreadyExists(m),
+            Code::ResourceExhausted => ControlError::ResourceExhausted(m),
+            Code::FailedPrecondition => ControlError::FailedPrecondition(m),
+            Code::DeadlineExceeded => ControlError::DeadlineExceeded(m),
+            Code::Aborted | Code::Cancelled => ControlError::Aborted(m),
+            Code::Unauthenticated => ControlError::Unauthenticated(m),
+            Code::PermissionDenied => ControlError::PermissionDenied(m),
+            Code::Unavailable => ControlError::Unavailable(m),
+            _ => ControlError::Internal(m),
+        }
+    }
+}
+
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
         Status::new(e.code(), e.to_string())

@@ -20,6 +20,7 @@ pub mod fuzzing;
 mod gateway;
 pub(crate) mod logsafe;
 pub(crate) mod metrics;
+pub(crate) mod operations;
 pub(crate) mod ports;
 pub(crate) mod probe;
 pub(crate) mod service;

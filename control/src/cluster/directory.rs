@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 
 use super::ClusterError;
 use super::etcd::{Etcd, get_op, pb, put_op, unchanged_since};
-use super::membership::prefix;
 
 /// Where a call for a uid is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +125,7 @@ impl Directory {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
         };
-        format!("{}sessions/{hex}", prefix(&self.cluster))
+        super::keys::session(&self.cluster, &hex)
     }
 
     fn route_of(&self, value: &[u8], revision: i64) -> Route {

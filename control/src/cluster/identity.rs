@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ClusterError;
 use super::etcd::{Etcd, get_op, pb, put_op, unchanged_since};
-use super::membership::prefix;
 use super::options::ClusterSettings;
 
 /// How far a mark's time may be from this node's clock.
@@ -71,7 +70,7 @@ impl NodeKey {
             let derived = ring::hmac::sign(&key, label.as_bytes());
             return Ok(NodeKey::from_bytes(derived.as_ref()));
         }
-        let key = format!("{}node-key", prefix(&settings.cluster));
+        let key = super::keys::node_key(&settings.cluster);
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh).map_err(|e| ClusterError::Random(e.to_string()))?;
         let answer = etcd

@@ -14,13 +14,10 @@ use tracing::debug;
 use super::ClusterError;
 use super::etcd::Etcd;
 use super::etcd::{pb, prefix_op};
-use super::membership::{nodes_of, nodes_prefix, prefix};
+use super::keys;
+use super::membership::nodes_of;
 use super::placement::Load;
 use crate::sessions::Registry;
-
-fn load_prefix(cluster: &str) -> String {
-    format!("{}load/", prefix(cluster))
-}
 
 /// Publishes this node's load for as long as the future runs.
 pub(crate) async fn publish(
@@ -30,7 +27,7 @@ pub(crate) async fn publish(
     lease: Arc<AtomicI64>,
     registry: Arc<Registry>,
 ) {
-    let key = format!("{}{node}", load_prefix(&cluster));
+    let key = format!("{}{node}", keys::loads(&cluster));
     let mut published: Option<(Load, i64)> = None;
     loop {
         let (listeners, booked_kbps) = registry.booked();
@@ -70,8 +67,8 @@ pub(crate) async fn read(
     etcd: &Etcd,
     cluster: &str,
 ) -> Result<(Vec<(String, SocketAddr)>, BTreeMap<String, Load>), ClusterError> {
-    let nodes = nodes_prefix(cluster);
-    let loads = load_prefix(cluster);
+    let nodes = keys::nodes(cluster);
+    let loads = keys::loads(cluster);
     let answer = etcd
         .call("read the nodes and their load", |c| {
             let ops = vec![prefix_op(&nodes), prefix_op(&loads)];

@@ -77,15 +77,6 @@ impl Members {
     }
 }
 
-/// Where this cluster's keys live in etcd.
-pub(crate) fn prefix(cluster: &str) -> String {
-    format!("/scistream/{cluster}/")
-}
-
-pub(crate) fn nodes_prefix(cluster: &str) -> String {
-    format!("{}nodes/", prefix(cluster))
-}
-
 /// Bounds an etcd call: its error, or a timeout, names what was tried.
 pub(crate) async fn bounded<T, E: Into<EtcdError>>(
     what: &'static str,
@@ -149,7 +140,7 @@ impl Registration {
     fn key(&self) -> String {
         format!(
             "{}{}",
-            nodes_prefix(&self.settings.cluster),
+            super::keys::nodes(&self.settings.cluster),
             self.record.node
         )
     }
@@ -260,7 +251,7 @@ pub(crate) async fn read_members(
 ) -> Result<i64, ClusterError> {
     read_once(
         &etcd.client(),
-        &nodes_prefix(&settings.cluster),
+        &super::keys::nodes(&settings.cluster),
         settings.timeout,
         members,
     )
@@ -275,7 +266,7 @@ pub(crate) async fn watch_members(
     members: Arc<Members>,
     mut revision: i64,
 ) {
-    let prefix = nodes_prefix(&settings.cluster);
+    let prefix = super::keys::nodes(&settings.cluster);
     loop {
         let client = etcd.client();
         let watched = async {

@@ -6,18 +6,23 @@
 //! and where its parts are ([`directory`]); a `req` places a session's
 //! listeners over the nodes ([`placement`], [`load`]) and its holder serves
 //! the session's calls on every part ([`spread`]); a call for a session
-//! another node holds is passed on to it ([`relay`]). Single-node mode (no
+//! another node holds is passed on to it ([`relay`]), signed with the
+//! node's identity ([`identity`]). [`router`] is the cluster's
+//! [`crate::operations::Operations`], the one entry the gRPC service calls;
+//! [`keys`] is the whole etcd key layout. Single-node mode (no
 //! `--cluster`) does not touch etcd at all. docs/CLUSTER.md says what a
 //! cluster does and what is missing.
 
 pub(crate) mod directory;
 pub(crate) mod etcd;
 pub(crate) mod identity;
+pub(crate) mod keys;
 mod load;
 pub(crate) mod membership;
 pub(crate) mod options;
 pub(crate) mod placement;
 pub(crate) mod relay;
+pub(crate) mod router;
 pub(crate) mod spread;
 
 use std::sync::Arc;

@@ -425,11 +425,6 @@ impl Relay {
         }
     }
 
-    /// This node's name.
-    pub(crate) fn me(&self) -> &str {
-        &self.node
-    }
-
     /// `release` served here: the uid is no longer held by this node.
     pub(crate) async fn forget(&self, uid: &str) {
         if let Err(e) = self.directory.forget(uid).await {

@@ -40,26 +40,13 @@ pub(crate) struct Caller {
 
 /// A node's refusal, as this node answers it: same code, naming the node.
 fn from_node(node: &str, s: Status) -> ControlError {
-    use tonic::Code;
-    let m = format!("node {node}: {}", s.message());
-    match s.code() {
-        Code::InvalidArgument => ControlError::InvalidArgument(m),
-        Code::NotFound => ControlError::NotFound(m),
-        Code::AlreadyExists => ControlError::AlreadyExists(m),
-        Code::ResourceExhausted => ControlError::ResourceExhausted(m),
-        Code::FailedPrecondition => ControlError::FailedPrecondition(m),
-        Code::DeadlineExceeded => ControlError::DeadlineExceeded(m),
-        Code::Aborted | Code::Cancelled => ControlError::Aborted(m),
-        Code::Unauthenticated => ControlError::Unauthenticated(m),
-        Code::PermissionDenied => ControlError::PermissionDenied(m),
-        Code::Unavailable => ControlError::Unavailable(m),
-        _ => ControlError::Internal(m),
-    }
+    let named = Status::new(s.code(), format!("node {node}: {}", s.message()));
+    ControlError::from_status(&named)
 }
 
 impl Caller {
     fn is_here(&self, part: &Part) -> bool {
-        part.node == self.relay.me()
+        part.node == self.relay.node()
     }
 
     async fn client(&self, part: &Part) -> Result<Control, ControlError> {

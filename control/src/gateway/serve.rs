@@ -156,15 +156,12 @@ impl Gateway {
         relay: Option<Arc<crate::cluster::relay::Relay>>,
     ) -> Router {
         let files = &self.files;
-        let service = ControlServer::new(
-            ControlService::new(
-                self.registry.clone(),
-                in_flight,
-                files.auth.clone(),
-                metrics,
-            )
-            .with_relay(relay),
-        )
+        let service = ControlServer::new(ControlService::new(
+            operations(&self.registry, relay),
+            in_flight,
+            files.auth.clone(),
+            metrics,
+        ))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
         info!(
@@ -262,5 +259,18 @@ async fn drain(registry: &Registry, timeout: Duration) {
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The session operations this gateway serves: its own registry, routed
+/// over the cluster's other nodes in cluster mode.
+fn operations(
+    registry: &Arc<Registry>,
+    relay: Option<Arc<crate::cluster::relay::Relay>>,
+) -> Arc<dyn crate::operations::Operations> {
+    let local = crate::operations::Local::new(registry.clone());
+    match relay {
+        Some(relay) => Arc::new(crate::cluster::router::Router::new(local, relay)),
+        None => Arc::new(local),
     }
 }
