@@ -183,131 +183,151 @@ fn session_labels(key: &SessionKey) -> Labels {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-
-        let gauge = ConstGauge::new(0i64);
-        let mut m = encoder.encode_descriptor(
-            "sessions",
-            "Sessions on this gateway, by phase",
-            None,
-            gauge.metric_type(),
-        )?;
-        for phase in PHASES {
-            let n = live.phases.get(phase).copied().unwrap_or(0);
-            let labels = [("phase", phase)];
-            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        encode_gateway(&mut encoder, &live)?;
+        if let Some(cluster) = &live.cluster {
+            encode_cluster(&mut encoder, cluster)?;
         }
-
-        let c = ConstCounter::new(live.restarts);
-        c.encode(encoder.encode_descriptor(
-            "dataplane_restarts",
-            "Times s2ds died and was started again",
-            None,
-            c.metric_type(),
-        )?)?;
-        let up = ConstGauge::new(i64::from(live.dataplane_up));
-        up.encode(encoder.encode_descriptor(
-            "dataplane_up",
-            "1 when s2ds answered this scrape, 0 when it did not",
-            None,
-            up.metric_type(),
-        )?)?;
-        let (in_use, capacity) = live.ports;
-        let g = ConstGauge::new(in_use as i64);
-        g.encode(encoder.encode_descriptor(
-            "data_ports_in_use",
-            "Data ports (listeners) handed out to sessions now",
-            None,
-            g.metric_type(),
-        )?)?;
-        let g = ConstGauge::new(capacity as i64);
-        g.encode(encoder.encode_descriptor(
-            "data_ports_capacity",
-            "Data ports this gateway may hand out (the size of --port-range)",
-            None,
-            g.metric_type(),
-        )?)?;
-        if let Some((cluster, node, nodes, registered)) = &live.cluster {
-            let info = ConstGauge::new(1i64);
-            let mut m = encoder.encode_descriptor(
-                "cluster_node_info",
-                "This node of a gateway cluster (always 1): join on it to label this node's series by node",
-                None,
-                info.metric_type(),
-            )?;
-            let labels = [("cluster", cluster.as_str()), ("node", node.as_str())];
-            info.encode(m.encode_family(&labels)?)?;
-            let n = ConstGauge::new(*nodes as i64);
-            n.encode(encoder.encode_descriptor(
-                "cluster_nodes",
-                "Live nodes of this gateway's cluster, as this node's watch of etcd sees them",
-                None,
-                n.metric_type(),
-            )?)?;
-            let r = ConstGauge::new(i64::from(*registered));
-            r.encode(encoder.encode_descriptor(
-                "cluster_registered",
-                "1 while this node's registration in etcd is live, 0 while etcd is lost (the node serves its own sessions on, places nothing new)",
-                None,
-                r.metric_type(),
-            )?)?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "session_bytes",
-            "Bytes forwarded by a live session, by direction (to_target: from the accepted clients towards the targets)",
-            None,
-            ConstCounter::new(0u64).metric_type(),
-        )?;
-        for (key, st) in &live.sessions {
-            for (direction, bytes) in [
-                ("to_target", st.bytes_to_target),
-                ("from_target", st.bytes_from_target),
-            ] {
-                let mut labels = session_labels(key);
-                labels.push(("direction", direction.to_owned()));
-                ConstCounter::new(bytes).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
-            "session_connections_open",
-            "Data connections open now, per live session",
-            None,
-            ConstGauge::new(0i64).metric_type(),
-        )?;
-        for (key, st) in &live.sessions {
-            let labels = session_labels(key);
-            ConstGauge::new(st.conns_open as i64).encode(m.encode_family(&labels)?)?;
-        }
-        for (name, help, value) in [
-            (
-                "session_connections",
-                "Data connections accepted, per live session",
-                (|s: &SessionStats| s.conns_total) as fn(&SessionStats) -> u64,
-            ),
-            (
-                "session_connection_errors",
-                "Data connections that failed (target unreachable, reset, I/O error), per live session",
-                |s| s.errors,
-            ),
-            (
-                "session_connections_rejected",
-                "Data connections refused during setup (TLS handshake, preamble, timeout), per live session",
-                |s| s.rejected,
-            ),
-        ] {
-            let mut m = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
-            for (key, st) in &live.sessions {
-                let labels = session_labels(key);
-                ConstCounter::new(value(st)).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        encode_sessions(&mut encoder, &live.sessions)?;
         encode_udp(&mut encoder, &live.sessions)
     }
+}
+
+/// One gauge without labels.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// The gateway's own series: sessions by phase, the data plane, its ports.
+fn encode_gateway(encoder: &mut DescriptorEncoder, live: &Live) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(
+        "sessions",
+        "Sessions on this gateway, by phase",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for phase in PHASES {
+        let n = live.phases.get(phase).copied().unwrap_or(0);
+        let labels = [("phase", phase)];
+        ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+    }
+    let c = ConstCounter::new(live.restarts);
+    c.encode(encoder.encode_descriptor(
+        "dataplane_restarts",
+        "Times s2ds died and was started again",
+        None,
+        c.metric_type(),
+    )?)?;
+    gauge(
+        encoder,
+        "dataplane_up",
+        "1 when s2ds answered this scrape, 0 when it did not",
+        i64::from(live.dataplane_up),
+    )?;
+    let (in_use, capacity) = live.ports;
+    gauge(
+        encoder,
+        "data_ports_in_use",
+        "Data ports (listeners) handed out to sessions now",
+        in_use as i64,
+    )?;
+    gauge(
+        encoder,
+        "data_ports_capacity",
+        "Data ports this gateway may hand out (the size of --port-range)",
+        capacity as i64,
+    )
+}
+
+/// Cluster mode: this node, and the cluster as it sees it.
+fn encode_cluster(
+    encoder: &mut DescriptorEncoder,
+    (cluster, node, nodes, registered): &(String, String, usize, bool),
+) -> Result<(), std::fmt::Error> {
+    let info = ConstGauge::new(1i64);
+    let mut m = encoder.encode_descriptor(
+        "cluster_node_info",
+        "This node of a gateway cluster (always 1): join on it to label this node's series by node",
+        None,
+        info.metric_type(),
+    )?;
+    let labels = [("cluster", cluster.as_str()), ("node", node.as_str())];
+    info.encode(m.encode_family(&labels)?)?;
+    gauge(
+        encoder,
+        "cluster_nodes",
+        "Live nodes of this gateway's cluster, as this node's watch of etcd sees them",
+        *nodes as i64,
+    )?;
+    gauge(
+        encoder,
+        "cluster_registered",
+        "1 while this node's registration in etcd is live, 0 while etcd is lost (the node serves its own sessions on, places nothing new)",
+        i64::from(*registered),
+    )
+}
+
+/// Each live session's bytes and connections, labelled by its tag.
+fn encode_sessions(
+    encoder: &mut DescriptorEncoder,
+    sessions: &[(SessionKey, SessionStats)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(
+        "session_bytes",
+        "Bytes forwarded by a live session, by direction (to_target: from the accepted clients towards the targets)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for (key, st) in sessions {
+        for (direction, bytes) in [
+            ("to_target", st.bytes_to_target),
+            ("from_target", st.bytes_from_target),
+        ] {
+            let mut labels = session_labels(key);
+            labels.push(("direction", direction.to_owned()));
+            ConstCounter::new(bytes).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "session_connections_open",
+        "Data connections open now, per live session",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for (key, st) in sessions {
+        let labels = session_labels(key);
+        ConstGauge::new(st.conns_open as i64).encode(m.encode_family(&labels)?)?;
+    }
+    for (name, help, value) in [
+        (
+            "session_connections",
+            "Data connections accepted, per live session",
+            (|s: &SessionStats| s.conns_total) as fn(&SessionStats) -> u64,
+        ),
+        (
+            "session_connection_errors",
+            "Data connections that failed (target unreachable, reset, I/O error), per live session",
+            |s| s.errors,
+        ),
+        (
+            "session_connections_rejected",
+            "Data connections refused during setup (TLS handshake, preamble, timeout), per live session",
+            |s| s.rejected,
+        ),
+    ] {
+        let mut m =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for (key, st) in sessions {
+            let labels = session_labels(key);
+            ConstCounter::new(value(st)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// A session's UDP counters; only sessions that carried UDP have series.
