@@ -62,55 +62,7 @@ pub fn authenticator(config: &Config) -> Result<(Authenticator, Vec<String>), St
                 .ok_or("--auth tokens needs --tokens-file FILE")?;
             Authenticator::Tokens(TokenFile::load(path).map_err(|e| format!("--tokens-file {e}"))?)
         }
-        "introspect" => {
-            let client_id = config
-                .client_id
-                .clone()
-                .ok_or("--auth introspect needs --client_id (this gateway's OAuth2 client id)")?;
-            let from_env = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
-            let secret = match (&config.client_secret_file, &config.client_secret, from_env) {
-                (Some(path), _, _) => read_secret_file(path)?,
-                (None, Some(s), _) => {
-                    warnings.push(format!(
-                        "--client_secret on the command line is visible to every user in process listings; \
-                         use --client_secret-file or the {SECRET_ENV} environment variable"
-                    ));
-                    s.clone()
-                }
-                (None, None, Some(s)) => s,
-                (None, None, None) => {
-                    return Err(format!(
-                        "token introspection needs this gateway's client secret: --client_secret-file FILE, \
-                         the {SECRET_ENV} environment variable, or --client_secret"
-                    ));
-                }
-            };
-            let required_scope = match &config.required_scope {
-                Some(s) => s.clone(),
-                None if scistream_oauth::is_globus(&config.introspect_url) => {
-                    scistream_oauth::scope_string(&client_id, scistream_oauth::GLOBUS)
-                }
-                None => {
-                    return Err(format!(
-                        "--introspect-url {} is not Globus Auth: give the scope tokens must carry with --required-scope",
-                        config.introspect_url
-                    ));
-                }
-            };
-            let i = Introspector::new(IntrospectorConfig {
-                url: config.introspect_url.clone(),
-                client_id,
-                client_secret: Secret(secret),
-                required_scope,
-                timeout: config.introspect_timeout,
-                cache_ttl: config.introspect_cache,
-                negative_ttl: config
-                    .introspect_cache
-                    .min(std::time::Duration::from_secs(5)),
-                ca: config.auth_ca.clone(),
-            })?;
-            Authenticator::Introspect(Box::new(i))
-        }
+        "introspect" => introspector(config, &mut warnings)?,
         other => {
             return Err(format!(
                 "--auth {other}: expected none, introspect or tokens"
@@ -126,6 +78,58 @@ pub fn authenticator(config: &Config) -> Result<(Authenticator, Vec<String>), St
         ));
     }
     Ok((auth, warnings))
+}
+
+/// `--auth introspect`: the introspection client, with this gateway's
+/// client id, secret and the scope tokens must carry.
+fn introspector(config: &Config, warnings: &mut Vec<String>) -> Result<Authenticator, String> {
+    let client_id = config
+        .client_id
+        .clone()
+        .ok_or("--auth introspect needs --client_id (this gateway's OAuth2 client id)")?;
+    let from_env = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
+    let secret = match (&config.client_secret_file, &config.client_secret, from_env) {
+        (Some(path), _, _) => read_secret_file(path)?,
+        (None, Some(s), _) => {
+            warnings.push(format!(
+                "--client_secret on the command line is visible to every user in process listings; \
+                 use --client_secret-file or the {SECRET_ENV} environment variable"
+            ));
+            s.clone()
+        }
+        (None, None, Some(s)) => s,
+        (None, None, None) => {
+            return Err(format!(
+                "token introspection needs this gateway's client secret: --client_secret-file FILE, \
+                 the {SECRET_ENV} environment variable, or --client_secret"
+            ));
+        }
+    };
+    let required_scope = match &config.required_scope {
+        Some(s) => s.clone(),
+        None if scistream_oauth::is_globus(&config.introspect_url) => {
+            scistream_oauth::scope_string(&client_id, scistream_oauth::GLOBUS)
+        }
+        None => {
+            return Err(format!(
+                "--introspect-url {} is not Globus Auth: give the scope tokens must carry with --required-scope",
+                config.introspect_url
+            ));
+        }
+    };
+    let i = Introspector::new(IntrospectorConfig {
+        url: config.introspect_url.clone(),
+        client_id,
+        client_secret: Secret(secret),
+        required_scope,
+        timeout: config.introspect_timeout,
+        cache_ttl: config.introspect_cache,
+        negative_ttl: config
+            .introspect_cache
+            .min(std::time::Duration::from_secs(5)),
+        ca: config.auth_ca.clone(),
+    })?;
+    Ok(Authenticator::Introspect(Box::new(i)))
 }
 
 /// The access policy `config` asks for, and warnings to log.
