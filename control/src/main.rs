@@ -41,39 +41,9 @@ fn main() -> ExitCode {
         };
     }
     if config.check_config {
-        for n in &compat_notes {
-            eprintln!("note: {n}");
-        }
-        return match scistream_control::check_config(&config) {
-            Ok(warnings) => {
-                for w in &warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("configuration OK");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("s2cs: configuration error: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return check_config(&config, &compat_notes);
     }
-    let default_level = match config.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        fmt.json().init();
-    } else {
-        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    init_logs(&config);
     for n in &compat_notes {
         tracing::info!("{n}");
     }
@@ -129,5 +99,46 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+/// `--check-config`: reads and checks everything, starts nothing.
+fn check_config(config: &Config, compat_notes: &[String]) -> ExitCode {
+    for n in compat_notes {
+        eprintln!("note: {n}");
+    }
+    match scistream_control::check_config(config) {
+        Ok(warnings) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("s2cs: configuration error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr: text (coloured on a terminal) or JSON (`--log-format`),
+/// at the level `-v` asks for unless RUST_LOG says otherwise.
+fn init_logs(config: &Config) {
+    let default_level = match config.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
