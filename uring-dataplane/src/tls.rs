@@ -172,108 +172,28 @@ impl TlsContext {
     }
 }
 
+/// This gateway's certificate chain and key (`--data-cert`, `--data-key`).
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 impl TlsConfigs {
     fn load(files: &TlsFiles) -> Result<TlsConfigs, TlsFileError> {
-        let provider = || provider_for(&files.crypto, files.prefer_chacha);
-        let identity = match (&files.cert, &files.key) {
-            (Some(c), Some(k)) => {
-                let chain = certs("--data-cert", c)?;
-                let bytes = std::fs::read(k).map_err(|e| file_err("--data-key", k, e))?;
-                let key = PrivateKeyDer::from_pem_slice(&bytes)
-                    .map_err(|e| file_err("--data-key", k, format!("no usable PEM key ({e})")))?;
-                Some((chain, key))
-            }
-            (None, None) => None,
-            _ => {
-                return Err(file_err(
-                    "--data-cert/--data-key",
-                    Path::new("(one of them)"),
-                    "give both or neither",
-                ));
-            }
-        };
+        let identity = identity(files)?;
         let roots = files.peer_ca.as_deref().map(roots).transpose()?;
-        // Whom an outbound gateway trusts: --peer-ca (its certificates also
-        // pinned), else the system's CA store.
-        let anchors = match scistream_trust::Anchors::file_or_system(files.peer_ca.as_deref()) {
-            Ok(a) => Some(a),
-            Err(e) if files.peer_ca.is_some() => {
-                return Err(file_err(
-                    "--peer-ca",
-                    files.peer_ca.as_deref().unwrap_or(Path::new("")),
-                    e,
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no --peer-ca and no usable system CA store: outbound sessions over TLS cannot verify inbound gateways");
-                None
-            }
-        };
-        let versions = &[&rustls::version::TLS13];
-        let server_config = |mtls: bool| -> Result<Option<Arc<ServerConfig>>, TlsFileError> {
-            let Some((chain, key)) = &identity else {
-                return Ok(None);
-            };
-            let builder = ServerConfig::builder_with_provider(provider())
-                .with_protocol_versions(versions)
-                .map_err(|e| file_err("--data-cert", Path::new(""), e))?;
-            let builder = if mtls {
-                let roots = roots.clone().ok_or_else(|| {
-                    file_err(
-                        "--require-client-cert",
-                        Path::new("(no --peer-ca)"),
-                        "needs --peer-ca to verify client certificates",
-                    )
-                })?;
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-                        .build()
-                        .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
-                builder.with_client_cert_verifier(Arc::new(
-                    crate::client_cert::NamingVerifier::new(verifier),
-                ))
-            } else {
-                builder.with_no_client_auth()
-            };
-            let path = files.cert.clone().unwrap_or_default();
-            let mut config = builder
-                .with_single_cert(chain.clone(), key.clone_key())
-                .map_err(|e| file_err("--data-cert/--data-key", &path, e))?;
-            config.alpn_protocols = vec![ALPN.to_vec()];
-            config.send_tls13_tickets = 0;
-            config.enable_secret_extraction = true;
-            config.max_early_data_size = 0;
-            Ok(Some(Arc::new(config)))
-        };
-        let server = server_config(files.require_client_cert)?;
+        let server = server_config(
+            files,
+            identity.as_ref(),
+            roots.as_ref(),
+            files.require_client_cert,
+        )?;
         let server_mtls = if files.require_client_cert {
             server.clone()
         } else if roots.is_some() {
-            server_config(true)?
+            server_config(files, identity.as_ref(), roots.as_ref(), true)?
         } else {
             None
         };
-        let client = match &anchors {
-            Some(anchors) => {
-                let verifier = anchors
-                    .verifier(provider())
-                    .map_err(|e| file_err("--peer-ca", Path::new(&anchors.source), e))?;
-                let builder = ClientConfig::builder_with_provider(provider())
-                    .with_protocol_versions(versions)
-                    .map_err(|e| file_err("--peer-ca", Path::new(""), e))?
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier);
-                let mut config = match &identity {
-                    Some((chain, key)) => builder
-                        .with_client_auth_cert(chain.clone(), key.clone_key())
-                        .map_err(|e| file_err("--data-cert/--data-key", Path::new(""), e))?,
-                    None => builder.with_no_client_auth(),
-                };
-                config.alpn_protocols = vec![ALPN.to_vec()];
-                config.resumption = rustls::client::Resumption::disabled();
-                config.enable_secret_extraction = true;
-                Some(Arc::new(config))
-            }
+        let client = match anchors(files)? {
+            Some(anchors) => Some(client_config(files, &anchors, identity.as_ref())?),
             None => None,
         };
         Ok(TlsConfigs {
@@ -282,6 +202,116 @@ impl TlsConfigs {
             client,
         })
     }
+}
+
+/// The gateway's own certificate and key: both or neither.
+fn identity(files: &TlsFiles) -> Result<Option<Identity>, TlsFileError> {
+    match (&files.cert, &files.key) {
+        (Some(c), Some(k)) => {
+            let chain = certs("--data-cert", c)?;
+            let bytes = std::fs::read(k).map_err(|e| file_err("--data-key", k, e))?;
+            let key = PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| file_err("--data-key", k, format!("no usable PEM key ({e})")))?;
+            Ok(Some((chain, key)))
+        }
+        (None, None) => Ok(None),
+        _ => Err(file_err(
+            "--data-cert/--data-key",
+            Path::new("(one of them)"),
+            "give both or neither",
+        )),
+    }
+}
+
+/// Whom an outbound gateway trusts: --peer-ca (its certificates also
+/// pinned), else the system's CA store (`None`, with a warning, when
+/// there is none).
+fn anchors(files: &TlsFiles) -> Result<Option<scistream_trust::Anchors>, TlsFileError> {
+    match scistream_trust::Anchors::file_or_system(files.peer_ca.as_deref()) {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if files.peer_ca.is_some() => Err(file_err(
+            "--peer-ca",
+            files.peer_ca.as_deref().unwrap_or(Path::new("")),
+            e,
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "no --peer-ca and no usable system CA store: outbound sessions over TLS cannot verify inbound gateways");
+            Ok(None)
+        }
+    }
+}
+
+/// The inbound side's TLS server (TLS 1.3, the data channel's ALPN, no
+/// tickets or early data, secrets extractable for the relay); with `mtls`
+/// it asks for the peer gateway's certificate, verified against `roots`.
+/// `None` without an identity.
+fn server_config(
+    files: &TlsFiles,
+    identity: Option<&Identity>,
+    roots: Option<&Arc<RootCertStore>>,
+    mtls: bool,
+) -> Result<Option<Arc<ServerConfig>>, TlsFileError> {
+    let Some((chain, key)) = identity else {
+        return Ok(None);
+    };
+    let provider = || provider_for(&files.crypto, files.prefer_chacha);
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| file_err("--data-cert", Path::new(""), e))?;
+    let builder = if mtls {
+        let roots = roots.cloned().ok_or_else(|| {
+            file_err(
+                "--require-client-cert",
+                Path::new("(no --peer-ca)"),
+                "needs --peer-ca to verify client certificates",
+            )
+        })?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| file_err("--peer-ca", Path::new(""), e))?;
+        builder
+            .with_client_cert_verifier(Arc::new(crate::client_cert::NamingVerifier::new(verifier)))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let path = files.cert.clone().unwrap_or_default();
+    let mut config = builder
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| file_err("--data-cert/--data-key", &path, e))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.enable_secret_extraction = true;
+    config.max_early_data_size = 0;
+    Ok(Some(Arc::new(config)))
+}
+
+/// The outbound side's TLS client: verifies inbound gateways with
+/// `anchors`, presents the gateway's identity when it has one.
+fn client_config(
+    files: &TlsFiles,
+    anchors: &scistream_trust::Anchors,
+    identity: Option<&Identity>,
+) -> Result<Arc<ClientConfig>, TlsFileError> {
+    let provider = || provider_for(&files.crypto, files.prefer_chacha);
+    let verifier = anchors
+        .verifier(provider())
+        .map_err(|e| file_err("--peer-ca", Path::new(&anchors.source), e))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| file_err("--peer-ca", Path::new(""), e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| file_err("--data-cert/--data-key", Path::new(""), e))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_secret_extraction = true;
+    Ok(Arc::new(config))
 }
 
 /// `Read`/`Write` on a borrowed non-blocking socket (`EAGAIN` is `WouldBlock`).
