@@ -184,78 +184,28 @@ impl DataPlane {
             return failed(format!("session {key} is already being forwarded"));
         }
         let n = spec.listeners.len();
-        let sockets = if spec.has_udp_sockets() { 2 * n } else { n };
-        if fds.len() != sockets || spec.targets.len() != n {
-            return failed(format!(
-                "session {key}: {} sockets ({sockets} expected: {}), {n} listener addresses and {} targets do not match",
-                fds.len(),
-                if spec.has_udp_sockets() {
-                    "TCP and UDP"
-                } else {
-                    "TCP"
-                },
-                spec.targets.len()
-            ));
-        }
-        if let Err(e) = self.check_channel(&spec) {
+        let checked = check_counts(&spec, fds.len())
+            .and_then(|()| self.check_channel(&spec))
+            .and_then(|()| check_udp_sockets(&fds[n.min(fds.len())..]))
+            .and_then(|()| check_listeners(&fds[..n.min(fds.len())], spec.accepts_tcp()));
+        if let Err(e) = checked {
             return failed(format!("session {key}: {e}"));
         }
         let udp_fds = fds.split_off(n);
-        if let Err(e) = check_udp_sockets(&udp_fds) {
-            return failed(format!("session {key}: {e}"));
-        }
-        let accept = spec.accepts_tcp();
-        for fd in &fds {
-            match rustix::net::sockopt::socket_acceptconn(fd) {
-                Ok(listening) if listening == accept => {}
-                _ => {
-                    return failed(format!(
-                        "session {key}: a descriptor handed over is not a {}",
-                        if accept {
-                            "listening socket"
-                        } else {
-                            "bound TCP socket that does not listen (UDP-only session)"
-                        }
-                    ));
-                }
-            }
-            if let Err(e) = rustix::io::ioctl_fionbio(fd, true) {
-                return failed(format!(
-                    "session {key}: cannot make a listener non-blocking: {e}"
-                ));
-            }
-        }
         let copies: Vec<_> = fds
             .iter()
             .zip(&spec.listeners)
             .filter_map(|(fd, addr)| fd.try_clone().ok().map(|c| (*addr, c)))
             .collect();
-        let (tx, rx) = mpsc::channel();
-        let mut placement = Vec::with_capacity(fds.len());
-        let rate = spec.per_connection_rate();
-        for (index, (fd, target)) in fds.into_iter().zip(spec.targets.iter()).enumerate() {
-            let w = self.next_worker % self.workers.len();
-            self.next_worker += 1;
-            let cmd = WorkerCommand::AddListener {
-                key: key.clone(),
-                index,
-                fd,
-                target: target.addr,
-                rate,
-                channel: listener_channel(&spec),
-                accept,
-                done: tx.clone(),
-            };
-            if let Err(e) = self.workers[w].send(cmd) {
-                return failed(e);
-            }
-            placement.push(w);
-        }
-        let mut result = wait_acks(&rx, placement.len());
+        let (placed, acks) = match self.place_listeners(&spec, fds) {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let mut result = wait_acks(&acks, placed.len());
         if result.is_ok() && spec.protocol.carries_udp() {
-            result = self.add_udp(&spec, &placement, udp_fds);
+            result = self.add_udp(&spec, &placed, udp_fds);
         }
-        self.sessions.insert(key.clone(), placement);
+        self.sessions.insert(key.clone(), placed);
         self.listeners.insert(key.clone(), copies);
         match result {
             Ok(()) => {
@@ -267,6 +217,35 @@ impl DataPlane {
                 failed(format!("session {key}: {e}"))
             }
         }
+    }
+
+    /// Hands each listener to the next worker in turn: the worker of each
+    /// listener, and where their acknowledgements arrive.
+    fn place_listeners(
+        &mut self,
+        spec: &SessionSpec,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Vec<usize>, Acks), String> {
+        let (tx, rx) = mpsc::channel();
+        let mut placement = Vec::with_capacity(fds.len());
+        let rate = spec.per_connection_rate();
+        for (index, (fd, target)) in fds.into_iter().zip(spec.targets.iter()).enumerate() {
+            let w = self.next_worker % self.workers.len();
+            self.next_worker += 1;
+            let cmd = WorkerCommand::AddListener {
+                key: spec.key.clone(),
+                index,
+                fd,
+                target: target.addr,
+                rate,
+                channel: listener_channel(spec),
+                accept: spec.accepts_tcp(),
+                done: tx.clone(),
+            };
+            self.workers[w].send(cmd)?;
+            placement.push(w);
+        }
+        Ok((placement, rx))
     }
 
     /// Starts a session's UDP: its sockets on the instrument side (each
@@ -488,4 +467,49 @@ pub fn run(listener: OwnedFd, mut dp: DataPlane) -> io::Result<()> {
             "still forwarding; waiting for s2cs to reconnect"
         );
     }
+}
+
+/// Where the workers acknowledge the listeners handed to them.
+type Acks = mpsc::Receiver<Result<(), String>>;
+
+/// As many sockets as the session has listeners (twice as many with UDP),
+/// and a target per listener.
+fn check_counts(spec: &SessionSpec, sockets: usize) -> Result<(), String> {
+    let n = spec.listeners.len();
+    let expected = if spec.has_udp_sockets() { 2 * n } else { n };
+    if sockets == expected && spec.targets.len() == n {
+        return Ok(());
+    }
+    Err(format!(
+        "{sockets} sockets ({expected} expected: {}), {n} listener addresses and {} targets do not match",
+        if spec.has_udp_sockets() {
+            "TCP and UDP"
+        } else {
+            "TCP"
+        },
+        spec.targets.len()
+    ))
+}
+
+/// Each TCP socket handed over listens when the session accepts TCP (and
+/// does not otherwise), and is made non-blocking.
+fn check_listeners(fds: &[OwnedFd], accept: bool) -> Result<(), String> {
+    for fd in fds {
+        match rustix::net::sockopt::socket_acceptconn(fd) {
+            Ok(listening) if listening == accept => {}
+            _ => {
+                return Err(format!(
+                    "a descriptor handed over is not a {}",
+                    if accept {
+                        "listening socket"
+                    } else {
+                        "bound TCP socket that does not listen (UDP-only session)"
+                    }
+                ));
+            }
+        }
+        rustix::io::ioctl_fionbio(fd, true)
+            .map_err(|e| format!("cannot make a listener non-blocking: {e}"))?;
+    }
+    Ok(())
 }
