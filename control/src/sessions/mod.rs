@@ -36,7 +36,7 @@ mod recover;
 pub(crate) mod request;
 #[cfg(test)]
 mod tests;
-mod view;
+pub(crate) mod view;
 
 use machine::{Machine, ReqEnd, Waiting};
 pub use policy::Policy;
