@@ -596,6 +596,28 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
             ""
         },
     );
+    t.push_str(&cluster_and_udp_text(s));
+    if with_connections {
+        for c in &s.connections {
+            t.push_str(&format!(
+                "    {} -> {}  {}  {} / {}  {} s\n",
+                c.peer,
+                c.target,
+                c.mode,
+                format_size(c.bytes_to_target),
+                format_size(c.bytes_from_target),
+                c.age_ms / 1000
+            ));
+        }
+    }
+    t
+}
+
+/// A status's optional lines: its node and a note for a part that does not
+/// report (cluster mode), its last failure, its UDP counters.
+fn cluster_and_udp_text(s: &pb::SessionStatus) -> String {
+    use scistream_protocol::units::format_size;
+    let mut t = String::new();
     if !s.node.is_empty() {
         t.push_str(&format!("  node:      {}\n", s.node));
     }
@@ -630,19 +652,6 @@ pub fn status_text(s: &pb::SessionStatus, with_connections: bool) -> String {
             s.udp_dropped,
             s.udp_kernel_dropped,
         ));
-    }
-    if with_connections {
-        for c in &s.connections {
-            t.push_str(&format!(
-                "    {} -> {}  {}  {} / {}  {} s\n",
-                c.peer,
-                c.target,
-                c.mode,
-                format_size(c.bytes_to_target),
-                format_size(c.bytes_from_target),
-                c.age_ms / 1000
-            ));
-        }
     }
     t
 }
