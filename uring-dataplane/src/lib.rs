@@ -77,22 +77,7 @@ pub enum StartError {
 /// Starts workers and serves the control socket until no controller and no
 /// session remain.
 pub fn run(config: &Config) -> Result<(), StartError> {
-    let listener: OwnedFd = if config.control_stdin {
-        std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(StartError::Control)?
-    } else if let Some(path) = &config.control_socket {
-        let _ = std::fs::remove_file(path);
-        let l = scistream_protocol::handoff::listen(path).map_err(StartError::Control)?;
-        // Whatever the umask, only this user may command the data plane
-        // (connections from other users are refused as well).
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(StartError::Control)?;
-        l
-    } else {
-        return Err(StartError::NoControl);
-    };
+    let listener = control_listener(config)?;
     match scistream_protocol::nofile::raise_nofile_limit() {
         Ok(raised) => tracing::debug!(?raised, "RLIMIT_NOFILE"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
@@ -124,11 +109,53 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         max_flows: config.dp.udp_max_flows,
     })
     .map_err(StartError::Udp)?;
-    let options = worker::WorkerOptions {
+    let options = worker_options(config, &tls, &udp, ktls_support, crypto.crypto);
+    let (workers, engine) = start_workers(config, engine, &options)?;
+    tracing::info!(
+        engine,
+        workers = workers.len(),
+        pipe_size = config.dp.pipe_size,
+        pid = std::process::id(),
+        "s2ds started"
+    );
+    control::run(listener, control::DataPlane::new(workers, engine, tls, udp))
+        .map_err(StartError::Control)
+}
+
+/// Where s2cs's commands come from: standard input (s2cs started us with
+/// its end of a socket pair) or a Unix socket only this user may use.
+fn control_listener(config: &Config) -> Result<OwnedFd, StartError> {
+    if config.control_stdin {
+        return std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(StartError::Control);
+    }
+    let Some(path) = &config.control_socket else {
+        return Err(StartError::NoControl);
+    };
+    let _ = std::fs::remove_file(path);
+    let l = scistream_protocol::handoff::listen(path).map_err(StartError::Control)?;
+    // Whatever the umask, only this user may command the data plane
+    // (connections from other users are refused as well).
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(StartError::Control)?;
+    Ok(l)
+}
+
+/// What every worker is given, from the options.
+fn worker_options(
+    config: &Config,
+    tls: &tls::TlsContext,
+    udp: &udp::UdpPlane,
+    ktls: ktls::KtlsSupport,
+    crypto: record::Crypto,
+) -> worker::WorkerOptions {
+    worker::WorkerOptions {
         max_open_conns: config.dp.max_open_conns as u64,
         udp: udp.clone(),
         tls: tls.clone(),
-        ktls: ktls_support,
+        ktls,
         ktls_choice: config.dp.ktls,
         handshake_timeout: config.dp.handshake_timeout,
         rekey_records: config.rekey_records,
@@ -141,9 +168,18 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         idle_timeout: (!config.dp.idle_timeout.is_zero()).then_some(config.dp.idle_timeout),
         user_timeout: config.dp.user_timeout,
         forward: config.dp.forward,
-        crypto: crypto.crypto,
+        crypto,
         loop_guard: Default::default(),
-    };
+    }
+}
+
+/// One worker per allowed CPU (or `--workers`), each pinned to its CPU
+/// unless `--no-pin`; the engine their reactors run.
+fn start_workers(
+    config: &Config,
+    engine: reactor::Engine,
+    options: &worker::WorkerOptions,
+) -> Result<(Vec<worker::WorkerHandle>, &'static str), StartError> {
     let cpus = allowed_cpus();
     let n = config.dp.workers.unwrap_or(cpus.len()).max(1);
     let mut workers = Vec::with_capacity(n);
@@ -157,14 +193,5 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         engine_name = name;
         workers.push(handle);
     }
-    let engine = engine_name;
-    tracing::info!(
-        engine,
-        workers = n,
-        pipe_size = config.dp.pipe_size,
-        pid = std::process::id(),
-        "s2ds started"
-    );
-    control::run(listener, control::DataPlane::new(workers, engine, tls, udp))
-        .map_err(StartError::Control)
+    Ok((workers, engine_name))
 }
