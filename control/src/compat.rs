@@ -89,41 +89,17 @@ pub fn translate(argv: Vec<OsString>) -> Result<Translated, String> {
                 }
             }
             "--type" | "-t" => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or_else(|| {
-                            format!(
-                                "{flag} needs a value: one of {}",
-                                DATA_SERVER_TYPES.join(", ")
-                            )
-                        })?,
-                };
-                let Some(known) = DATA_SERVER_TYPES
-                    .iter()
-                    .find(|t| t.eq_ignore_ascii_case(&value))
-                else {
-                    return Err(format!(
-                        "--type {value}: not one of SciStream's data servers ({})",
+                let value = value_of(inline, &mut it).ok_or_else(|| {
+                    format!(
+                        "{flag} needs a value: one of {}",
                         DATA_SERVER_TYPES.join(", ")
-                    ));
-                };
-                notes.push(format!(
-                    "--type {known} (SciStream's choice of data server): here the data server is always s2ds, \
-                     which forwards the streams itself (TLS 1.3 between the gateways unless --data-tls off); \
-                     no {known} process is started"
-                ));
+                    )
+                })?;
+                notes.push(data_server_note(&value)?);
             }
             "-l" => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .and_then(|v| v.into_string().ok())
-                        .ok_or("-l needs an address (SciStream's --listener_ip)")?,
-                };
+                let value = value_of(inline, &mut it)
+                    .ok_or("-l needs an address (SciStream's --listener_ip)")?;
                 out.push("--listener-ip".into());
                 out.push(value.into());
             }
@@ -131,6 +107,33 @@ pub fn translate(argv: Vec<OsString>) -> Result<Translated, String> {
         }
     }
     Ok(Translated { argv: out, notes })
+}
+
+/// A flag's value: given inline (`--flag=value`) or as the next argument.
+fn value_of(
+    inline: Option<String>,
+    it: &mut std::iter::Peekable<std::vec::IntoIter<OsString>>,
+) -> Option<String> {
+    inline.or_else(|| it.next().and_then(|v| v.into_string().ok()))
+}
+
+/// SciStream's `--type` (its choice of data server): a known one is noted
+/// as not needed here, an unknown one refused.
+fn data_server_note(value: &str) -> Result<String, String> {
+    let Some(known) = DATA_SERVER_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(value))
+    else {
+        return Err(format!(
+            "--type {value}: not one of SciStream's data servers ({})",
+            DATA_SERVER_TYPES.join(", ")
+        ));
+    };
+    Ok(format!(
+        "--type {known} (SciStream's choice of data server): here the data server is always s2ds, \
+         which forwards the streams itself (TLS 1.3 between the gateways unless --data-tls off); \
+         no {known} process is started"
+    ))
 }
 
 #[cfg(test)]
