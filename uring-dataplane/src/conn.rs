@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod drive;
+mod verdict;
 pub(crate) use drive::{ConnCtx, Next};
 
 use rustix::io::Errno;

@@ -7,11 +7,10 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
-use scistream_protocol::preamble::{
-    FLAG_PROBE, FLAG_TLS, FLAG_UDP, Origin, Preamble, Refusal, uid_matches,
-};
+use scistream_protocol::preamble::{FLAG_TLS, FLAG_UDP, Origin, Preamble, Refusal};
 use tracing::{debug, warn};
 
+use super::verdict::{Expect, Verdict, judge};
 use super::{
     Conn, ConnState, ConnectResult, ListenerChannel, REFUSALS, VIOLATIONS, connect_nonblocking,
     connect_result,
@@ -294,63 +293,36 @@ impl Conn {
         else {
             return Next::Close { reset: true };
         };
-        let (tls, index, protocol) = (*tls, usize::from(*first_index) + self.listener, *protocol);
-        let client = self.client.as_fd();
-        if (preamble.flags & FLAG_TLS != 0) != tls {
-            let _ = inbound.answer(client, Some(Refusal::Malformed));
-            return self.refuse(
-                ctx.worker,
-                "the preamble's TLS flag does not match the channel (is the peer misconfigured?)",
-            );
-        }
-        if !uid_matches(&preamble.uid, uid) || usize::from(preamble.conn_index) != index {
-            let _ = inbound.answer(client, Some(Refusal::WrongSession));
-            return self.refuse(
-                ctx.worker,
-                "wrong session: the uid or connection index is not this listener's",
-            );
-        }
-        if preamble
-            .origin
-            .is_some_and(|origin| ctx.options.loop_guard.is_own(origin))
-        {
-            let _ = inbound.answer(client, Some(Refusal::Loop));
-            return self.refuse(
-                ctx.worker,
-                "a tunnel loop: the connection comes from this gateway's own connection to the \
-                 session's receiver (the receiver is a gateway forwarding back here); release one \
-                 of the two sessions",
-            );
-        }
-        if !early.is_empty() && !tls {
-            // A plaintext peer that does not wait for the answer is not a SciStream gateway.
-            return self.refuse(ctx.worker, "the peer sent data before it was accepted");
-        }
-        if preamble.flags & FLAG_PROBE != 0 {
-            // An outbound s2cs checking this gateway and session: the answer
-            // says it all; no receiver, and no connection counted.
-            let _ = inbound.answer(client, None);
-            let _ = inbound.flush_answer(client);
-            let total = self.counters.conns_total.get();
-            self.counters.conns_total.set(total.saturating_sub(1));
-            debug!(worker = ctx.worker, session = %self.key, peer = %self.peer, "probe answered");
-            return Next::Close { reset: false };
-        }
-        let udp = preamble.flags & FLAG_UDP != 0;
-        let carried = if udp {
-            protocol.carries_udp()
-        } else {
-            protocol.carries_tcp()
+        let expect = Expect {
+            tls: *tls,
+            uid,
+            index: usize::from(*first_index) + self.listener,
+            protocol: *protocol,
         };
-        if !carried {
-            let _ = inbound.answer(client, Some(Refusal::Malformed));
-            let reason = if udp {
-                "a UDP flow for a session that carries TCP only (requested with --protocol tcp)"
-            } else {
-                "a TCP stream for a session that carries UDP only (requested with --protocol udp)"
-            };
-            return self.refuse(ctx.worker, reason);
-        }
+        let is_loop = preamble
+            .origin
+            .is_some_and(|origin| ctx.options.loop_guard.is_own(origin));
+        let client = self.client.as_fd();
+        let udp = match judge(&preamble, &expect, !early.is_empty(), is_loop) {
+            Verdict::Refuse(answer, why) => {
+                if let Some(answer) = answer {
+                    let _ = inbound.answer(client, Some(answer));
+                }
+                return self.refuse(ctx.worker, why);
+            }
+            Verdict::Probe => {
+                // An outbound s2cs checking this gateway and session: the
+                // answer says it all; no receiver, and no connection counted.
+                let _ = inbound.answer(client, None);
+                let _ = inbound.flush_answer(client);
+                let total = self.counters.conns_total.get();
+                self.counters.conns_total.set(total.saturating_sub(1));
+                debug!(worker = ctx.worker, session = %self.key, peer = %self.peer, "probe answered");
+                return Next::Close { reset: false };
+            }
+            Verdict::Flow => true,
+            Verdict::Stream => false,
+        };
         if udp {
             return self.open_udp_flow(slot, ctx, inbound);
         }
