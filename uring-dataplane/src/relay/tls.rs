@@ -435,68 +435,10 @@ impl TlsRelay {
         pfd: BorrowedFd<'_>,
         sides: (&'static str, &'static str),
     ) -> Result<bool, RelayError> {
-        let mut progressed = false;
-        // Plaintext that arrived during setup goes first.
-        while self.early_pos < self.early.len() {
-            match rustix::net::send(pfd, &self.early[self.early_pos..], SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    self.early_pos += n;
-                    self.to_plain += n as u64;
-                    progressed = true;
-                }
-                Err(Errno::AGAIN) => return Ok(progressed),
-                Err(Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
-            }
+        let (delivered, mut progressed) = self.deliver(pfd, sides.1)?;
+        if !delivered {
+            return Ok(progressed);
         }
-        // Opened payloads, from where they lie.
-        if self.seg < self.segments.len() {
-            let sent = {
-                let mut slices: [IoSlice<'_>; MAX_SEGMENTS] = [IoSlice::new(&[]); MAX_SEGMENTS];
-                let mut count = 0;
-                for (i, &(start, end)) in self.segments[self.seg..].iter().enumerate() {
-                    let from = if i == 0 { start + self.seg_off } else { start };
-                    slices[count] = IoSlice::new(&self.open[from..end]);
-                    count += 1;
-                }
-                rustix::io::writev(pfd, &slices[..count])
-            };
-            match sent {
-                Ok(mut n) => {
-                    self.to_plain += n as u64;
-                    progressed = true;
-                    while n > 0 && self.seg < self.segments.len() {
-                        let (start, end) = self.segments[self.seg];
-                        let left = end - start - self.seg_off;
-                        if n >= left {
-                            n -= left;
-                            self.seg += 1;
-                            self.seg_off = 0;
-                        } else {
-                            self.seg_off += n;
-                            n = 0;
-                        }
-                    }
-                }
-                Err(Errno::AGAIN | Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RelayError::Write {
-                        side: sides.1,
-                        source: e.into(),
-                    });
-                }
-            }
-            if self.seg < self.segments.len() {
-                return Ok(progressed);
-            }
-        }
-        self.segments.clear();
-        (self.seg, self.seg_off) = (0, 0);
         // Everything authenticated before a broken record is delivered; now
         // the peer hears why, and the connection ends.
         if let Some(e) = self.broken.take() {
@@ -513,7 +455,99 @@ impl TlsRelay {
             }
             return Ok(progressed);
         }
-        // Everything opened is delivered: keep only a record cut in two.
+        Ok(self.read_records(tfd, sides.0)? || progressed)
+    }
+
+    /// Sends the plaintext side what waits for it: the plaintext that
+    /// arrived during setup, then the opened payloads. (Whether all of it
+    /// went, whether some did.)
+    fn deliver(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        side: &'static str,
+    ) -> Result<(bool, bool), RelayError> {
+        let mut progressed = false;
+        while self.early_pos < self.early.len() {
+            match rustix::net::send(pfd, &self.early[self.early_pos..], SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    self.early_pos += n;
+                    self.to_plain += n as u64;
+                    progressed = true;
+                }
+                Err(Errno::AGAIN) => return Ok((false, progressed)),
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    return Err(RelayError::Write {
+                        side,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        if self.seg < self.segments.len() {
+            progressed |= self.write_segments(pfd, side)?;
+            if self.seg < self.segments.len() {
+                return Ok((false, progressed));
+            }
+        }
+        self.segments.clear();
+        (self.seg, self.seg_off) = (0, 0);
+        Ok((true, progressed))
+    }
+
+    /// One `writev` of the opened payloads, from where they lie in the
+    /// receive buffer; whether some went.
+    fn write_segments(
+        &mut self,
+        pfd: BorrowedFd<'_>,
+        side: &'static str,
+    ) -> Result<bool, RelayError> {
+        let sent = {
+            let mut slices: [IoSlice<'_>; MAX_SEGMENTS] = [IoSlice::new(&[]); MAX_SEGMENTS];
+            let mut count = 0;
+            for (i, &(start, end)) in self.segments[self.seg..].iter().enumerate() {
+                let from = if i == 0 { start + self.seg_off } else { start };
+                slices[count] = IoSlice::new(&self.open[from..end]);
+                count += 1;
+            }
+            rustix::io::writev(pfd, &slices[..count])
+        };
+        match sent {
+            Ok(mut n) => {
+                self.to_plain += n as u64;
+                while n > 0 && self.seg < self.segments.len() {
+                    let (start, end) = self.segments[self.seg];
+                    let left = end - start - self.seg_off;
+                    if n >= left {
+                        n -= left;
+                        self.seg += 1;
+                        self.seg_off = 0;
+                    } else {
+                        self.seg_off += n;
+                        n = 0;
+                    }
+                }
+                Ok(true)
+            }
+            Err(Errno::AGAIN | Errno::INTR) => Ok(false),
+            Err(e) => Err(RelayError::Write {
+                side,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Reads from the peer gateway and opens the records that are whole
+    /// (everything opened before was delivered: only a record cut in two
+    /// is kept); whether anything came. A broken record is kept in
+    /// `broken`, to end the connection once the records before it are
+    /// delivered.
+    fn read_records(
+        &mut self,
+        tfd: BorrowedFd<'_>,
+        side: &'static str,
+    ) -> Result<bool, RelayError> {
+        let mut progressed = false;
         if self.parsed > 0 {
             self.open.copy_within(self.parsed..self.open_len, 0);
             self.open_len -= self.parsed;
@@ -526,7 +560,7 @@ impl TlsRelay {
         match rustix::io::read(tfd, &mut self.open[self.open_len..]) {
             Ok(0) => {
                 return Err(RelayError::Read {
-                    side: sides.0,
+                    side,
                     source: io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer gateway closed without close_notify (the stream was cut)",
@@ -540,12 +574,12 @@ impl TlsRelay {
             Err(Errno::AGAIN | Errno::INTR) => {}
             Err(e) => {
                 return Err(RelayError::Read {
-                    side: sides.0,
+                    side,
                     source: e.into(),
                 });
             }
         }
-        if let Err(e) = self.open_records(sides.0) {
+        if let Err(e) = self.open_records(side) {
             // Delivered first: the payloads of the records opened before it.
             self.broken = Some(e);
             return Ok(true);
