@@ -21,7 +21,8 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus, WriteTraffic,
 };
 use rustls::{ClientConfig, ExtractedSecrets, ServerConfig};
 use scistream_protocol::preamble::{ACCEPTED, Preamble, REFUSED, Refusal};
@@ -110,6 +111,57 @@ impl Unbuffered for UnbufferedServerConnection {
     }
 }
 
+/// Why a handshake failed, in words: what the record reader saw (a peer
+/// that does not speak TLS), a refused client certificate, or the
+/// certificate problem.
+fn handshake_failure(reader: &RecordReader, e: &rustls::Error) -> String {
+    match reader.diagnose() {
+        Some(d) => d.to_owned(),
+        None => match crate::client_cert::refusal_words(e) {
+            Some(w) => format!("TLS handshake failed: {w}"),
+            None => format!("TLS handshake failed: {}", scistream_trust::words(e)),
+        },
+    }
+}
+
+/// Appends the handshake message rustls has for the peer to `outgoing`.
+fn encode_into<D>(outgoing: &mut Vec<u8>, s: &mut EncodeTlsData<'_, D>) -> Result<(), String> {
+    let at = outgoing.len();
+    outgoing.resize(at + 4096, 0);
+    let n = match s.encode(&mut outgoing[at..]) {
+        Ok(n) => n,
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            outgoing.resize(at + required_size, 0);
+            s.encode(&mut outgoing[at..])
+                .map_err(|e| format!("encoding the handshake: {e}"))?
+        }
+        Err(e) => return Err(format!("encoding the handshake: {e}")),
+    };
+    outgoing.truncate(at + n);
+    Ok(())
+}
+
+/// Appends `data`, sealed as application data, to `outgoing`.
+fn encrypt_into<D>(
+    outgoing: &mut Vec<u8>,
+    w: &mut WriteTraffic<'_, D>,
+    data: &[u8],
+) -> Result<(), String> {
+    let at = outgoing.len();
+    outgoing.resize(at + data.len() + 64, 0);
+    let n = match w.encrypt(data, &mut outgoing[at..]) {
+        Ok(n) => n,
+        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            outgoing.resize(at + required_size, 0);
+            w.encrypt(data, &mut outgoing[at..])
+                .map_err(|e| format!("encrypting: {e}"))?
+        }
+        Err(e) => return Err(format!("encrypting: {e}")),
+    };
+    outgoing.truncate(at + n);
+    Ok(())
+}
+
 /// A TLS session being set up, over its own buffers.
 struct Handshake<C> {
     conn: C,
@@ -191,34 +243,11 @@ impl<C: Unbuffered> Handshake<C> {
                 Ok(s) => s,
                 Err(e) => {
                     self.send_alert(fd);
-                    return Err(match self.reader.diagnose() {
-                        Some(d) => d.to_owned(),
-                        None => match crate::client_cert::refusal_words(&e) {
-                            Some(w) => format!("TLS handshake failed: {w}"),
-                            None => {
-                                format!("TLS handshake failed: {}", scistream_trust::words(&e))
-                            }
-                        },
-                    });
+                    return Err(handshake_failure(&self.reader, &e));
                 }
             };
             match state {
-                ConnectionState::EncodeTlsData(mut s) => {
-                    let at = self.outgoing.len();
-                    self.outgoing.resize(at + 4096, 0);
-                    let n = match s.encode(&mut self.outgoing[at..]) {
-                        Ok(n) => n,
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => {
-                            self.outgoing.resize(at + required_size, 0);
-                            s.encode(&mut self.outgoing[at..])
-                                .map_err(|e| format!("encoding the handshake: {e}"))?
-                        }
-                        Err(e) => return Err(format!("encoding the handshake: {e}")),
-                    };
-                    self.outgoing.truncate(at + n);
-                }
+                ConnectionState::EncodeTlsData(mut s) => encode_into(&mut self.outgoing, &mut s)?,
                 // What was encoded stays in `outgoing` and goes out at the
                 // top of the loop, in order.
                 ConnectionState::TransmitTlsData(s) => s.done(),
@@ -226,22 +255,7 @@ impl<C: Unbuffered> Handshake<C> {
                 ConnectionState::WriteTraffic(mut w) => {
                     self.done = true;
                     if let Some(data) = to_send.take() {
-                        let at = self.outgoing.len();
-                        let room = data.len() + 64;
-                        self.outgoing.resize(at + room, 0);
-                        match w.encrypt(data, &mut self.outgoing[at..]) {
-                            Ok(n) => self.outgoing.truncate(at + n),
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => {
-                                self.outgoing.resize(at + required_size, 0);
-                                let n = w
-                                    .encrypt(data, &mut self.outgoing[at..])
-                                    .map_err(|e| format!("encrypting: {e}"))?;
-                                self.outgoing.truncate(at + n);
-                            }
-                            Err(e) => return Err(format!("encrypting: {e}")),
-                        }
+                        encrypt_into(&mut self.outgoing, &mut w, data)?;
                     } else {
                         need_input = true;
                     }
