@@ -314,21 +314,6 @@ pub struct UdpStats {
     pub kernel_dropped: u64,
 }
 
-impl UdpStats {
-    /// Adds another worker's or thread's counters.
-    pub fn add(&mut self, o: &UdpStats) {
-        self.flows_open += o.flows_open;
-        self.flows_total += o.flows_total;
-        self.datagrams_to_target += o.datagrams_to_target;
-        self.bytes_to_target += o.bytes_to_target;
-        self.datagrams_from_target += o.datagrams_from_target;
-        self.bytes_from_target += o.bytes_from_target;
-        self.dropped += o.dropped;
-        self.flows_expired += o.flows_expired;
-        self.kernel_dropped += o.kernel_dropped;
-    }
-}
-
 impl Default for SessionKey {
     fn default() -> Self {
         SessionKey {

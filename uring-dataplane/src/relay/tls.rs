@@ -747,22 +747,4 @@ impl TlsRelay {
         }
         Ok(())
     }
-
-    /// Whether the relay still owes the peer a KeyUpdate (for tests).
-    pub fn owes_key_update(&self) -> bool {
-        self.owe_key_update
-    }
-}
-
-/// The sequence of records one `readv` of `n` plaintext bytes makes, and
-/// the length they take on the wire (for tests and the benchmarks).
-pub fn sealed_len(n: usize) -> usize {
-    let full = n / MAX_PAYLOAD;
-    let rest = n % MAX_PAYLOAD;
-    full * SLOT
-        + if rest > 0 {
-            HEADER + rest + 1 + crate::record::TAG
-        } else {
-            0
-        }
 }
