@@ -15,9 +15,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use scistream_testkit::grpc::{open, update};
-use scistream_testkit::{
-    DigestReceiver, Gw, Pki, open_fds, s2ds_pid, s2uc_json, s2uc_tunnel, send_stream,
-};
+use scistream_testkit::{DigestReceiver, Gw, Pki, open_fds, s2ds_pid, s2uc_tunnel, send_stream};
 
 const CAP: usize = 16;
 
@@ -55,17 +53,7 @@ async fn a_loop_between_two_gateways_is_cut_at_its_first_return_and_others_strea
     let _ = first.write_all(b"round and round");
     // The loop is cut at its first return to the HPC gateway.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let status = || {
-        s2uc_json(&[
-            "status",
-            "--s2cs",
-            &hpc.control(),
-            "--server_cert",
-            pki.ca.to_str().unwrap(),
-            &uid,
-        ])["sessions"][0]
-            .clone()
-    };
+    let status = || hpc.status(Some(&pki.ca), &uid);
     while status()["rejected"].as_u64().unwrap_or(0) == 0 {
         assert!(
             Instant::now() < deadline,

@@ -321,18 +321,9 @@ async fn uids_are_in_no_log_line_and_no_metric() {
     );
     assert!(!metrics.contains(&t.uid), "{metrics}");
     // Status shows the tag that the lines use.
-    let status = s2uc(&[
-        "status",
-        "--s2cs",
-        &hpc.control(),
-        "--server_cert",
-        ca,
-        "--json",
-        &t.uid,
-    ]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = hpc.status(Some(Path::new(ca)), &t.uid);
     let tag = hpc.tag(&t.uid);
-    assert_eq!(status["sessions"][0]["tag"], tag.as_str(), "{status}");
+    assert_eq!(status["tag"], tag.as_str(), "{status}");
     let wait_until = Instant::now() + Duration::from_secs(10);
     while !hpc.log().contains("data connection refused") {
         assert!(Instant::now() < wait_until, "{}", hpc.log());

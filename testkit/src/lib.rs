@@ -171,6 +171,20 @@ impl Gw {
         Gw { gw, dir, range }
     }
 
+    /// `s2uc status UID --json` at this gateway (trusting `ca`, or
+    /// `--insecure` without one): the status of its first session of `uid`.
+    pub fn status(&self, ca: Option<&Path>, uid: &str) -> serde_json::Value {
+        let control = self.control();
+        let mut args = vec!["status", "--s2cs", control.as_str()];
+        let ca = ca.map(|p| p.display().to_string());
+        match &ca {
+            Some(ca) => args.extend(["--server_cert", ca.as_str()]),
+            None => args.push("--insecure"),
+        }
+        args.push(uid);
+        s2uc_json(&args)["sessions"][0].clone()
+    }
+
     pub fn control(&self) -> String {
         self.gw.control()
     }
