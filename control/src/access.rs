@@ -91,7 +91,7 @@ pub fn parse_target_rule(s: &str) -> Result<TargetRule, String> {
     };
     let ports = match port_text {
         None => 1..=u16::MAX,
-        Some(p) => crate::config::parse_port_range(p)
+        Some(p) => scistream_protocol::parse::port_range(p)
             .or_else(|_| {
                 p.parse::<u16>()
                     .ok()

@@ -1,5 +1,9 @@
 //! `s2cs` configuration: command-line options, their defaults and validation.
 
+pub use scistream_protocol::parse::{
+    conns as parse_conns, duration as parse_duration, duration_or_zero as parse_duration_or_zero,
+    port_range as parse_port_range, rate as parse_rate, size as parse_size,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -12,9 +16,6 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (scistream-rs; speaks SciStream 1.2's control protocol, gRPC scistream.Control)"
 );
-
-/// Most ports a `--port-range` may span.
-const MAX_RANGE: usize = 65535;
 
 /// SciStream control server: allocates data listeners, accepts the
 /// `scistream.Control` gRPC calls from `s2uc` (and SciStream's own clients),
@@ -362,31 +363,6 @@ SIGHUP re-reads, without dropping a connection: --tokens-file,
 --data-key and --peer-ca (s2ds re-reads them too). A file that does not
 load is refused with an error and the one in use is kept.";
 
-/// Parses `FIRST-LAST`.
-pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("'{s}' is not a port range: expected FIRST-LAST, e.g. 5100-5200"))?;
-    let a: u16 = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{a}' in '{s}' is not a port (1-65535)"))?;
-    let b: u16 = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{b}' in '{s}' is not a port (1-65535)"))?;
-    if a == 0 {
-        return Err(format!("port range '{s}' starts at 0; ports start at 1"));
-    }
-    if a > b {
-        return Err(format!(
-            "port range '{s}' is empty: the first port is above the last"
-        ));
-    }
-    debug_assert!(usize::from(b - a) < MAX_RANGE);
-    Ok(a..=b)
-}
-
 /// The data channel's TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataTls {
@@ -398,46 +374,6 @@ pub struct DataTls {
     /// pinned); `None`: outbound sessions trust the system's CA store, and
     /// client certificates (mutual TLS) cannot be verified.
     pub peer_ca: Option<PathBuf>,
-}
-
-/// Parses a rate (`10Gbit`, `1.5Gb/s`), bits per second, above zero.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    match scistream_protocol::units::parse_rate(s) {
-        Ok(0) => Err(format!("rate '{s}' must be above zero")),
-        Ok(r) => Ok(r),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Parses a connection count, 1-128.
-pub fn parse_conns(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if (1..=scistream_protocol::MAX_LISTENERS_PER_SESSION).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' is not a connection count between 1 and 128")),
-    }
-}
-
-/// Parses a size (`1MiB`), bytes, above zero.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    match scistream_protocol::units::parse_size(s) {
-        Ok(0) => Err(format!("size '{s}' must be above zero")),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Parses a duration that may be zero (`0s`: off).
-pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// Parses `180`, `180s`, `3m`, `500ms`: a positive duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match scistream_protocol::units::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err(format!("duration '{s}' must be above zero")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 impl Config {

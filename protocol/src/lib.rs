@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod loglimit;
 pub mod nofile;
 pub mod options;
+pub mod parse;
 pub mod preamble;
 pub mod session;
 pub mod tag;

@@ -279,17 +279,7 @@ fn parse_buf(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|e| e.to_string())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    match crate::units::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err(format!("duration '{s}' must be above zero")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
-}
+use crate::parse::{duration as parse_duration, duration_or_zero as parse_duration_or_zero};
 
 #[cfg(test)]
 mod tests {

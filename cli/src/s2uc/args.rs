@@ -368,13 +368,7 @@ pub(crate) struct CertsArgs {
     pub(crate) names: Vec<String>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    match scistream_protocol::units::parse_size(s) {
-        Ok(0) => Err("size must be above zero".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
+use scistream_protocol::parse::size as parse_size;
 
 impl ControlArgs {
     pub(crate) fn s2cs(&self) -> &str {
@@ -445,9 +439,7 @@ pub(crate) fn trust(c: &ControlArgs) -> Trust {
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    scistream_protocol::units::parse_duration(s).map_err(|e| e.to_string())
-}
+use scistream_protocol::parse::duration_or_zero as parse_duration;
 
 /// A uid argument as given: `-` (one line of standard input), `@FILE` (the
 /// file's first line) or the uid itself.

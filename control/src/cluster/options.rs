@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::parse_duration;
+use scistream_protocol::parse::duration as parse_duration;
 
 /// Cluster mode: several `s2cs` nodes that are one gateway, coordinated
 /// through etcd. Without `--cluster` the gateway is a single node with its
