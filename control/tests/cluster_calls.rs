@@ -227,30 +227,12 @@ async fn a_call_for_a_session_on_a_dead_node_is_unavailable_and_names_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_call_leaves_no_trace_in_etcd() {
-    use std::os::unix::fs::PermissionsExt;
     if !have_etcd("an_unauthenticated_call_leaves_no_trace_in_etcd") {
         return;
     }
     let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "alice good-token-0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let url = etcd.url();
-    let a = Gw::start(
-        None,
-        4,
-        &[
-            "--cluster",
-            "inst",
-            "--etcd",
-            &url,
-            "--node",
-            "a",
-            "--tokens-file",
-            tokens.to_str().unwrap(),
-        ],
-    );
+    let alice_tokens = AliceTokens::new();
+    let a = alice_tokens.node(&etcd, "a");
     let stranger = connect(&a.control(), &Trust::Insecure, Auth::none())
         .await
         .unwrap();
@@ -549,30 +531,13 @@ async fn with_a_cluster_secret_etcd_reveals_no_uid() {
 /// work (a spread session over both nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_internal_call_is_refused_and_changes_nothing() {
-    use std::os::unix::fs::PermissionsExt;
     use tonic::metadata::MetadataValue;
     if !have_etcd("a_forged_internal_call_is_refused_and_changes_nothing") {
         return;
     }
     let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "alice good-token-0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (url, tokens) = (etcd.url(), tokens.display().to_string());
-    let start = |name: &str| {
-        let args = [
-            "--cluster",
-            "inst",
-            "--etcd",
-            &url,
-            "--node",
-            name,
-            "--tokens-file",
-            &tokens,
-        ];
-        Gw::start(None, 4, &args)
-    };
+    let alice_tokens = AliceTokens::new();
+    let start = |name: &str| alice_tokens.node(&etcd, name);
     let (a, b) = (start("a"), start("b"));
     let alice = |gw: &Gw| {
         let addr = gw.control();
@@ -702,4 +667,36 @@ fn spawn_req_n(
         protocol: String::new(),
     };
     tokio::spawn(async move { client.req(request).await })
+}
+
+/// A tokens file (`--tokens-file`) that knows one user, alice.
+struct AliceTokens {
+    dir: tempfile::TempDir,
+}
+
+impl AliceTokens {
+    fn new() -> AliceTokens {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "alice good-token-0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AliceTokens { dir }
+    }
+
+    /// Node `name` of cluster `inst`, checking callers against the file.
+    fn node(&self, etcd: &Etcd, name: &str) -> Gw {
+        let (url, tokens) = (etcd.url(), self.dir.path().join("tokens"));
+        let args = [
+            "--cluster",
+            "inst",
+            "--etcd",
+            &url,
+            "--node",
+            name,
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ];
+        Gw::start(None, 4, &args)
+    }
 }

@@ -759,26 +759,17 @@ async fn a_udp_session_spreads_over_nodes_like_a_tcp_one() {
 /// part instead of bringing a released capability back to life.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its_part() {
-    use scistream_local::gateway::{GatewayOptions, LocalGateway};
     if !have_etcd("a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its_part") {
         return;
     }
     let etcd = Etcd::start();
-    let (a, b, c) = three_nodes(&etcd).await;
-    let (ca, cb) = (client(&a).await, client(&b).await);
-    let receiver = DigestReceiver::start();
-    let uid = random_uid();
-    let receiver_addr = receiver.addr.to_string();
-    request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
-    let update = pb::UpdateTargets {
-        uid: uid.clone(),
-        remote_listeners: vec![receiver_addr],
-        role: "PROD".into(),
-    };
-    cb.client.clone().update(update).await.unwrap();
-    let parts = by_node(&status(&ca, &uid).await);
-    let c_listeners = parts["c"].listeners.clone();
-    assert_eq!(c_listeners.len(), 2, "{parts:?}");
+    let Spread {
+        nodes: (a, _b, c),
+        ca,
+        uid,
+        c_listeners,
+        ..
+    } = spread_over_three(&etcd).await;
 
     c.kill9();
     // At once, while c is still registered: the release answers success.
@@ -811,17 +802,7 @@ async fn a_release_with_a_node_down_succeeds_and_the_node_does_not_resurrect_its
     );
 
     // c comes back with its state directory.
-    let log = c.dir.path().join("s2cs-again.log");
-    let c_again = LocalGateway::start(&GatewayOptions {
-        s2cs_bin: scistream_testkit::bin("s2cs"),
-        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        port_range: c.range,
-        tls: None,
-        state_dir: c.dir.path().join("state"),
-        log: Some(log.clone()),
-        extra_args: node_args(&etcd, "c", &["--drain-timeout=2s"]),
-    })
-    .unwrap();
+    let (c_again, log) = restart(&etcd, &c, "c");
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         said.contains("session recovered"),
@@ -964,26 +945,17 @@ async fn a_request_right_after_three_nodes_start_spreads_over_them() {
 /// releases the part and the listeners close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds() {
-    use scistream_local::gateway::{GatewayOptions, LocalGateway};
     if !have_etcd("a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds") {
         return;
     }
     let etcd = Etcd::start();
-    let (a, b, c) = three_nodes(&etcd).await;
-    let (ca, cb) = (client(&a).await, client(&b).await);
-    let receiver = DigestReceiver::start();
-    let uid = random_uid();
-    let receiver_addr = receiver.addr.to_string();
-    request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
-    let update = pb::UpdateTargets {
-        uid: uid.clone(),
-        remote_listeners: vec![receiver_addr],
-        role: "PROD".into(),
-    };
-    cb.client.clone().update(update).await.unwrap();
-    let parts = by_node(&status(&ca, &uid).await);
-    let c_listeners = parts["c"].listeners.clone();
-    assert_eq!(c_listeners.len(), 2, "{parts:?}");
+    let Spread {
+        nodes: (a, _b, c),
+        ca,
+        uid,
+        c_listeners,
+        ..
+    } = spread_over_three(&etcd).await;
 
     // Only c's s2cs dies: its s2ds still holds (and serves) the listeners.
     let c_s2cs = c.gw.pid().unwrap();
@@ -1014,17 +986,7 @@ async fn a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds(
     );
 
     // c's s2cs returns with its state directory and adopts its s2ds.
-    let log = c.dir.path().join("s2cs-again.log");
-    let _c_again = LocalGateway::start(&GatewayOptions {
-        s2cs_bin: scistream_testkit::bin("s2cs"),
-        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        port_range: c.range,
-        tls: None,
-        state_dir: c.dir.path().join("state"),
-        log: Some(log.clone()),
-        extra_args: node_args(&etcd, "c", &["--drain-timeout=2s"]),
-    })
-    .unwrap();
+    let (_c_again, log) = restart(&etcd, &c, "c");
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(said.contains("released elsewhere meanwhile"), "{said}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1040,4 +1002,62 @@ async fn a_part_whose_s2cs_died_is_released_when_it_returns_and_adopts_its_s2ds(
         std::path::Path::new(&format!("/proc/{c_s2ds}")).exists(),
         "c's s2ds {c_s2ds} was not adopted: {said}"
     );
+}
+
+/// Three nodes and a PROD session of 6 connections spread 2+2+2 over them
+/// (req at a, hello at b), updated to a receiver.
+struct Spread {
+    nodes: (Gw, Gw, Gw),
+    ca: scistream_client::Connection,
+    uid: String,
+    /// c's part's listeners.
+    c_listeners: Vec<String>,
+    _receiver: DigestReceiver,
+}
+
+async fn spread_over_three(etcd: &Etcd) -> Spread {
+    let (a, b, c) = three_nodes(etcd).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let receiver = DigestReceiver::start();
+    let uid = random_uid();
+    let receiver_addr = receiver.addr.to_string();
+    request(&ca, &cb, &uid, 6, &receiver_addr).await.unwrap();
+    let update = pb::UpdateTargets {
+        uid: uid.clone(),
+        remote_listeners: vec![receiver_addr],
+        role: "PROD".into(),
+    };
+    cb.client.clone().update(update).await.unwrap();
+    let parts = by_node(&status(&ca, &uid).await);
+    let c_listeners = parts["c"].listeners.clone();
+    assert_eq!(c_listeners.len(), 2, "{parts:?}");
+    Spread {
+        nodes: (a, b, c),
+        ca,
+        uid,
+        c_listeners,
+        _receiver: receiver,
+    }
+}
+
+/// Node `name` (killed, or its s2cs only) started again with its state
+/// directory and port range; its log file.
+fn restart(
+    etcd: &Etcd,
+    node: &Gw,
+    name: &str,
+) -> (scistream_local::gateway::LocalGateway, std::path::PathBuf) {
+    use scistream_local::gateway::{GatewayOptions, LocalGateway};
+    let log = node.dir.path().join("s2cs-again.log");
+    let again = LocalGateway::start(&GatewayOptions {
+        s2cs_bin: scistream_testkit::bin("s2cs"),
+        listener_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        port_range: node.range,
+        tls: None,
+        state_dir: node.dir.path().join("state"),
+        log: Some(log.clone()),
+        extra_args: node_args(etcd, name, &["--drain-timeout=2s"]),
+    })
+    .unwrap();
+    (again, log)
 }

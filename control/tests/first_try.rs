@@ -134,36 +134,25 @@ fn scistreams_tutorial_on_127_0_0_2_and_127_0_0_3_works_the_first_time() {
 #[test]
 fn a_refused_req_is_reported_without_waiting_for_its_hello() {
     let gw = scistream_testkit::Gw::start(None, 4, &["--hello-grace", "600s"]);
+    let control = gw.control();
+    let inbound = [
+        "inbound-request",
+        "--s2cs",
+        control.as_str(),
+        "--insecure",
+        "--remote_ip",
+        "127.0.0.1",
+        "--receiver_ports",
+        "9",
+        "--num_conn",
+        "2",
+    ];
     // A first session takes the 2 ports one caller may hold (half the range).
-    for _ in 0..1 {
-        let taken = scistream_testkit::s2uc_json(&[
-            "inbound-request",
-            "--s2cs",
-            &gw.control(),
-            "--insecure",
-            "--remote_ip",
-            "127.0.0.1",
-            "--receiver_ports",
-            "9",
-            "--num_conn",
-            "2",
-        ]);
-        assert_eq!(taken["listeners"].as_array().unwrap().len(), 2, "{taken}");
-    }
+    let taken = scistream_testkit::s2uc_json(&inbound);
+    assert_eq!(taken["listeners"].as_array().unwrap().len(), 2, "{taken}");
     let started = std::time::Instant::now();
     let mut child = std::process::Command::new(scistream_testkit::bin("s2uc"))
-        .args([
-            "inbound-request",
-            "--s2cs",
-            &gw.control(),
-            "--insecure",
-            "--remote_ip",
-            "127.0.0.1",
-            "--receiver_ports",
-            "9",
-            "--num_conn",
-            "2",
-        ])
+        .args(inbound)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
