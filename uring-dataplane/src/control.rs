@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::conn::ListenerChannel;
 use crate::tls::TlsContext;
 use crate::udp::{UdpListener, UdpPlane};
-use crate::worker::{WorkerCommand, WorkerHandle};
+use crate::worker::{ListenerSpec, WorkerCommand, WorkerHandle};
 
 /// How long the control thread waits for a worker's acknowledgement.
 const WORKER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,7 +232,7 @@ impl DataPlane {
         for (index, (fd, target)) in fds.into_iter().zip(spec.targets.iter()).enumerate() {
             let w = self.next_worker % self.workers.len();
             self.next_worker += 1;
-            let cmd = WorkerCommand::AddListener {
+            let listener = ListenerSpec {
                 key: spec.key.clone(),
                 index,
                 fd,
@@ -240,6 +240,9 @@ impl DataPlane {
                 rate,
                 channel: listener_channel(spec),
                 accept: spec.accepts_tcp(),
+            };
+            let cmd = WorkerCommand::AddListener {
+                listener,
                 done: tx.clone(),
             };
             self.workers[w].send(cmd)?;

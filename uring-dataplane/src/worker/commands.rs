@@ -17,23 +17,10 @@ use crate::conn::ListenerChannel;
 /// What the control thread asks of a worker.
 #[derive(Debug)]
 pub enum WorkerCommand {
-    /// Accept on this listener and forward to `target`.
+    /// Accept on this listener and forward to its target.
     AddListener {
-        /// The session.
-        key: SessionKey,
-        /// Listener index within the session.
-        index: usize,
-        /// The listening socket (non-blocking).
-        fd: OwnedFd,
-        /// Where its connections go.
-        target: SocketAddr,
-        /// Pacing of each connection, bytes per second.
-        rate: Option<u64>,
-        /// What its connections carry.
-        channel: ListenerChannel,
-        /// Accept TCP connections on it (false: a UDP-only session's
-        /// instrument side, whose TCP socket only holds the port).
-        accept: bool,
+        /// The listener.
+        listener: ListenerSpec,
         /// Acknowledgement.
         done: mpsc::Sender<Result<(), String>>,
     },
@@ -77,41 +64,32 @@ pub enum WorkerCommand {
     },
 }
 
-/// A listener to add (the fields of [`WorkerCommand::AddListener`]).
-struct NewListener {
-    key: SessionKey,
-    index: usize,
-    fd: OwnedFd,
-    target: SocketAddr,
-    rate: Option<u64>,
-    channel: ListenerChannel,
-    accept: bool,
+/// A listener to add ([`WorkerCommand::AddListener`]).
+#[derive(Debug)]
+pub struct ListenerSpec {
+    /// The session.
+    pub key: SessionKey,
+    /// Listener index within the session.
+    pub index: usize,
+    /// The listening socket (non-blocking).
+    pub fd: OwnedFd,
+    /// Where its connections go.
+    pub target: SocketAddr,
+    /// Pacing of each connection, bytes per second.
+    pub rate: Option<u64>,
+    /// What its connections carry.
+    pub channel: ListenerChannel,
+    /// Accept TCP connections on it (false: a UDP-only session's
+    /// instrument side, whose TCP socket only holds the port).
+    pub accept: bool,
 }
 
 impl Worker {
     /// Carries out one command.
     pub(super) fn command(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::AddListener {
-                key,
-                index,
-                fd,
-                target,
-                rate,
-                channel,
-                accept,
-                done,
-            } => {
-                let new = NewListener {
-                    key,
-                    index,
-                    fd,
-                    target,
-                    rate,
-                    channel,
-                    accept,
-                };
-                let _ = done.send(self.add_listener(new));
+            WorkerCommand::AddListener { listener, done } => {
+                let _ = done.send(self.add_listener(listener));
             }
             WorkerCommand::AdoptFlow {
                 key,
@@ -137,7 +115,7 @@ impl Worker {
         }
     }
 
-    fn add_listener(&mut self, new: NewListener) -> Result<(), String> {
+    fn add_listener(&mut self, new: ListenerSpec) -> Result<(), String> {
         let counters = self.sessions.entry(new.key.clone()).or_default().clone();
         let generation = self.next_generation();
         let entry = self.listeners.vacant_entry();

@@ -11,10 +11,7 @@ use super::WorkerCommand;
 /// The control thread's handle on a worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
-    /// Worker number.
-    pub id: usize,
-    pub(super) tx: mpsc::Sender<WorkerCommand>,
-    pub(super) waker: Arc<OwnedFd>,
+    mailbox: WorkerMailbox,
 }
 
 /// A handle on a worker that other threads may keep (the UDP flows').
@@ -37,22 +34,20 @@ impl WorkerMailbox {
 }
 
 impl WorkerHandle {
+    pub(super) fn new(id: usize, tx: mpsc::Sender<WorkerCommand>, waker: Arc<OwnedFd>) -> Self {
+        WorkerHandle {
+            mailbox: WorkerMailbox { id, tx, waker },
+        }
+    }
+
     /// A handle for another thread.
     pub fn mailbox(&self) -> WorkerMailbox {
-        WorkerMailbox {
-            id: self.id,
-            tx: self.tx.clone(),
-            waker: self.waker.clone(),
-        }
+        self.mailbox.clone()
     }
 
     /// Queues a command and wakes the worker.
     pub fn send(&self, cmd: WorkerCommand) -> Result<(), String> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| format!("worker {} has stopped", self.id))?;
-        wake(&self.waker);
-        Ok(())
+        self.mailbox.send(cmd)
     }
 }
 

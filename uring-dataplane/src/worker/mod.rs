@@ -35,7 +35,7 @@ use scistream_protocol::handoff::SessionKey;
 use slab::Slab;
 use tracing::warn;
 
-pub use commands::WorkerCommand;
+pub use commands::{ListenerSpec, WorkerCommand};
 pub(crate) use counters::{Counters, bump};
 pub use handle::{WorkerHandle, WorkerMailbox};
 use timers::untoken;
@@ -179,7 +179,7 @@ pub fn spawn(
     let engine = ready_rx
         .recv()
         .map_err(|_| io::Error::other("worker thread ended before creating its reactor"))??;
-    Ok((WorkerHandle { id, tx, waker }, engine))
+    Ok((WorkerHandle::new(id, tx, waker), engine))
 }
 
 impl Worker {
