@@ -363,18 +363,7 @@ SIGHUP re-reads, without dropping a connection: --tokens-file,
 --data-key and --peer-ca (s2ds re-reads them too). A file that does not
 load is refused with an error and the one in use is kept.";
 
-/// The data channel's TLS files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataTls {
-    /// Certificate chain this gateway presents.
-    pub cert: PathBuf,
-    /// Its key.
-    pub key: PathBuf,
-    /// The peer facilities' CAs (or gateway certificates, trusted as
-    /// pinned); `None`: outbound sessions trust the system's CA store, and
-    /// client certificates (mutual TLS) cannot be verified.
-    pub peer_ca: Option<PathBuf>,
-}
+pub use crate::tls::DataTls;
 
 impl Config {
     /// Parses `argv` as clap would, returning clap's error.

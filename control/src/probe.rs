@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use scistream_protocol::Target;
 
-use crate::config::DataTls;
 use crate::error::ControlError;
+use crate::tls::DataTls;
 
 /// ALPN of the data channel (as `s2ds` offers and requires it).
 const ALPN: &[u8] = b"scistream-data/1";

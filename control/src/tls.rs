@@ -7,6 +7,19 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The data channel's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataTls {
+    /// Certificate chain this gateway presents.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The peer facilities' CAs (or gateway certificates, trusted as
+    /// pinned); `None`: outbound sessions trust the system's CA store, and
+    /// client certificates (mutual TLS) cannot be verified.
+    pub peer_ca: Option<PathBuf>,
+}
+
 /// Problems with the control service's certificate or key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -26,12 +26,13 @@ use tracing::{debug, info, warn};
 
 use crate::access::Access;
 use crate::auth::Authenticator;
-use crate::config::{Config, DataTls};
+use crate::config::Config;
 use crate::dataplane::{Attached, DataPlane, DataPlaneConfig, StartError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::sessions::{Policy, Registry, Timing};
 use crate::state_dir::StateDir;
 use crate::store::{SessionStore, StoredSession};
+use crate::tls::DataTls;
 use crate::tls::{self, TlsError};
 
 /// Why `s2cs` could not start or stopped with an error.

@@ -12,9 +12,9 @@ use tracing::{error, info, warn};
 use super::{Files, check_data_tls};
 use crate::access::Access;
 use crate::auth::Authenticator;
-use crate::config::DataTls;
 use crate::dataplane::DataPlane;
 use crate::tls;
+use crate::tls::DataTls;
 
 /// The acceptor of the control port, replaced when the certificate is re-read.
 pub(super) type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
