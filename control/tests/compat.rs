@@ -838,3 +838,75 @@ async fn scistreams_default_rate_is_not_enforced_and_a_deliberate_one_is() {
     let mbps = (4u64 << 20) as f64 * 8.0 / secs / 1e6;
     assert!(mbps < 32.0, "a 16 Mbit/s cap let {mbps:.1} Mbit/s through");
 }
+
+/// The outbound update of a tunnel whose inbound gateway's data-channel
+/// certificate is wrong: `s2uc outbound_request`'s error output.
+fn outbound_to_inbound_with_data_cert(
+    pki: &Pki,
+    data: (std::path::PathBuf, std::path::PathBuf),
+) -> String {
+    let (cert, key) = (data.0.display().to_string(), data.1.display().to_string());
+    let hpc = Gw::start(
+        Some(pki.gateway("hpc")),
+        4,
+        &["--data-cert", &cert, "--data-key", &key],
+    );
+    let inst = Gw::start(Some(pki.gateway("inst")), 4, &[]);
+    let ca = pki.ca.to_str().unwrap();
+    let inbound = scistream_testkit::s2uc_json(&[
+        "inbound_request",
+        "--s2cs",
+        &hpc.control(),
+        "--server_cert",
+        ca,
+        "--remote_ip",
+        "127.0.0.1",
+        "--receiver_ports",
+        "9",
+        "--num_conn",
+        "1",
+    ]);
+    let uid = inbound["uid"].as_str().unwrap();
+    let listeners = strings(&inbound, "listeners").join(",");
+    let out = s2uc(&[
+        "outbound_request",
+        "--s2cs",
+        &inst.control(),
+        "--server_cert",
+        ca,
+        "--num_conn",
+        "1",
+        uid,
+        &listeners,
+    ]);
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Each way an inbound gateway's data certificate can be wrong is named
+/// in words at the outbound request, with the gateway it concerns: an
+/// expired certificate, and one that names another host.
+#[test]
+fn an_expired_or_misnamed_inbound_data_certificate_is_named_at_the_outbound_request() {
+    let pki = Pki::new();
+    let err = outbound_to_inbound_with_data_cert(&pki, pki.gateway_expired("old"));
+    assert!(
+        err.contains("FAILED_PRECONDITION")
+            && err.contains("its certificate has expired: renew it"),
+        "{err}"
+    );
+    assert!(!err.contains("Expired"), "words, not Debug text: {err}");
+
+    let err =
+        outbound_to_inbound_with_data_cert(&pki, pki.gateway_for("misnamed", &["other.example"]));
+    assert!(
+        err.contains("FAILED_PRECONDITION")
+            && err.contains("does not name the host or address it was reached at")
+            && err.contains("asked for 127.0.0.1; it names other.example"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DnsName") && !err.contains("IpAddress"),
+        "{err}"
+    );
+}

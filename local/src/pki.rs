@@ -69,6 +69,16 @@ impl Ca {
     /// A gateway certificate for `names` (DNS names or IP addresses), usable
     /// as a TLS server and client certificate.
     pub fn issue(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        self.issue_valid(names, false)
+    }
+
+    /// Like [`Ca::issue`], valid only in the year 2020 (expired: for tests
+    /// of what a gateway says about an expired certificate).
+    pub fn issue_expired(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        self.issue_valid(names, true)
+    }
+
+    fn issue_valid(&self, names: &[&str], expired: bool) -> Result<Issued, rcgen::Error> {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         if let Some(first) = names.first() {
@@ -79,6 +89,10 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {

@@ -107,6 +107,18 @@ impl Pki {
         (w.cert, w.key)
     }
 
+    /// Issues `NAME.crt`/`NAME.key` for localhost and 127.0.0.1 that
+    /// expired at the end of 2020.
+    pub fn gateway_expired(&self, name: &str) -> (PathBuf, PathBuf) {
+        let w = self
+            .ca_inner
+            .issue_expired(&["localhost", "127.0.0.1"])
+            .unwrap()
+            .write(self.dir.path(), name)
+            .unwrap();
+        (w.cert, w.key)
+    }
+
     /// A CA that is not the one the gateways use.
     pub fn stranger_ca(&self) -> PathBuf {
         let other = Ca::new("someone else").unwrap();
