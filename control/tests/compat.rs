@@ -852,6 +852,12 @@ fn outbound_to_inbound_with_data_cert(
         &["--data-cert", &cert, "--data-key", &key],
     );
     let inst = Gw::start(Some(pki.gateway("inst")), 4, &[]);
+    outbound_error(pki, &hpc, &inst)
+}
+
+/// `s2uc outbound_request`'s error output for a tunnel from `inst` to
+/// `hpc` (its update must fail).
+fn outbound_error(pki: &Pki, hpc: &Gw, inst: &Gw) -> String {
     let ca = pki.ca.to_str().unwrap();
     let inbound = scistream_testkit::s2uc_json(&[
         "inbound_request",
@@ -907,6 +913,31 @@ fn an_expired_or_misnamed_inbound_data_certificate_is_named_at_the_outbound_requ
     );
     assert!(
         !err.contains("DnsName") && !err.contains("IpAddress"),
+        "{err}"
+    );
+}
+
+/// The other way round: the outbound gateway's own certificate has
+/// expired, and the inbound gateway asks for it (--require-client-cert):
+/// the outbound request says the inbound gateway refused this gateway's
+/// certificate as expired, and what to renew.
+#[test]
+fn an_expired_outbound_certificate_refused_by_the_inbound_gateway_says_renew_it() {
+    let pki = Pki::new();
+    let hpc = Gw::start(Some(pki.gateway("hpc")), 4, &["--require-client-cert"]);
+    let (cert, key) = pki.gateway_expired("old-inst");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let inst = Gw::start(
+        Some(pki.gateway("inst")),
+        4,
+        &["--data-cert", &cert, "--data-key", &key],
+    );
+    let err = outbound_error(&pki, &hpc, &inst);
+    assert!(
+        err.contains("FAILED_PRECONDITION")
+            && err.contains("the inbound gateway refused this gateway's certificate")
+            && err.contains("certificate_expired")
+            && err.contains("renew this gateway's --data-cert"),
         "{err}"
     );
 }

@@ -208,7 +208,7 @@ pub fn describe_certificate_file(path: &Path) -> Option<String> {
 /// it), why a certificate was asked for, and which trust file to change.
 pub fn refused_by_peer(alert: rustls::AlertDescription, own: Option<&str>) -> String {
     use rustls::AlertDescription as A;
-    let name = format!("{alert:?}").to_lowercase();
+    let name = alert_name(alert);
     match alert {
         A::DecryptError
         | A::BadCertificate
@@ -226,6 +226,9 @@ pub fn refused_by_peer(alert: rustls::AlertDescription, own: Option<&str>) -> St
             let fix = if alert == A::CertificateRequired {
                 "give this gateway's s2cs a --data-cert (or --server_crt) issued by a CA that the \
                  inbound gateway's --peer-ca holds"
+            } else if alert == A::CertificateExpired {
+                "it has expired (or the two hosts' clocks disagree): renew this gateway's \
+                 --data-cert (or --server_crt)"
             } else {
                 "the inbound gateway's --peer-ca must hold the CA that issued it (or this \
                  gateway needs a certificate from a CA it holds)"
@@ -238,6 +241,23 @@ pub fn refused_by_peer(alert: rustls::AlertDescription, own: Option<&str>) -> St
         }
         _ => format!("the other side ended the TLS handshake with the alert {name}"),
     }
+}
+
+/// A TLS alert as the TLS specification names it (`certificate_expired`),
+/// from rustls's name for it (`CertificateExpired`).
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{alert:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+        } else {
+            name.push(c);
+        }
+    }
+    name
 }
 
 /// For a certificate that does not name what was asked for: the name or
@@ -445,7 +465,7 @@ mod tests {
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError);
         let said = words(&alert);
         assert!(
-            said.contains("refused this gateway's certificate (TLS alert decrypterror)")
+            said.contains("refused this gateway's certificate (TLS alert decrypt_error)")
                 && said.contains("--peer-ca")
                 && said.contains("not random"),
             "{said}"
@@ -453,7 +473,7 @@ mod tests {
         let other = words(&rustls::Error::AlertReceived(
             rustls::AlertDescription::HandshakeFailure,
         ));
-        assert!(other.contains("alert handshakefailure"), "{other}");
+        assert!(other.contains("alert handshake_failure"), "{other}");
     }
 
     #[test]
