@@ -52,18 +52,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// The node's Prometheus metrics, as text.
 fn metrics_text(gw: &Gw) -> String {
-    use std::io::{Read, Write};
-    let addr = gw.metrics_addr();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
+    scistream_testkit::scrape(gw.metrics_addr())
 }
 
 fn registered(etcd: &Etcd) -> Vec<String> {

@@ -314,7 +314,7 @@ async fn uids_are_in_no_log_line_and_no_metric() {
     ] {
         let _ = s2uc(&args);
     }
-    let metrics = scrape(hpc.metrics_addr());
+    let metrics = scistream_testkit::scrape(hpc.metrics_addr());
     assert!(
         metrics.contains("scistream_session_bytes_total"),
         "{metrics}"
@@ -344,15 +344,6 @@ async fn uids_are_in_no_log_line_and_no_metric() {
             );
         }
     }
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The uid a test's short name stands for (uids have at least 16 characters).

@@ -256,7 +256,7 @@ async fn replies_go_back_to_the_sender_that_opened_the_flow() {
         (400, 400)
     );
     // The metrics say the same, under the session's tag.
-    let metrics = scrape(p.inst.metrics_addr());
+    let metrics = scistream_testkit::scrape(p.inst.metrics_addr());
     let tag = p.inst.tag(&p.outbound.uid);
     for (name, direction) in [("datagrams", "to_target"), ("datagrams", "from_target")] {
         let line = format!(
@@ -515,20 +515,6 @@ async fn idle_flows_expire_and_the_next_datagram_opens_a_new_one() {
     assert_eq!(drain(&sink, Duration::from_millis(1500)), vec![2]);
     let s = status_of(&p.i, &p.outbound.uid).await;
     assert_eq!(s.udp_flows_total, 2, "{s:?}");
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Kills `gw`'s s2ds and waits until s2cs has a new one and handed it the sessions.

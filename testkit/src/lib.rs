@@ -237,6 +237,21 @@ pub fn s2uc(args: &[&str]) -> Output {
     Command::new(bin("s2uc")).args(args).output().unwrap()
 }
 
+/// One `GET /metrics` from a gateway's metrics endpoint: the whole HTTP
+/// response (status line, headers, body).
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Runs `s2uc ... --json`, asserts success and parses stdout.
 pub fn s2uc_json(args: &[&str]) -> serde_json::Value {
     let mut all: Vec<&str> = args.to_vec();
