@@ -96,6 +96,11 @@ impl Queue {
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
     }
+
+    /// The flow behind the queue has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// Frames queued datagrams into the stream until the queue closes or the
@@ -190,12 +195,5 @@ pub(super) async fn idle_expiry(ctx: &FlowCtx, activity: &Activity) {
             ctx.counters.flows_expired.fetch_add(1, Ordering::Relaxed);
             return;
         }
-    }
-}
-
-impl Queue {
-    /// The flow behind the queue has ended.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
     }
 }
