@@ -60,7 +60,7 @@ pub enum DataPlaneError {
 /// Failure to start the data plane.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum LaunchError {
     /// The control socket could not be created.
     #[error("cannot create the data-plane control socket {path}: {source}")]
     Socket {
@@ -308,7 +308,7 @@ impl Supervisor {
     /// start fails at once.
     pub async fn start(
         config: DataPlaneConfig,
-    ) -> Result<(DataPlane, Supervisor, Attached), StartError> {
+    ) -> Result<(DataPlane, Supervisor, Attached), LaunchError> {
         let (tx, rx) = mpsc::channel(256);
         let restarts = Arc::new(AtomicU64::new(0));
         let mut sup = Supervisor {
@@ -388,30 +388,30 @@ impl Supervisor {
 
     /// The control socket's listener, created (replacing a stale socket
     /// file) the first time it is needed.
-    fn control_listener(&mut self) -> Result<&OwnedFd, StartError> {
+    fn control_listener(&mut self) -> Result<&OwnedFd, LaunchError> {
         if self.listener.is_none() {
             let path = self.config.socket_path.clone();
             match std::fs::remove_file(&path) {
                 Ok(()) => debug!(path = %path.display(), "removed stale control socket"),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StartError::Socket { path, source }),
+                Err(source) => return Err(LaunchError::Socket { path, source }),
             }
-            let l = handoff::listen(&path).map_err(|source| StartError::Socket {
+            let l = handoff::listen(&path).map_err(|source| LaunchError::Socket {
                 path: path.clone(),
                 source,
             })?;
             // The directory is private already; the socket is too, whatever the umask.
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .map_err(|source| StartError::Socket { path, source })?;
+                .map_err(|source| LaunchError::Socket { path, source })?;
             self.listener = Some(l);
         }
-        self.listener.as_ref().ok_or_else(|| StartError::Socket {
+        self.listener.as_ref().ok_or_else(|| LaunchError::Socket {
             path: self.config.socket_path.clone(),
             source: io::Error::other("no listener"),
         })
     }
 
-    async fn spawn(&mut self) -> Result<(), StartError> {
+    async fn spawn(&mut self) -> Result<(), LaunchError> {
         let bin = self.config.bin.clone();
         // A fresh control socket for every s2ds: a connection this s2cs
         // queued for an s2ds that died before accepting it would otherwise
@@ -420,7 +420,7 @@ impl Supervisor {
         let stdin = self
             .control_listener()?
             .try_clone()
-            .map_err(|source| StartError::Spawn {
+            .map_err(|source| LaunchError::Spawn {
                 bin: bin.clone(),
                 source,
             })?;
@@ -430,11 +430,11 @@ impl Supervisor {
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(stdin))
             .spawn()
-            .map_err(|source| StartError::Spawn {
+            .map_err(|source| LaunchError::Spawn {
                 bin: bin.clone(),
                 source,
             })?;
-        let not_ready = |reason: String| StartError::NotReady {
+        let not_ready = |reason: String| LaunchError::NotReady {
             bin: bin.clone(),
             reason,
         };

@@ -23,9 +23,10 @@ use crate::worker::{ListenerSpec, WorkerCommand, WorkerHandle};
 /// How long the control thread waits for a worker's acknowledgement.
 const WORKER_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The data plane as the control thread sees it.
+/// The data plane as the control thread sees it: each session's listeners and
+/// which worker holds them.
 #[derive(Debug)]
-pub struct DataPlane {
+pub struct SessionTable {
     workers: Vec<WorkerHandle>,
     engine: &'static str,
     tls: TlsContext,
@@ -91,7 +92,7 @@ fn wait_acks(rx: &mpsc::Receiver<Result<(), String>>, n: usize) -> Result<(), St
     Ok(())
 }
 
-impl DataPlane {
+impl SessionTable {
     /// A data plane over started workers.
     pub fn new(
         workers: Vec<WorkerHandle>,
@@ -99,7 +100,7 @@ impl DataPlane {
         tls: TlsContext,
         udp: UdpPlane,
     ) -> Self {
-        DataPlane {
+        SessionTable {
             workers,
             engine,
             tls,
@@ -444,7 +445,7 @@ impl DataPlane {
 /// Accepts controllers one after another. Returns when a controller
 /// leaves and no session is left to forward (nothing for s2ds to do until
 /// a new s2cs starts one, which starts its own s2ds).
-pub fn run(listener: OwnedFd, mut dp: DataPlane) -> io::Result<()> {
+pub fn run(listener: OwnedFd, mut dp: SessionTable) -> io::Result<()> {
     loop {
         let conn = handoff::accept(&listener)?;
         // Only the user s2ds runs as may command it: whoever holds this

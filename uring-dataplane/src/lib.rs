@@ -118,8 +118,11 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         pid = std::process::id(),
         "s2ds started"
     );
-    control::run(listener, control::DataPlane::new(workers, engine, tls, udp))
-        .map_err(StartError::Control)
+    control::run(
+        listener,
+        control::SessionTable::new(workers, engine, tls, udp),
+    )
+    .map_err(StartError::Control)
 }
 
 /// Where s2cs's commands come from: standard input (s2cs started us with

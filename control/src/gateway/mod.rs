@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::access::Access;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::dataplane::{Attached, DataPlane, DataPlaneConfig, StartError, Supervisor};
+use crate::dataplane::{Attached, DataPlane, DataPlaneConfig, LaunchError, Supervisor};
 use crate::ports::PortAllocator;
 use crate::sessions::{Policy, Registry, Timing};
 use crate::state_dir::StateDir;
@@ -77,7 +77,7 @@ pub enum RunError {
     },
     /// The data plane did not start.
     #[error(transparent)]
-    DataPlane(#[from] StartError),
+    DataPlane(#[from] LaunchError),
     /// The gRPC server failed.
     #[error("control service failed: {0}")]
     Serve(#[from] tonic::transport::Error),
