@@ -339,34 +339,7 @@ fn an_outbound_update_to_an_unverifiable_inbound_gateway_is_refused_with_the_rea
         &["--peer-ca", stranger.to_str().unwrap()],
     );
     let ca = pki.ca.to_str().unwrap();
-    let inbound = scistream_testkit::s2uc_json(&[
-        "inbound_request",
-        "--s2cs",
-        &hpc.control(),
-        "--server_cert",
-        ca,
-        "--remote_ip",
-        "127.0.0.1",
-        "--receiver_ports",
-        "9",
-        "--num_conn",
-        "1",
-    ]);
-    let uid = inbound["uid"].as_str().unwrap();
-    let listeners = strings(&inbound, "listeners").join(",");
-    let out = s2uc(&[
-        "outbound_request",
-        "--s2cs",
-        &inst.control(),
-        "--server_cert",
-        ca,
-        "--num_conn",
-        "1",
-        uid,
-        &listeners,
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (listeners, err) = outbound_attempt(&pki, &hpc, &inst);
     assert!(
         err.contains("FAILED_PRECONDITION")
             && err.contains(&listeners)
@@ -855,9 +828,9 @@ fn outbound_to_inbound_with_data_cert(
     outbound_error(pki, &hpc, &inst)
 }
 
-/// `s2uc outbound_request`'s error output for a tunnel from `inst` to
-/// `hpc` (its update must fail).
-fn outbound_error(pki: &Pki, hpc: &Gw, inst: &Gw) -> String {
+/// A tunnel from `inst` to `hpc` whose outbound request must fail: the
+/// inbound listeners (joined) and `s2uc outbound_request`'s error output.
+fn outbound_attempt(pki: &Pki, hpc: &Gw, inst: &Gw) -> (String, String) {
     let ca = pki.ca.to_str().unwrap();
     let inbound = scistream_testkit::s2uc_json(&[
         "inbound_request",
@@ -886,7 +859,12 @@ fn outbound_error(pki: &Pki, hpc: &Gw, inst: &Gw) -> String {
         &listeners,
     ]);
     assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    (listeners, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// [`outbound_attempt`]'s error output alone.
+fn outbound_error(pki: &Pki, hpc: &Gw, inst: &Gw) -> String {
+    outbound_attempt(pki, hpc, inst).1
 }
 
 /// Each way an inbound gateway's data certificate can be wrong is named

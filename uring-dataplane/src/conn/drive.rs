@@ -299,9 +299,11 @@ impl Conn {
             index: usize::from(*first_index) + self.listener,
             protocol: *protocol,
         };
-        let is_loop = preamble
-            .origin
-            .is_some_and(|origin| ctx.options.loop_guard.is_own(origin));
+        let is_loop = || {
+            preamble
+                .origin
+                .is_some_and(|origin| ctx.options.loop_guard.is_own(origin))
+        };
         let client = self.client.as_fd();
         let udp = match judge(&preamble, &expect, !early.is_empty(), is_loop) {
             Verdict::Refuse(answer, why) => {

@@ -37,8 +37,14 @@ pub(crate) enum Verdict {
 
 /// Judges a preamble: `early_data` says the peer sent bytes after it
 /// before it was accepted; `is_loop` whether its origin is one of this
-/// gateway's own connections to a receiver.
-pub(crate) fn judge(p: &Preamble, expect: &Expect<'_>, early_data: bool, is_loop: bool) -> Verdict {
+/// gateway's own connections to a receiver (asked only of a preamble with
+/// the right uid: it takes the shared loop guard's lock).
+pub(crate) fn judge(
+    p: &Preamble,
+    expect: &Expect<'_>,
+    early_data: bool,
+    is_loop: impl FnOnce() -> bool,
+) -> Verdict {
     if (p.flags & FLAG_TLS != 0) != expect.tls {
         return Verdict::Refuse(
             Some(Refusal::Malformed),
@@ -51,7 +57,7 @@ pub(crate) fn judge(p: &Preamble, expect: &Expect<'_>, early_data: bool, is_loop
             "wrong session: the uid or connection index is not this listener's",
         );
     }
-    if is_loop {
+    if is_loop() {
         return Verdict::Refuse(
             Some(Refusal::Loop),
             "a tunnel loop: the connection comes from this gateway's own connection to the \
@@ -112,20 +118,22 @@ mod tests {
     fn a_good_preamble_is_forwarded_as_what_it_carries() {
         let e = expect(Protocol::Both);
         assert_eq!(
-            judge(&preamble(FLAG_TLS, 2, UID), &e, false, false),
+            judge(&preamble(FLAG_TLS, 2, UID), &e, false, || false),
             Verdict::Stream
         );
         assert_eq!(
-            judge(&preamble(FLAG_TLS | FLAG_UDP, 2, UID), &e, false, false),
+            judge(&preamble(FLAG_TLS | FLAG_UDP, 2, UID), &e, false, || false),
             Verdict::Flow
         );
         assert_eq!(
-            judge(&preamble(FLAG_TLS | FLAG_PROBE, 2, UID), &e, false, false),
+            judge(&preamble(FLAG_TLS | FLAG_PROBE, 2, UID), &e, false, || {
+                false
+            }),
             Verdict::Probe
         );
         // Early data inside TLS is the relay's to deliver.
         assert_eq!(
-            judge(&preamble(FLAG_TLS, 2, UID), &e, true, false),
+            judge(&preamble(FLAG_TLS, 2, UID), &e, true, || false),
             Verdict::Stream
         );
     }
@@ -138,21 +146,21 @@ mod tests {
             other => panic!("not refused: {other:?}"),
         };
         assert_eq!(
-            refusal(judge(&preamble(0, 2, UID), &e, false, false)),
+            refusal(judge(&preamble(0, 2, UID), &e, false, || false)),
             Some(Refusal::Malformed),
             "TLS flag against a TLS channel"
         );
         let other = "0d5e2f4a-1b3c-4d6e-8f70-000000000000";
         assert_eq!(
-            refusal(judge(&preamble(FLAG_TLS, 2, other), &e, false, false)),
+            refusal(judge(&preamble(FLAG_TLS, 2, other), &e, false, || false)),
             Some(Refusal::WrongSession)
         );
         assert_eq!(
-            refusal(judge(&preamble(FLAG_TLS, 3, UID), &e, false, false)),
+            refusal(judge(&preamble(FLAG_TLS, 3, UID), &e, false, || false)),
             Some(Refusal::WrongSession)
         );
         assert_eq!(
-            refusal(judge(&preamble(FLAG_TLS, 2, UID), &e, false, true)),
+            refusal(judge(&preamble(FLAG_TLS, 2, UID), &e, false, || true)),
             Some(Refusal::Loop)
         );
         assert_eq!(
@@ -160,20 +168,22 @@ mod tests {
                 &preamble(FLAG_TLS | FLAG_UDP, 2, UID),
                 &e,
                 false,
-                false
+                || false
             )),
             Some(Refusal::Malformed),
             "UDP on a TCP-only session"
         );
         let udp_only = expect(Protocol::Udp);
         assert_eq!(
-            refusal(judge(&preamble(FLAG_TLS, 2, UID), &udp_only, false, false)),
+            refusal(judge(&preamble(FLAG_TLS, 2, UID), &udp_only, false, || {
+                false
+            })),
             Some(Refusal::Malformed),
             "TCP on a UDP-only session"
         );
         let plain = Expect { tls: false, ..e };
         assert_eq!(
-            refusal(judge(&preamble(0, 2, UID), &plain, true, false)),
+            refusal(judge(&preamble(0, 2, UID), &plain, true, || false)),
             None,
             "a plaintext peer sending before the answer"
         );
@@ -184,7 +194,7 @@ mod tests {
         // The loop and protocol checks come after the uid: a stranger
         // learns nothing about the session beyond "wrong session".
         let e = expect(Protocol::Udp);
-        let v = judge(&preamble(FLAG_TLS, 2, "nope"), &e, false, true);
+        let v = judge(&preamble(FLAG_TLS, 2, "nope"), &e, false, || true);
         assert_eq!(
             v,
             Verdict::Refuse(
